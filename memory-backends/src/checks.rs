@@ -1,0 +1,57 @@
+//! Input checks shared by both stores, so that [`crate::RamStore`] and [`crate::SqliteStore`]
+//! accept and refuse exactly the same batches.
+
+use crate::{ChunkId, StoreError, CHUNK_SIZE};
+use std::io;
+
+/// Meta keys the store keeps for itself. They are hidden from [`crate::Store::load`] and a
+/// [`crate::Change::SetMeta`] naming one is refused, so the core can never clobber them.
+const RESERVED_META: &[&str] = &["schema_version"];
+
+/// Prefix of further store-private meta keys (e.g. `store.sync_seq`).
+const RESERVED_META_PREFIX: &str = "store.";
+
+/// True for meta keys that belong to the store, not the filesystem core.
+pub(crate) fn is_reserved_meta(key: &str) -> bool {
+    RESERVED_META.contains(&key) || key.starts_with(RESERVED_META_PREFIX)
+}
+
+/// Refuses a `SetMeta` of a reserved key.
+pub(crate) fn check_meta_key(key: &str) -> Result<(), StoreError> {
+    if is_reserved_meta(key) {
+        return Err(invalid(format!(
+            "meta key {key:?} is reserved for the store"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a chunk longer than [`CHUNK_SIZE`]: the chunk map assumes fixed-size slots.
+pub(crate) fn check_chunk_len(len: usize) -> Result<(), StoreError> {
+    if len > CHUNK_SIZE {
+        return Err(invalid(format!(
+            "chunk of {len} bytes is larger than CHUNK_SIZE ({CHUNK_SIZE})"
+        )));
+    }
+    Ok(())
+}
+
+/// The error for a chunk a batch names but the store does not hold.
+pub(crate) fn missing_chunk(id: &ChunkId) -> StoreError {
+    StoreError::MissingChunk(hex(id))
+}
+
+/// Full lowercase hex of a chunk id (the `Debug` form is shortened).
+pub(crate) fn hex(id: &ChunkId) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(64);
+    for b in id.0 {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Caller error: bad arguments, not a broken store.
+fn invalid(msg: String) -> StoreError {
+    StoreError::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
+}

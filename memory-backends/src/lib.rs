@@ -1,0 +1,64 @@
+//! Storage for agentfs.
+//!
+//! Two halves, both behind the [`Store`] trait:
+//!
+//! * **chunks**: file content cut into [`CHUNK_SIZE`] pieces, each stored once and addressed by
+//!   its BLAKE3 hash ([`ChunkId`]). A small change to a big file rewrites one chunk, and a
+//!   checkpoint only has to copy chunk ids, never bytes.
+//! * **metadata**: inodes, directory entries, chunk maps, xattrs, agents and audit entries,
+//!   applied as one atomic [`Batch`] per mutation.
+//!
+//! [`RamStore`] keeps both in memory (working memory: gone when the daemon stops).
+//! [`SqliteStore`] keeps metadata in one SQLite database (WAL) and chunk bytes in append-only
+//! pack files beside it (see `docs/storage.md` for why the bytes are not SQLite blobs).
+
+mod checks;
+mod error;
+mod ram;
+mod sqlite;
+mod types;
+
+pub use error::StoreError;
+pub use ram::RamStore;
+pub use sqlite::{SqliteStore, StoreOptions};
+pub use types::*;
+
+/// Size of one content chunk. Files are cut at multiples of this offset; the last chunk of a
+/// file may be shorter. Chosen so that one FUSE write of up to 128 KiB touches at most two chunks
+/// and a 1 GiB file needs 8,192 chunk-map rows.
+pub const CHUNK_SIZE: usize = 128 * 1024;
+
+/// How durable a commit must be before [`Store::commit`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives the daemon being killed (`kill -9`): the data is in the kernel's page cache.
+    /// What `close()` needs.
+    Process,
+    /// Survives a power loss: data and metadata are on the disk. What `fsync()` needs.
+    Disk,
+}
+
+/// A storage backend. Implementations are internally synchronised: every method takes `&self`
+/// and may be called from many FUSE worker threads at once.
+pub trait Store: Send + Sync {
+    /// Stores `data` (at most [`CHUNK_SIZE`] bytes) if no chunk with the same hash exists yet,
+    /// and returns its id. The chunk is not referenced by anything until a committed
+    /// [`Change::SetChunks`] names it; an unreferenced chunk may be reclaimed later.
+    fn put_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError>;
+
+    /// Copies bytes of chunk `id` starting at `offset` into `buf`; returns how many were copied
+    /// (fewer than `buf.len()` when the chunk ends first, 0 at or past its end).
+    fn read_at(&self, id: &ChunkId, offset: usize, buf: &mut [u8]) -> Result<usize, StoreError>;
+
+    /// Applies every change in `batch` atomically (all or none), durable as `durability` asks.
+    fn commit(&self, batch: Batch, durability: Durability) -> Result<(), StoreError>;
+
+    /// Makes everything committed so far durable on disk (fsync).
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// Everything committed so far, to rebuild the in-memory tree at mount.
+    fn load(&self) -> Result<LoadedState, StoreError>;
+
+    /// Bytes of chunk data held (for `statfs` and `status`).
+    fn chunk_bytes(&self) -> u64;
+}

@@ -1,0 +1,319 @@
+//! [`RamStore`]: working memory. Chunks and metadata live in RAM and vanish with the daemon.
+//!
+//! Chunk bytes sit in [`SHARDS`] hash maps, each behind its own `RwLock`, so reads of
+//! different chunks never contend and writers of different chunks rarely do. Metadata lives in
+//! ordered maps behind one mutex that only `commit` and `load` take.
+//!
+//! # When chunk bytes are freed
+//!
+//! Each chunk has a reference count computed from the chunk maps (how many file slots name it).
+//! When a commit drops the last reference, the bytes are freed at the end of that commit. A
+//! chunk that was put but has not yet been referenced by a commit is *unclaimed*: it is never
+//! freed, because the writer that put it may be about to commit a `SetChunks` naming it (a
+//! `put_chunk` that deduplicates against a chunk some commit is releasing must not lose it).
+//! Each `put_chunk` adds one claim-to-be and each new reference in a commit settles one, so a
+//! chunk put but never referenced (a write superseded before it was committed, or the same
+//! bytes put twice for one slot) lingers until the store is dropped. That leak is bounded by
+//! the writes the core abandons and is accepted for a store that lives as long as one mount.
+
+use crate::checks::{check_chunk_len, check_meta_key, is_reserved_meta, missing_chunk};
+use crate::{Batch, Change, ChunkId, Durability, Ino, InodeRecord, LoadedState, Store, StoreError};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Number of chunk-map shards; a power of two so the shard is a mask of the hash's first byte.
+const SHARDS: usize = 64;
+
+/// One chunk held in RAM.
+struct RamChunk {
+    data: Arc<[u8]>,
+    /// `put_chunk` calls not yet settled by a committed reference (see the module docs).
+    unclaimed: AtomicU32,
+}
+
+/// The committed metadata tables, ordered like the SQLite primary keys so `load` matches.
+#[derive(Default)]
+struct Tables {
+    inodes: BTreeMap<Ino, InodeRecord>,
+    dirents: BTreeMap<(Ino, Vec<u8>), Ino>,
+    chunks: BTreeMap<(Ino, u64), ChunkId>,
+    xattrs: BTreeMap<(Ino, Vec<u8>), Vec<u8>>,
+    meta: BTreeMap<String, String>,
+    /// How many chunk-map slots name each chunk; absent means zero.
+    refs: HashMap<ChunkId, u64>,
+    /// Audit entries are not kept in working memory, only counted.
+    audit_entries: u64,
+}
+
+/// Store that keeps everything in RAM. See the module docs for when chunk bytes are freed.
+pub struct RamStore {
+    shards: Box<[RwLock<HashMap<ChunkId, RamChunk>>]>,
+    tables: Mutex<Tables>,
+    bytes: AtomicU64,
+}
+
+impl Default for RamStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RamStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        RamStore {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            tables: Mutex::new(Tables::default()),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of audit entries committed (they are counted, not kept).
+    pub fn audit_count(&self) -> u64 {
+        self.tables.lock().audit_entries
+    }
+
+    /// Number of distinct chunks held.
+    pub fn chunk_count(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    fn shard(&self, id: &ChunkId) -> &RwLock<HashMap<ChunkId, RamChunk>> {
+        &self.shards[usize::from(id.0[0]) & (SHARDS - 1)]
+    }
+
+    fn holds(&self, id: &ChunkId) -> bool {
+        self.shard(id).read().contains_key(id)
+    }
+
+    /// Settles one pending claim of `id` (a commit now references it).
+    fn settle_claim(&self, id: &ChunkId) {
+        if let Some(chunk) = self.shard(id).read().get(id) {
+            let _ = chunk
+                .unclaimed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Frees `id` if nothing references it and no writer may still claim it. Called with the
+    /// tables locked, so `refs` cannot change underneath.
+    fn free_if_unused(&self, tables: &Tables, id: &ChunkId) {
+        if tables.refs.contains_key(id) {
+            return;
+        }
+        let mut shard = self.shard(id).write();
+        let unused = shard
+            .get(id)
+            .is_some_and(|c| c.unclaimed.load(Ordering::Acquire) == 0);
+        if unused {
+            if let Some(chunk) = shard.remove(id) {
+                self.bytes
+                    .fetch_sub(chunk.data.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Tables {
+    fn add_ref(&mut self, id: ChunkId) {
+        *self.refs.entry(id).or_insert(0) += 1;
+    }
+
+    /// Drops one reference; records the chunk in `released` when it was the last.
+    fn drop_ref(&mut self, id: ChunkId, released: &mut Vec<ChunkId>) {
+        if let Some(n) = self.refs.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&id);
+                released.push(id);
+            }
+        }
+    }
+
+    /// Applies one change that has already been validated; cannot fail.
+    fn apply(&mut self, change: Change, released: &mut Vec<ChunkId>, claimed: &mut Vec<ChunkId>) {
+        match change {
+            Change::PutInode(rec) => {
+                self.inodes.insert(rec.ino, rec);
+            }
+            Change::DeleteInode(ino) => {
+                self.inodes.remove(&ino);
+                let slots: Vec<(Ino, u64)> = self
+                    .chunks
+                    .range((ino, 0)..=(ino, u64::MAX))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in slots {
+                    if let Some(id) = self.chunks.remove(&key) {
+                        self.drop_ref(id, released);
+                    }
+                }
+                let names: Vec<(Ino, Vec<u8>)> = self
+                    .xattrs
+                    .range((ino, Vec::new())..)
+                    .take_while(|((i, _), _)| *i == ino)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in names {
+                    self.xattrs.remove(&key);
+                }
+            }
+            Change::PutDirent { parent, name, ino } => {
+                self.dirents.insert((parent, name), ino);
+            }
+            Change::DeleteDirent { parent, name } => {
+                self.dirents.remove(&(parent, name));
+            }
+            Change::SetChunks { ino, chunks } => {
+                for (idx, slot) in chunks {
+                    // Add the new reference before dropping the old one so rewriting a slot
+                    // with the chunk it already holds never frees that chunk.
+                    let old = match slot {
+                        Some(id) => {
+                            self.add_ref(id);
+                            claimed.push(id);
+                            self.chunks.insert((ino, idx), id)
+                        }
+                        None => self.chunks.remove(&(ino, idx)),
+                    };
+                    if let Some(old) = old {
+                        self.drop_ref(old, released);
+                    }
+                }
+            }
+            Change::TruncateChunks { ino, from_index } => {
+                let slots: Vec<(Ino, u64)> = self
+                    .chunks
+                    .range((ino, from_index)..=(ino, u64::MAX))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in slots {
+                    if let Some(id) = self.chunks.remove(&key) {
+                        self.drop_ref(id, released);
+                    }
+                }
+            }
+            Change::SetXattr { ino, name, value } => {
+                self.xattrs.insert((ino, name), value);
+            }
+            Change::RemoveXattr { ino, name } => {
+                self.xattrs.remove(&(ino, name));
+            }
+            Change::SetMeta { key, value } => {
+                self.meta.insert(key, value);
+            }
+            Change::Audit(_) => self.audit_entries += 1,
+        }
+    }
+}
+
+impl Store for RamStore {
+    fn put_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError> {
+        check_chunk_len(data.len())?;
+        let id = ChunkId::of(data);
+        if let Some(chunk) = self.shard(&id).read().get(&id) {
+            chunk.unclaimed.fetch_add(1, Ordering::AcqRel);
+            return Ok(id);
+        }
+        let mut shard = self.shard(&id).write();
+        match shard.get(&id) {
+            // Another thread stored the same bytes between our read and write lock.
+            Some(chunk) => {
+                chunk.unclaimed.fetch_add(1, Ordering::AcqRel);
+            }
+            None => {
+                shard.insert(
+                    id,
+                    RamChunk {
+                        data: Arc::from(data),
+                        unclaimed: AtomicU32::new(1),
+                    },
+                );
+                self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(id)
+    }
+
+    fn read_at(&self, id: &ChunkId, offset: usize, buf: &mut [u8]) -> Result<usize, StoreError> {
+        // Clone the Arc and copy outside the lock so a big copy never blocks a writer.
+        let data = match self.shard(id).read().get(id) {
+            Some(chunk) => Arc::clone(&chunk.data),
+            None => return Err(missing_chunk(id)),
+        };
+        let Some(rest) = data.get(offset..) else {
+            return Ok(0);
+        };
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+
+    fn commit(&self, batch: Batch, _durability: Durability) -> Result<(), StoreError> {
+        let mut tables = self.tables.lock();
+        // Validate everything first: applying to the in-memory maps cannot be undone, so a
+        // batch that would fail must be refused before anything changes. No chunk can be freed
+        // between this check and the apply because only commits free, under `tables`.
+        for change in &batch.changes {
+            match change {
+                Change::SetChunks { chunks, .. } => {
+                    for id in chunks.iter().filter_map(|(_, c)| c.as_ref()) {
+                        if !self.holds(id) {
+                            return Err(missing_chunk(id));
+                        }
+                    }
+                }
+                Change::SetMeta { key, .. } => check_meta_key(key)?,
+                _ => {}
+            }
+        }
+        let mut released = Vec::new();
+        let mut claimed = Vec::new();
+        for change in batch.changes {
+            tables.apply(change, &mut released, &mut claimed);
+        }
+        for id in &claimed {
+            self.settle_claim(id);
+        }
+        // Free at the end, not as references drop: a batch may move a chunk from one slot to
+        // another, dropping its count to zero only for a moment.
+        for id in &released {
+            self.free_if_unused(&tables, id);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn load(&self) -> Result<LoadedState, StoreError> {
+        let t = self.tables.lock();
+        Ok(LoadedState {
+            inodes: t.inodes.values().cloned().collect(),
+            dirents: t
+                .dirents
+                .iter()
+                .map(|((p, n), i)| (*p, n.clone(), *i))
+                .collect(),
+            chunks: t.chunks.iter().map(|((i, x), c)| (*i, *x, *c)).collect(),
+            xattrs: t
+                .xattrs
+                .iter()
+                .map(|((i, n), v)| (*i, n.clone(), v.clone()))
+                .collect(),
+            meta: t
+                .meta
+                .iter()
+                .filter(|(k, _)| !is_reserved_meta(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+
+    fn chunk_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}

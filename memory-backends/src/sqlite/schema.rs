@@ -1,0 +1,172 @@
+//! The database schema, its version check and the connection settings.
+//!
+//! `docs/storage.md` explains each table. Integers the core keeps as `u64` (inode numbers,
+//! chunk indexes, sizes) are stored as the `i64` with the same bits, SQLite having no unsigned
+//! type; values below 2^63 (all real ones) therefore keep their order.
+
+use super::errors;
+use crate::StoreError;
+use rusqlite::{Connection, OptionalExtension};
+use std::path::Path;
+use std::time::Duration;
+
+/// Version written by this code. Bump it (and add a migration) on any schema change.
+pub(super) const SCHEMA_VERSION: u32 = 1;
+
+/// Meta key holding the schema version.
+pub(super) const VERSION_KEY: &str = "schema_version";
+
+/// Meta key a durable commit bumps so that its transaction always writes (see `sync`).
+pub(super) const SYNC_SEQ_KEY: &str = "store.sync_seq";
+
+const DDL: &str = r#"
+CREATE TABLE IF NOT EXISTS meta(
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inodes(
+    ino INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    perm INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    atime INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL,
+    crtime INTEGER NOT NULL,
+    rdev INTEGER NOT NULL,
+    symlink_target BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dirents(
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    PRIMARY KEY(parent, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks(
+    ino INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY(ino, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS xattrs(
+    ino INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY(ino, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs(
+    hash BLOB PRIMARY KEY,
+    pack INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    len INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    path TEXT NOT NULL,
+    result INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+"#;
+
+/// Connection settings; see `docs/storage.md`.
+pub(super) fn configure(conn: &Connection, db: &Path) -> Result<(), StoreError> {
+    let err = |e| errors::sql_at_open(e, db);
+    // A second writer must fail at once, never wait: our flock already serialises daemons, so
+    // a busy database means something else is in it.
+    conn.busy_timeout(Duration::ZERO).map_err(err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Io(std::io::Error::other(format!(
+            "{}: SQLite kept journal_mode={mode}; agentfs needs WAL (does this filesystem \
+             support shared memory maps?)",
+            db.display()
+        ))));
+    }
+    // NORMAL: a commit writes the WAL without fsync; it survives kill -9 (the page cache
+    // outlives the process) and the database stays consistent on power loss. Disk-durable
+    // commits switch to FULL for one transaction.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")
+        .map_err(err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Creates the tables in an empty database (when `create`) or checks the version of an
+/// existing one.
+pub(super) fn init_or_check(conn: &Connection, db: &Path, create: bool) -> Result<(), StoreError> {
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(|e| errors::sql_at_open(e, db))?
+        > 0;
+    if !has_meta {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| errors::sql_at_open(e, db))?;
+        if tables > 0 {
+            return Err(StoreError::Corrupt(format!(
+                "{}: an SQLite database, but not an agentfs one (no meta table)",
+                db.display()
+            )));
+        }
+        if !create {
+            return Err(StoreError::Corrupt(format!(
+                "{}: the database is empty (an interrupted create?); open with create to \
+                 initialise it",
+                db.display()
+            )));
+        }
+        let batch = format!(
+            "BEGIN IMMEDIATE; {DDL} INSERT INTO meta(key, value) VALUES('{VERSION_KEY}', \
+             '{SCHEMA_VERSION}'); COMMIT;"
+        );
+        return conn
+            .execute_batch(&batch)
+            .map_err(|e| errors::sql_at_open(e, db));
+    }
+    let version: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [VERSION_KEY],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| errors::sql_at_open(e, db))?;
+    let Some(version) = version else {
+        return Err(StoreError::Corrupt(format!(
+            "{}: meta has no {VERSION_KEY}",
+            db.display()
+        )));
+    };
+    match version.trim().parse::<u32>() {
+        Ok(v) if v == SCHEMA_VERSION => Ok(()),
+        Ok(v) if v > SCHEMA_VERSION => Err(StoreError::Corrupt(format!(
+            "{}: schema version {v} is newer than this agentfs understands \
+             ({SCHEMA_VERSION}); run a newer agentfs",
+            db.display()
+        ))),
+        Ok(v) => Err(StoreError::Corrupt(format!(
+            "{}: schema version {v} is older than {SCHEMA_VERSION} and no migration exists",
+            db.display()
+        ))),
+        Err(_) => Err(StoreError::Corrupt(format!(
+            "{}: {VERSION_KEY} is {version:?}, not a number",
+            db.display()
+        ))),
+    }
+}

@@ -1,0 +1,337 @@
+//! Row-level reads and writes: one function per [`Change`] kind on the way in, one query per
+//! table on the way out. All statements are cached (`prepare_cached`), so a commit parses no SQL.
+
+use super::errors;
+use super::packs::Loc;
+use super::schema::SYNC_SEQ_KEY;
+use crate::checks::{check_meta_key, is_reserved_meta, missing_chunk};
+use crate::{Change, ChunkId, FileKind, InodeRecord, LoadedState, StoreError};
+use rusqlite::{params, Connection};
+use std::path::Path;
+
+/// Records where a chunk's bytes are.
+pub(super) fn insert_blob(conn: &Connection, id: &ChunkId, loc: Loc) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        r#"INSERT OR IGNORE INTO blobs(hash, pack, "offset", len) VALUES (?1, ?2, ?3, ?4)"#,
+    )?
+    .execute(params![&id.0[..], loc.pack, loc.offset as i64, loc.len])?;
+    Ok(())
+}
+
+/// Applies one change inside the caller's transaction. `holds` says whether the store has the
+/// bytes of a chunk; naming one it does not is refused, so no committed chunk map can point at
+/// nothing.
+pub(super) fn apply(
+    conn: &Connection,
+    change: &Change,
+    holds: &dyn Fn(&ChunkId) -> bool,
+    db: &Path,
+) -> Result<(), StoreError> {
+    let sql = |e| errors::sql(e, db);
+    match change {
+        Change::PutInode(r) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO inodes(ino, kind, perm, uid, gid, nlink, size, atime, \
+                 mtime, ctime, crtime, rdev, symlink_target) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    r.ino as i64,
+                    r.kind.code(),
+                    r.perm,
+                    r.uid,
+                    r.gid,
+                    r.nlink,
+                    r.size as i64,
+                    r.atime,
+                    r.mtime,
+                    r.ctime,
+                    r.crtime,
+                    r.rdev,
+                    &r.symlink_target,
+                ])
+            })
+            .map_err(sql)?;
+        }
+        Change::DeleteInode(ino) => {
+            for stmt in [
+                "DELETE FROM inodes WHERE ino = ?1",
+                "DELETE FROM chunks WHERE ino = ?1",
+                "DELETE FROM xattrs WHERE ino = ?1",
+            ] {
+                conn.prepare_cached(stmt)
+                    .and_then(|mut s| s.execute([*ino as i64]))
+                    .map_err(sql)?;
+            }
+        }
+        Change::PutDirent { parent, name, ino } => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO dirents(parent, name, ino) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![*parent as i64, name, *ino as i64]))
+            .map_err(sql)?;
+        }
+        Change::DeleteDirent { parent, name } => {
+            conn.prepare_cached("DELETE FROM dirents WHERE parent = ?1 AND name = ?2")
+                .and_then(|mut s| s.execute(params![*parent as i64, name]))
+                .map_err(sql)?;
+        }
+        Change::SetChunks { ino, chunks } => {
+            for (idx, slot) in chunks {
+                match slot {
+                    Some(id) => {
+                        if !holds(id) {
+                            return Err(missing_chunk(id));
+                        }
+                        conn.prepare_cached(
+                            "INSERT OR REPLACE INTO chunks(ino, idx, hash) VALUES (?1, ?2, ?3)",
+                        )
+                        .and_then(|mut s| s.execute(params![*ino as i64, *idx as i64, &id.0[..]]))
+                        .map_err(sql)?;
+                    }
+                    None => {
+                        conn.prepare_cached("DELETE FROM chunks WHERE ino = ?1 AND idx = ?2")
+                            .and_then(|mut s| s.execute(params![*ino as i64, *idx as i64]))
+                            .map_err(sql)?;
+                    }
+                }
+            }
+        }
+        Change::TruncateChunks { ino, from_index } => {
+            // `idx >= from` on the stored i64 is right for every index below 2^63.
+            conn.prepare_cached("DELETE FROM chunks WHERE ino = ?1 AND idx >= ?2")
+                .and_then(|mut s| s.execute(params![*ino as i64, *from_index as i64]))
+                .map_err(sql)?;
+        }
+        Change::SetXattr { ino, name, value } => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![*ino as i64, name, value]))
+            .map_err(sql)?;
+        }
+        Change::RemoveXattr { ino, name } => {
+            conn.prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")
+                .and_then(|mut s| s.execute(params![*ino as i64, name]))
+                .map_err(sql)?;
+        }
+        Change::SetMeta { key, value } => {
+            check_meta_key(key)?;
+            conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![key, value]))
+                .map_err(sql)?;
+        }
+        Change::Audit(a) => {
+            conn.prepare_cached(
+                "INSERT INTO audit(time, agent, pid, uid, op, path, result, size) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    a.time,
+                    a.agent,
+                    a.pid,
+                    a.uid,
+                    a.op,
+                    a.path,
+                    a.result,
+                    a.size as i64
+                ])
+            })
+            .map_err(sql)?;
+        }
+    }
+    Ok(())
+}
+
+/// Changes a row so that the transaction is never empty: SQLite skips the commit (and so the
+/// WAL fsync) of a transaction that dirtied no page, and even rewrites a row with identical
+/// content without dirtying it. A durable commit needs that fsync to cover earlier commits.
+pub(super) fn bump_sync_seq(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta(key, value) VALUES (?1, '1') \
+         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+    )?
+    .execute([SYNC_SEQ_KEY])?;
+    Ok(())
+}
+
+/// Number of rows in `audit`.
+pub(super) fn audit_count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT count(*) FROM audit", [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+}
+
+/// Every `blobs` row.
+pub(super) fn load_blobs(conn: &Connection, db: &Path) -> Result<Vec<(ChunkId, Loc)>, StoreError> {
+    let sql = |e| errors::sql(e, db);
+    let mut stmt = conn
+        .prepare(r#"SELECT hash, pack, "offset", len FROM blobs"#)
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(sql)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (hash, pack, offset, len) = row.map_err(sql)?;
+        let loc = Loc {
+            pack: narrow(pack, "blobs.pack", db)?,
+            offset: narrow(offset, "blobs.offset", db)?,
+            len: narrow(len, "blobs.len", db)?,
+        };
+        out.push((chunk_id(hash, "blobs", db)?, loc));
+    }
+    Ok(out)
+}
+
+/// Every table the core needs at mount, ordered by primary key.
+pub(super) fn load(conn: &Connection, db: &Path) -> Result<LoadedState, StoreError> {
+    let mut state = LoadedState {
+        inodes: load_inodes(conn, db)?,
+        ..LoadedState::default()
+    };
+    let sql = |e| errors::sql(e, db);
+
+    let mut stmt = conn
+        .prepare_cached("SELECT parent, name, ino FROM dirents ORDER BY parent, name")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get(1)?,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })
+        .map_err(sql)?;
+    for row in rows {
+        state.dirents.push(row.map_err(sql)?);
+    }
+
+    let mut stmt = conn
+        .prepare_cached("SELECT ino, idx, hash FROM chunks ORDER BY ino, idx")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get(2)?,
+            ))
+        })
+        .map_err(sql)?;
+    for row in rows {
+        let (ino, idx, hash) = row.map_err(sql)?;
+        state.chunks.push((ino, idx, chunk_id(hash, "chunks", db)?));
+    }
+
+    let mut stmt = conn
+        .prepare_cached("SELECT ino, name, value FROM xattrs ORDER BY ino, name")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+        })
+        .map_err(sql)?;
+    for row in rows {
+        state.xattrs.push(row.map_err(sql)?);
+    }
+
+    let mut stmt = conn
+        .prepare_cached("SELECT key, value FROM meta ORDER BY key")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(sql)?;
+    for row in rows {
+        let (k, v) = row.map_err(sql)?;
+        if !is_reserved_meta(&k) {
+            state.meta.push((k, v));
+        }
+    }
+
+    // Keys are stored as the i64 with the same bits, so a u64 key of 2^63 or more sorts first
+    // in SQL. Restore u64 order (a no-op pass over already sorted input in practice).
+    state.inodes.sort_by_key(|r| r.ino);
+    state.dirents.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    state.chunks.sort_by_key(|c| (c.0, c.1));
+    state.xattrs.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    Ok(state)
+}
+
+fn load_inodes(conn: &Connection, db: &Path) -> Result<Vec<InodeRecord>, StoreError> {
+    let sql = |e| errors::sql(e, db);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, crtime, rdev, \
+             symlink_target FROM inodes ORDER BY ino",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            let mut ints = [0i64; 12];
+            for (i, v) in ints.iter_mut().enumerate() {
+                *v = r.get(i)?;
+            }
+            Ok((ints, r.get::<_, Vec<u8>>(12)?))
+        })
+        .map_err(sql)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let ([ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, crtime, rdev], target) =
+            row.map_err(sql)?;
+        let kind = u8::try_from(kind)
+            .ok()
+            .and_then(FileKind::from_code)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "{}: inode {ino} has unknown kind {kind}",
+                    db.display()
+                ))
+            })?;
+        out.push(InodeRecord {
+            ino: ino as u64,
+            kind,
+            perm: narrow(perm, "inodes.perm", db)?,
+            uid: narrow(uid, "inodes.uid", db)?,
+            gid: narrow(gid, "inodes.gid", db)?,
+            nlink: narrow(nlink, "inodes.nlink", db)?,
+            size: size as u64,
+            atime,
+            mtime,
+            ctime,
+            crtime,
+            rdev: narrow(rdev, "inodes.rdev", db)?,
+            symlink_target: target,
+        });
+    }
+    Ok(out)
+}
+
+/// A stored integer that must fit a narrower type.
+fn narrow<T: TryFrom<i64>>(v: i64, column: &str, db: &Path) -> Result<T, StoreError> {
+    T::try_from(v).map_err(|_| {
+        StoreError::Corrupt(format!("{}: {column} = {v} is out of range", db.display()))
+    })
+}
+
+/// A stored hash, which must be 32 bytes.
+fn chunk_id(hash: Vec<u8>, table: &str, db: &Path) -> Result<ChunkId, StoreError> {
+    <[u8; 32]>::try_from(hash.as_slice())
+        .map(ChunkId)
+        .map_err(|_| {
+            StoreError::Corrupt(format!(
+                "{}: a {table} row has a {}-byte hash, not 32",
+                db.display(),
+                hash.len()
+            ))
+        })
+}

@@ -1,0 +1,183 @@
+//! Plain records exchanged between the filesystem core and a [`crate::Store`].
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Inode number. Stable across restarts: allocated once, stored, never reused while in use.
+pub type Ino = u64;
+
+/// BLAKE3 hash of a chunk's bytes: the chunk's address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id `data` would be stored under.
+    pub fn of(data: &[u8]) -> Self {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// Stable small integer used in the database.
+    pub fn code(self) -> u8 {
+        match self {
+            FileKind::File => 1,
+            FileKind::Dir => 2,
+            FileKind::Symlink => 3,
+            FileKind::Fifo => 4,
+            FileKind::Socket => 5,
+            FileKind::CharDevice => 6,
+            FileKind::BlockDevice => 7,
+        }
+    }
+
+    /// Inverse of [`FileKind::code`].
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => FileKind::File,
+            2 => FileKind::Dir,
+            3 => FileKind::Symlink,
+            4 => FileKind::Fifo,
+            5 => FileKind::Socket,
+            6 => FileKind::CharDevice,
+            7 => FileKind::BlockDevice,
+            _ => return None,
+        })
+    }
+}
+
+/// Nanoseconds since the Unix epoch.
+pub type TimeNs = i64;
+
+/// An inode's attributes as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InodeRecord {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: TimeNs,
+    pub mtime: TimeNs,
+    pub ctime: TimeNs,
+    pub crtime: TimeNs,
+    pub rdev: u32,
+    /// Target of a symlink; empty for everything else.
+    pub symlink_target: Vec<u8>,
+}
+
+/// One flight-recorder entry. Issue 5 extends this with the hash chain; for now it is the
+/// minimal record every mutation writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub time: TimeNs,
+    pub agent: String,
+    pub pid: u32,
+    pub uid: u32,
+    pub op: String,
+    pub path: String,
+    /// 0 on success, else the errno the caller got.
+    pub result: i32,
+    pub size: u64,
+}
+
+/// One change to the stored state. A [`Batch`] of these is applied atomically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Insert or replace an inode's attributes.
+    PutInode(InodeRecord),
+    /// Remove an inode together with its chunk map and xattrs.
+    DeleteInode(Ino),
+    /// Insert or replace the directory entry `parent/name`.
+    PutDirent {
+        parent: Ino,
+        name: Vec<u8>,
+        ino: Ino,
+    },
+    /// Remove the directory entry `parent/name`.
+    DeleteDirent {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    /// Set chunk slots of a file: `(chunk index, chunk)`; `None` makes the slot a hole.
+    SetChunks {
+        ino: Ino,
+        chunks: Vec<(u64, Option<ChunkId>)>,
+    },
+    /// Drop every chunk slot with index `>= from_index` (truncate).
+    TruncateChunks {
+        ino: Ino,
+        from_index: u64,
+    },
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+    },
+    RemoveXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
+    /// Small key/value settings (e.g. the next inode number).
+    SetMeta {
+        key: String,
+        value: String,
+    },
+    /// Append one flight-recorder entry.
+    Audit(AuditEntry),
+}
+
+/// Changes applied all-or-nothing by [`crate::Store::commit`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, change: Change) {
+        self.changes.push(change);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// Everything a store holds, as loaded at mount.
+#[derive(Clone, Debug, Default)]
+pub struct LoadedState {
+    pub inodes: Vec<InodeRecord>,
+    pub dirents: Vec<(Ino, Vec<u8>, Ino)>,
+    /// `(ino, chunk index, chunk)` for every non-hole slot.
+    pub chunks: Vec<(Ino, u64, ChunkId)>,
+    pub xattrs: Vec<(Ino, Vec<u8>, Vec<u8>)>,
+    pub meta: Vec<(String, String)>,
+}

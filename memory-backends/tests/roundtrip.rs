@@ -1,0 +1,282 @@
+//! Behaviour both stores must share: every change kind through commit + load, dedup, reads
+//! past the end, refused batches leave nothing behind.
+
+mod common;
+
+use agentfs_memory::*;
+use common::*;
+
+/// Runs `check` against a fresh RamStore and a fresh SqliteStore.
+fn for_both(check: impl Fn(&dyn Store)) {
+    check(&RamStore::new());
+    let tmp = tempfile::tempdir().unwrap();
+    check(&open_sqlite(tmp.path()));
+}
+
+#[test]
+fn every_change_kind_round_trips() {
+    for_both(|store| {
+        let a = store.put_chunk(b"first chunk").unwrap();
+        let b = store.put_chunk(b"second chunk").unwrap();
+        let mut dir = inode(1, FileKind::Dir);
+        dir.perm = 0o1755;
+        let mut file = inode(2, FileKind::File);
+        file.size = 3 * CHUNK_SIZE as u64;
+        let mut link = inode(3, FileKind::Symlink);
+        link.symlink_target = b"../target\xff".to_vec();
+        let mut dev = inode(4, FileKind::CharDevice);
+        dev.rdev = 0x0501;
+        let gone = inode(5, FileKind::File);
+
+        let mut batch = Batch::new();
+        for rec in [&dir, &file, &link, &dev, &gone] {
+            batch.push(Change::PutInode(rec.clone()));
+        }
+        batch.push(Change::PutDirent {
+            parent: 1,
+            name: b"file".to_vec(),
+            ino: 2,
+        });
+        batch.push(Change::PutDirent {
+            parent: 1,
+            name: b"link".to_vec(),
+            ino: 3,
+        });
+        batch.push(Change::PutDirent {
+            parent: 1,
+            name: b"old".to_vec(),
+            ino: 5,
+        });
+        batch.push(Change::PutDirent {
+            parent: 1,
+            name: b"\x80raw".to_vec(),
+            ino: 4,
+        });
+        batch.push(Change::SetChunks {
+            ino: 2,
+            chunks: vec![(0, Some(a)), (1, Some(b)), (2, Some(a)), (5, Some(b))],
+        });
+        batch.push(Change::SetChunks {
+            ino: 5,
+            chunks: vec![(0, Some(b))],
+        });
+        batch.push(Change::SetXattr {
+            ino: 2,
+            name: b"user.a".to_vec(),
+            value: b"1".to_vec(),
+        });
+        batch.push(Change::SetXattr {
+            ino: 2,
+            name: b"user.b".to_vec(),
+            value: vec![],
+        });
+        batch.push(Change::SetXattr {
+            ino: 5,
+            name: b"user.x".to_vec(),
+            value: b"x".to_vec(),
+        });
+        batch.push(Change::SetMeta {
+            key: "next_ino".into(),
+            value: "6".into(),
+        });
+        batch.push(Change::Audit(audit("create")));
+        store.commit(batch, Durability::Process).unwrap();
+
+        // Second batch: every removal kind.
+        let mut batch = Batch::new();
+        batch.push(Change::DeleteDirent {
+            parent: 1,
+            name: b"old".to_vec(),
+        });
+        batch.push(Change::DeleteInode(5));
+        batch.push(Change::SetChunks {
+            ino: 2,
+            chunks: vec![(1, None)],
+        });
+        batch.push(Change::TruncateChunks {
+            ino: 2,
+            from_index: 3,
+        });
+        batch.push(Change::RemoveXattr {
+            ino: 2,
+            name: b"user.b".to_vec(),
+        });
+        batch.push(Change::SetMeta {
+            key: "next_ino".into(),
+            value: "7".into(),
+        });
+        batch.push(Change::SetMeta {
+            key: "agents".into(),
+            value: "{}".into(),
+        });
+        batch.push(Change::Audit(audit("unlink")));
+        store.commit(batch, Durability::Disk).unwrap();
+        store.sync().unwrap();
+
+        let s = store.load().unwrap();
+        assert_eq!(
+            s.inodes,
+            vec![dir.clone(), file.clone(), link.clone(), dev.clone()]
+        );
+        assert_eq!(
+            s.dirents,
+            vec![
+                (1, b"file".to_vec(), 2),
+                (1, b"link".to_vec(), 3),
+                (1, b"\x80raw".to_vec(), 4),
+            ]
+        );
+        assert_eq!(s.chunks, vec![(2, 0, a), (2, 2, a)]);
+        assert_eq!(s.xattrs, vec![(2, b"user.a".to_vec(), b"1".to_vec())]);
+        assert_eq!(
+            s.meta,
+            vec![
+                ("agents".into(), "{}".into()),
+                ("next_ino".into(), "7".into())
+            ]
+        );
+        assert_eq!(read_all(store, &a), b"first chunk");
+    });
+}
+
+#[test]
+fn same_bytes_are_stored_once() {
+    for_both(|store| {
+        let data = vec![7u8; CHUNK_SIZE];
+        let a = store.put_chunk(&data).unwrap();
+        let b = store.put_chunk(&data).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, ChunkId::of(&data));
+        assert_eq!(store.chunk_bytes(), CHUNK_SIZE as u64);
+        store.put_chunk(b"other").unwrap();
+        assert_eq!(store.chunk_bytes(), CHUNK_SIZE as u64 + 5);
+    });
+}
+
+#[test]
+fn reads_clamp_to_the_chunk() {
+    for_both(|store| {
+        let id = store.put_chunk(b"0123456789").unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(store.read_at(&id, 0, &mut buf).unwrap(), 4);
+        assert_eq!(&buf, b"0123");
+        assert_eq!(store.read_at(&id, 8, &mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"89");
+        assert_eq!(store.read_at(&id, 10, &mut buf).unwrap(), 0);
+        assert_eq!(store.read_at(&id, 1 << 40, &mut buf).unwrap(), 0);
+        assert_eq!(store.read_at(&id, 3, &mut []).unwrap(), 0);
+        let empty = store.put_chunk(b"").unwrap();
+        assert_eq!(store.read_at(&empty, 0, &mut buf).unwrap(), 0);
+        let unknown = ChunkId::of(b"never stored");
+        assert!(matches!(
+            store.read_at(&unknown, 0, &mut buf),
+            Err(StoreError::MissingChunk(_))
+        ));
+    });
+}
+
+#[test]
+fn a_refused_batch_applies_nothing() {
+    for_both(|store| {
+        let a = store.put_chunk(b"a").unwrap();
+        let mut base = Batch::new();
+        base.push(Change::PutInode(inode(1, FileKind::Dir)));
+        base.push(Change::SetMeta {
+            key: "k".into(),
+            value: "v".into(),
+        });
+        store.commit(base, Durability::Process).unwrap();
+        let before = store.load().unwrap();
+
+        // Fails on its last change, after inserts, deletes and chunk maps were applied.
+        let mut bad = Batch::new();
+        bad.push(Change::PutInode(inode(2, FileKind::File)));
+        bad.push(Change::DeleteInode(1));
+        bad.push(Change::SetMeta {
+            key: "k".into(),
+            value: "changed".into(),
+        });
+        bad.push(Change::SetChunks {
+            ino: 2,
+            chunks: vec![(0, Some(a))],
+        });
+        bad.push(Change::PutDirent {
+            parent: 1,
+            name: b"x".to_vec(),
+            ino: 2,
+        });
+        bad.push(Change::Audit(audit("write")));
+        bad.push(Change::SetChunks {
+            ino: 2,
+            chunks: vec![(1, Some(ChunkId::of(b"never stored")))],
+        });
+        for durability in [Durability::Process, Durability::Disk] {
+            let err = store.commit(bad.clone(), durability).unwrap_err();
+            assert!(matches!(err, StoreError::MissingChunk(_)), "{err}");
+            assert_same(&store.load().unwrap(), &before);
+        }
+
+        // A reserved meta key is refused the same way.
+        let mut bad = Batch::new();
+        bad.push(Change::PutInode(inode(3, FileKind::File)));
+        bad.push(Change::SetMeta {
+            key: "schema_version".into(),
+            value: "99".into(),
+        });
+        assert!(store.commit(bad, Durability::Process).is_err());
+        assert_same(&store.load().unwrap(), &before);
+
+        // The store still works afterwards, and the chunk is still there.
+        let mut ok = Batch::new();
+        ok.push(Change::SetChunks {
+            ino: 1,
+            chunks: vec![(0, Some(a))],
+        });
+        store.commit(ok, Durability::Process).unwrap();
+        assert_eq!(store.load().unwrap().chunks, vec![(1, 0, a)]);
+        assert_eq!(read_all(store, &a), b"a");
+    });
+}
+
+#[test]
+fn oversized_chunks_are_refused() {
+    for_both(|store| {
+        let err = store.put_chunk(&vec![0u8; CHUNK_SIZE + 1]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Io(ref e) if e.kind() == std::io::ErrorKind::InvalidInput)
+        );
+        assert_eq!(store.chunk_bytes(), 0);
+    });
+}
+
+#[test]
+fn empty_commits_and_sync_succeed() {
+    for_both(|store| {
+        store.commit(Batch::new(), Durability::Process).unwrap();
+        store.commit(Batch::new(), Durability::Disk).unwrap();
+        store.sync().unwrap();
+        assert!(is_empty(&store.load().unwrap()));
+    });
+}
+
+#[test]
+fn a_chunk_moved_between_slots_in_one_batch_survives() {
+    for_both(|store| {
+        let a = store.put_chunk(b"moving").unwrap();
+        let mut b = Batch::new();
+        b.push(Change::SetChunks {
+            ino: 2,
+            chunks: vec![(0, Some(a))],
+        });
+        store.commit(b, Durability::Process).unwrap();
+        let mut b = Batch::new();
+        b.push(Change::DeleteInode(2));
+        b.push(Change::SetChunks {
+            ino: 3,
+            chunks: vec![(0, Some(a))],
+        });
+        store.commit(b, Durability::Process).unwrap();
+        assert_eq!(store.load().unwrap().chunks, vec![(3, 0, a)]);
+        assert_eq!(read_all(store, &a), b"moving");
+    });
+}

@@ -1,0 +1,96 @@
+//! Registered agents and their live counters (what `sys/agents/AGENT/status` shows).
+
+use agentfs_memory::{Ino, TimeNs};
+use agentfs_policy::Op;
+use agentfs_signals::AgentState;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct Agent {
+    pub name: Arc<str>,
+    /// Position in registration order; names the agent's virtual inodes under `sys/`.
+    pub index: u64,
+    /// Inode of `MNT/AGENT`.
+    pub root: Ino,
+    pub state: Mutex<(AgentState, TimeNs)>,
+    ops: [AtomicU64; Op::ALL.len()],
+    errors: AtomicU64,
+    /// Bytes held per memory class: working, episodic, semantic.
+    bytes: [AtomicI64; 3],
+    files: [AtomicI64; 3],
+}
+
+pub const CLASS_NAMES: [&str; 3] = ["working", "episodic", "semantic"];
+
+impl Agent {
+    pub fn new(name: Arc<str>, index: u64, root: Ino, now: TimeNs) -> Self {
+        Agent {
+            name,
+            index,
+            root,
+            state: Mutex::new((AgentState::Running, now)),
+            ops: Default::default(),
+            errors: AtomicU64::new(0),
+            bytes: Default::default(),
+            files: Default::default(),
+        }
+    }
+
+    pub fn count_op(&self, op: Op, ok: bool) {
+        if ok {
+            self.ops[op.index()].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_bytes(&self, class_index: usize, delta: i64) {
+        self.bytes[class_index].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn add_files(&self, class_index: usize, delta: i64) {
+        self.files[class_index].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The status document, one JSON object.
+    pub fn status_json(&self) -> serde_json::Value {
+        let (state, since) = *self.state.lock();
+        let mut ops = serde_json::Map::new();
+        for op in Op::ALL {
+            ops.insert(
+                op.name().to_string(),
+                self.ops[op.index()].load(Ordering::Relaxed).into(),
+            );
+        }
+        ops.insert(
+            "errors".to_string(),
+            self.errors.load(Ordering::Relaxed).into(),
+        );
+        let mut bytes = serde_json::Map::new();
+        let mut files = serde_json::Map::new();
+        for (i, class) in CLASS_NAMES.iter().enumerate() {
+            bytes.insert(
+                class.to_string(),
+                self.bytes[i].load(Ordering::Relaxed).max(0).into(),
+            );
+            files.insert(
+                class.to_string(),
+                self.files[i].load(Ordering::Relaxed).max(0).into(),
+            );
+        }
+        serde_json::json!({
+            "agent": &*self.name,
+            "root_ino": self.root,
+            "state": state.name(),
+            "since_ns": since,
+            "bytes": bytes,
+            "files": files,
+            "ops": ops,
+            "pids": [],
+            "last_signal": null,
+            "last_violation": null,
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! Who is making a call. Built once per request by the adapter and passed to every core call.
+
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    /// The agent this process is bound to; `None` for an operator (unbound process).
+    pub agent: Option<Arc<str>>,
+}
+
+impl Caller {
+    /// The daemon itself (mount-time work, shutdown flushes).
+    pub fn kernel() -> Self {
+        Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+            agent: None,
+        }
+    }
+}

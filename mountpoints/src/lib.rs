@@ -1,0 +1,216 @@
+//! The agentfs filesystem core.
+//!
+//! A pure core (no FUSE types): the live tree of inodes, the memory classes, the control tree
+//! under `sys/`, and one choke point every mutation passes through (guard → policy → apply →
+//! record). The optional `fuse` module is the thin adapter that maps kernel requests onto the
+//! public methods of [`Vfs`] and errors onto errno.
+//!
+//! ```no_run
+//! use agentfs_vfs::{Caller, Vfs};
+//! let vfs = Vfs::open(std::path::Path::new("/var/lib/agentfs")).unwrap();
+//! let op = Caller::kernel();
+//! let agent = vfs.mkdir(&op, agentfs_vfs::ROOT_INO, b"a", 0o755).unwrap();
+//! assert_eq!(vfs.agent_names(), vec!["a".to_string()]);
+//! # let _ = agent;
+//! ```
+
+mod agent;
+mod caller;
+mod error;
+mod mutate;
+mod names;
+mod node;
+mod ops;
+mod sysfs;
+mod vfs;
+
+#[cfg(feature = "fuse")]
+pub mod fuse;
+
+pub use agentfs_memory::{FileKind, Ino, InodeRecord, StoreError};
+pub use caller::Caller;
+pub use error::{Result, VfsError};
+pub use mutate::{SetAttr, TimeSet};
+pub use names::NAME_MAX;
+pub use vfs::{now_ns, Attr, DirEntry, FsStats, Opened, Vfs, ROOT_INO};
+
+use mutate::{Mutation, Outcome};
+
+pub(crate) fn errno_hint(e: &VfsError) -> i32 {
+    e.errno()
+}
+
+fn attr_of(outcome: Outcome) -> Result<Attr> {
+    match outcome {
+        Outcome::Attr(a) => Ok(a),
+        _ => Err(VfsError::Invalid("unexpected outcome")),
+    }
+}
+
+/// The mutating calls. Each is one [`Mutation`] through the choke point.
+impl Vfs {
+    /// Creates a regular or special file (`kind` from the mode's file type bits).
+    pub fn mknod(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Attr> {
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(VfsError::Invalid("mknod of a directory or symlink"));
+        }
+        attr_of(self.mutate(
+            caller,
+            Mutation::Create {
+                parent,
+                name,
+                kind,
+                mode,
+                rdev,
+            },
+        )?)
+    }
+
+    /// `open(O_CREAT)` of a new regular file: creates it and opens a handle.
+    pub fn create(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Attr, Opened)> {
+        let attr = self.mknod(caller, parent, name, FileKind::File, mode, 0)?;
+        let opened = self.open_file(caller, attr.ino, flags)?;
+        Ok((attr, opened))
+    }
+
+    /// `mkdir`; at the mount root it registers an agent.
+    pub fn mkdir(&self, caller: &Caller, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+        attr_of(self.mutate(caller, Mutation::Mkdir { parent, name, mode })?)
+    }
+
+    pub fn symlink(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<Attr> {
+        attr_of(self.mutate(
+            caller,
+            Mutation::Symlink {
+                parent,
+                name,
+                target,
+            },
+        )?)
+    }
+
+    pub fn link(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &[u8],
+    ) -> Result<Attr> {
+        attr_of(self.mutate(
+            caller,
+            Mutation::Link {
+                ino,
+                new_parent,
+                new_name,
+            },
+        )?)
+    }
+
+    pub fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
+        self.mutate(caller, Mutation::Unlink { parent, name })
+            .map(|_| ())
+    }
+
+    pub fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
+        self.mutate(caller, Mutation::Rmdir { parent, name })
+            .map(|_| ())
+    }
+
+    pub fn rename(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        self.mutate(
+            caller,
+            Mutation::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+            },
+        )
+        .map(|_| ())
+    }
+
+    /// Writes `data` at `offset` (at the end of the file when `append`). Returns bytes written.
+    pub fn write(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+    ) -> Result<u32> {
+        match self.mutate(
+            caller,
+            Mutation::Write {
+                ino,
+                offset,
+                data,
+                append,
+            },
+        )? {
+            Outcome::Written(n) => Ok(n),
+            _ => Err(VfsError::Invalid("unexpected outcome")),
+        }
+    }
+
+    pub fn setattr(&self, caller: &Caller, ino: Ino, set: SetAttr) -> Result<Attr> {
+        attr_of(self.mutate(caller, Mutation::SetAttr { ino, set })?)
+    }
+
+    pub fn setxattr(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
+        self.mutate(
+            caller,
+            Mutation::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+            },
+        )
+        .map(|_| ())
+    }
+
+    pub fn removexattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> Result<()> {
+        self.mutate(caller, Mutation::RemoveXattr { ino, name })
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,572 @@
+//! The mutation choke point.
+//!
+//! Every call that changes anything enters through [`Vfs::mutate`]: it locates the target
+//! (agent, memory class, path), applies the fixed rules of the tree (`guard`), asks the policy
+//! hook, runs the operation, and records an audit entry. An operation can only reach the store
+//! through [`Txn::commit`], which puts the audit entry into the same transaction as the change.
+
+use crate::caller::Caller;
+use crate::error::{Result, VfsError};
+use crate::node::Class;
+use crate::sysfs;
+use crate::vfs::{now_ns, Attr, Vfs, ROOT_INO};
+use agentfs_memory::{AuditEntry, Batch, Durability, FileKind, Ino};
+use agentfs_policy::{Decision, Op, Request};
+use std::sync::Arc;
+
+/// Attribute changes of a setattr call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+/// A timestamp to set: a given time or "now".
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSet {
+    At(i64),
+    Now,
+}
+
+/// Everything that can change the tree.
+#[derive(Debug)]
+pub(crate) enum Mutation<'a> {
+    /// Regular files and special files (FIFO, socket, devices).
+    Create {
+        parent: Ino,
+        name: &'a [u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u32,
+    },
+    Mkdir {
+        parent: Ino,
+        name: &'a [u8],
+        mode: u32,
+    },
+    Symlink {
+        parent: Ino,
+        name: &'a [u8],
+        target: &'a [u8],
+    },
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &'a [u8],
+    },
+    Unlink {
+        parent: Ino,
+        name: &'a [u8],
+    },
+    Rmdir {
+        parent: Ino,
+        name: &'a [u8],
+    },
+    Rename {
+        parent: Ino,
+        name: &'a [u8],
+        new_parent: Ino,
+        new_name: &'a [u8],
+        flags: u32,
+    },
+    Write {
+        ino: Ino,
+        offset: u64,
+        data: &'a [u8],
+        append: bool,
+    },
+    SetAttr {
+        ino: Ino,
+        set: SetAttr,
+    },
+    SetXattr {
+        ino: Ino,
+        name: &'a [u8],
+        value: &'a [u8],
+        flags: i32,
+    },
+    RemoveXattr {
+        ino: Ino,
+        name: &'a [u8],
+    },
+}
+
+impl Mutation<'_> {
+    pub(crate) fn op(&self) -> Op {
+        match self {
+            Mutation::Create { kind, .. } if *kind == FileKind::File => Op::Create,
+            Mutation::Create { .. } => Op::Mknod,
+            Mutation::Mkdir { parent, .. } if *parent == ROOT_INO => Op::RegisterAgent,
+            Mutation::Mkdir { .. } => Op::Mkdir,
+            Mutation::Symlink { .. } => Op::Symlink,
+            Mutation::Link { .. } => Op::Link,
+            Mutation::Unlink { .. } => Op::Unlink,
+            Mutation::Rmdir { .. } => Op::Rmdir,
+            Mutation::Rename { .. } => Op::Rename,
+            Mutation::Write { .. } => Op::Write,
+            Mutation::SetAttr { set, .. } if set.size.is_some() => Op::Truncate,
+            Mutation::SetAttr { .. } => Op::SetAttr,
+            Mutation::SetXattr { .. } => Op::SetXattr,
+            Mutation::RemoveXattr { .. } => Op::RemoveXattr,
+        }
+    }
+}
+
+/// What a mutation returns.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Attr(Attr),
+    Written(u32),
+    Done,
+}
+
+/// Where a mutation lands.
+#[derive(Debug)]
+pub(crate) struct Located {
+    pub agent: Option<Arc<str>>,
+    /// Class of the object being created or changed.
+    pub class: Class,
+    /// Class of the directory a name is created in or removed from, if any.
+    pub parent_class: Option<Class>,
+    /// Is the object itself (not its parent) a fixed directory?
+    pub structural: bool,
+    /// Path from the mount root, e.g. `a/mem/semantic/x`.
+    pub path: String,
+    /// Destination of a rename or link.
+    pub dest: Option<Dest>,
+}
+
+/// The new name of a rename or link.
+#[derive(Debug)]
+pub(crate) struct Dest {
+    pub path: String,
+    pub class: Class,
+    pub parent_class: Class,
+    pub agent: Option<Arc<str>>,
+    pub structural: bool,
+}
+
+/// One audit entry on its way into the store with the change it describes.
+pub(crate) struct Txn {
+    entry: AuditEntry,
+    committed: bool,
+}
+
+impl Txn {
+    /// Commits `batch` and this call's audit entry atomically: durable changes and the entry
+    /// in one durable transaction; RAM changes into the RAM store with the entry queued for the
+    /// next durable commit (working memory is recorded too, just not with the same fsync).
+    pub(crate) fn commit(
+        &mut self,
+        vfs: &Vfs,
+        class: Class,
+        batch: Batch,
+        durability: Durability,
+    ) -> Result<()> {
+        vfs.commit_batch(class, batch, durability, Some(self.entry.clone()))?;
+        self.committed = true;
+        Ok(())
+    }
+
+    pub(crate) fn set_size(&mut self, size: u64) {
+        self.entry.size = size;
+    }
+}
+
+/// Entries beyond this many are written in a transaction of their own instead of waiting for
+/// the next commit, so a long-running writer cannot grow the queue without bound.
+const MAX_PENDING_AUDIT: usize = 4096;
+
+impl Vfs {
+    pub(crate) fn queue_audit(&self, entry: AuditEntry) {
+        let full = {
+            let mut q = self.pending_audit.lock();
+            q.push_back(entry);
+            q.len() >= MAX_PENDING_AUDIT
+        };
+        if full {
+            if let Err(e) = self.flush_pending_audit() {
+                tracing::error!(error = %e, "could not write queued audit entries");
+            }
+        }
+    }
+
+    /// The choke point: guard → policy → apply → record.
+    pub(crate) fn mutate(&self, caller: &Caller, m: Mutation<'_>) -> Result<Outcome> {
+        let op = m.op();
+        let located = self.locate(&m)?;
+        let span = tracing::debug_span!(
+            "mutate",
+            agent = located.agent.as_deref().unwrap_or("-"),
+            op = op.name(),
+            path = %located.path
+        );
+        let _enter = span.enter();
+        let mut txn = Txn {
+            entry: AuditEntry {
+                time: now_ns(),
+                agent: located.agent.as_deref().unwrap_or("").to_string(),
+                pid: caller.pid,
+                uid: caller.uid,
+                op: op.name().to_string(),
+                path: located.path.clone(),
+                result: 0,
+                size: match &m {
+                    Mutation::Write { data, .. } => data.len() as u64,
+                    Mutation::SetAttr { set, .. } => set.size.unwrap_or(0),
+                    _ => 0,
+                },
+            },
+            committed: false,
+        };
+        let result = self
+            .guard(caller, &m, &located)
+            .and_then(|()| self.ask_policy(caller, &m, op, &located))
+            .and_then(|()| self.apply(caller, &mut txn, m, &located));
+        if let Some(agent) = located.agent.as_deref().and_then(|a| self.agent(a)) {
+            agent.count_op(op, result.is_ok());
+        }
+        match &result {
+            Ok(_) => {
+                if !txn.committed {
+                    self.queue_audit(txn.entry);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "refused");
+                txn.entry.result = crate::errno_hint(e);
+                self.queue_audit(txn.entry);
+            }
+        }
+        result
+    }
+
+    fn apply(
+        &self,
+        caller: &Caller,
+        txn: &mut Txn,
+        m: Mutation<'_>,
+        located: &Located,
+    ) -> Result<Outcome> {
+        match m {
+            Mutation::Mkdir { parent, name, mode } if parent == ROOT_INO => self
+                .register_agent(caller, txn, name, mode)
+                .map(Outcome::Attr),
+            Mutation::Create {
+                parent,
+                name,
+                kind,
+                mode,
+                rdev,
+            } => self
+                .create_node(caller, txn, parent, name, kind, mode, rdev, &[])
+                .map(Outcome::Attr),
+            Mutation::Mkdir { parent, name, mode } => self
+                .create_node(caller, txn, parent, name, FileKind::Dir, mode, 0, &[])
+                .map(Outcome::Attr),
+            Mutation::Symlink {
+                parent,
+                name,
+                target,
+            } => self
+                .create_node(
+                    caller,
+                    txn,
+                    parent,
+                    name,
+                    FileKind::Symlink,
+                    0o777,
+                    0,
+                    target,
+                )
+                .map(Outcome::Attr),
+            Mutation::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => self
+                .do_link(txn, ino, new_parent, new_name)
+                .map(Outcome::Attr),
+            Mutation::Unlink { parent, name } => self
+                .remove_entry(txn, parent, name, false)
+                .map(|()| Outcome::Done),
+            Mutation::Rmdir { parent, name } => self
+                .remove_entry(txn, parent, name, true)
+                .map(|()| Outcome::Done),
+            Mutation::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+            } => self
+                .do_rename(txn, parent, name, new_parent, new_name, flags)
+                .map(|()| Outcome::Done),
+            Mutation::Write {
+                ino,
+                offset,
+                data,
+                append,
+            } => self
+                .write_data(ino, offset, data, append, located.class)
+                .map(Outcome::Written),
+            Mutation::SetAttr { ino, set } => self.set_attr(txn, ino, set).map(Outcome::Attr),
+            Mutation::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+            } => self
+                .set_xattr(txn, ino, name, Some(value), flags)
+                .map(|()| Outcome::Done),
+            Mutation::RemoveXattr { ino, name } => self
+                .set_xattr(txn, ino, name, None, 0)
+                .map(|()| Outcome::Done),
+        }
+    }
+
+    /// Mount-relative path of a node, e.g. `a/mem/semantic/x`. Takes one node lock at a time.
+    pub(crate) fn path_of(&self, ino: Ino) -> String {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut cur = ino;
+        for _ in 0..4096 {
+            if cur == ROOT_INO {
+                break;
+            }
+            let Ok(node) = self.node(cur) else {
+                break;
+            };
+            let (parent, name) = {
+                let n = node.read();
+                (n.parent, n.name.clone())
+            };
+            parts.push(name);
+            cur = parent;
+        }
+        parts.reverse();
+        let joined: Vec<u8> = parts.join(&b'/');
+        String::from_utf8_lossy(&joined).into_owned()
+    }
+
+    fn locate_child(&self, parent: Ino, name: &[u8]) -> Result<Located> {
+        if sysfs::Virtual::of(self, parent).is_some() {
+            return Err(VfsError::NotPermitted("sys/ is read-only"));
+        }
+        let (parent_class, agent, structural) = {
+            let node = self.node(parent)?;
+            let p = node.read();
+            let child_structural = match p.dir().and_then(|d| d.get(name)) {
+                Some(child) => self
+                    .node(child)
+                    .map(|c| c.read().structural)
+                    .unwrap_or(false),
+                None => false,
+            };
+            (p.class, p.agent.clone(), child_structural)
+        };
+        let agent = if parent == ROOT_INO {
+            Some(Arc::from(String::from_utf8_lossy(name).as_ref()))
+        } else {
+            agent
+        };
+        let mut path = self.path_of(parent);
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(&String::from_utf8_lossy(name));
+        Ok(Located {
+            agent,
+            class: parent_class.of_child(name),
+            parent_class: Some(parent_class),
+            structural,
+            path,
+            dest: None,
+        })
+    }
+
+    fn locate_dest(&self, parent: Ino, name: &[u8]) -> Result<Dest> {
+        let at = self.locate_child(parent, name)?;
+        Ok(Dest {
+            path: at.path,
+            class: at.class,
+            parent_class: at.parent_class.unwrap_or(at.class),
+            agent: at.agent,
+            structural: at.structural,
+        })
+    }
+
+    fn locate_ino(&self, ino: Ino) -> Result<Located> {
+        if sysfs::Virtual::of(self, ino).is_some() {
+            return Err(VfsError::NotPermitted("sys/ is read-only"));
+        }
+        let (class, agent, structural) = {
+            let node = self.node(ino)?;
+            let n = node.read();
+            (n.class, n.agent.clone(), n.structural)
+        };
+        Ok(Located {
+            agent,
+            class,
+            parent_class: None,
+            structural,
+            path: self.path_of(ino),
+            dest: None,
+        })
+    }
+
+    fn locate(&self, m: &Mutation<'_>) -> Result<Located> {
+        match *m {
+            Mutation::Create { parent, name, .. }
+            | Mutation::Mkdir { parent, name, .. }
+            | Mutation::Symlink { parent, name, .. }
+            | Mutation::Unlink { parent, name }
+            | Mutation::Rmdir { parent, name } => self.locate_child(parent, name),
+            Mutation::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => {
+                let mut src = self.locate_child(parent, name)?;
+                src.dest = Some(self.locate_dest(new_parent, new_name)?);
+                Ok(src)
+            }
+            Mutation::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => {
+                let mut src = self.locate_ino(ino)?;
+                src.dest = Some(self.locate_dest(new_parent, new_name)?);
+                Ok(src)
+            }
+            Mutation::Write { ino, .. }
+            | Mutation::SetAttr { ino, .. }
+            | Mutation::SetXattr { ino, .. }
+            | Mutation::RemoveXattr { ino, .. } => self.locate_ino(ino),
+        }
+    }
+
+    /// The fixed rules of the tree, checked before the policy is asked.
+    fn guard(&self, caller: &Caller, m: &Mutation<'_>, at: &Located) -> Result<()> {
+        if let (Some(mine), Some(target)) = (&caller.agent, &at.agent) {
+            if mine != target {
+                return Err(VfsError::AccessDenied("another agent's tree"));
+            }
+        }
+        let touches = |c: Class| {
+            at.class == c
+                || at.parent_class == Some(c)
+                || at.dest.as_ref().is_some_and(|d| d.class == c)
+        };
+        if touches(Class::Policy) {
+            return Err(VfsError::ReadOnly("policy/ is read-only"));
+        }
+        if touches(Class::State) {
+            return Err(VfsError::NotPermitted(
+                "checkpoints are not available yet (state/ is read-only)",
+            ));
+        }
+        let namespace_change = matches!(
+            m,
+            Mutation::Create { .. }
+                | Mutation::Mkdir { .. }
+                | Mutation::Symlink { .. }
+                | Mutation::Link { .. }
+                | Mutation::Unlink { .. }
+                | Mutation::Rmdir { .. }
+                | Mutation::Rename { .. }
+        );
+        if namespace_change {
+            let dest_parent = at.dest.as_ref().map(|d| d.parent_class);
+            for parent_class in [at.parent_class, dest_parent].into_iter().flatten() {
+                match parent_class {
+                    Class::Root if !matches!(m, Mutation::Mkdir { .. }) => {
+                        return Err(VfsError::NotPermitted(
+                            "only agent directories live at the mount root",
+                        ));
+                    }
+                    Class::AgentRoot | Class::MemDir => {
+                        return Err(VfsError::NotPermitted(
+                            "the layout of an agent directory is fixed",
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            let removes_name = matches!(
+                m,
+                Mutation::Unlink { .. } | Mutation::Rmdir { .. } | Mutation::Rename { .. }
+            );
+            let replaces_name = matches!(m, Mutation::Rename { .. });
+            if (removes_name && at.structural)
+                || (replaces_name && at.dest.as_ref().is_some_and(|d| d.structural))
+            {
+                return Err(VfsError::NotPermitted(
+                    "the layout of an agent directory is fixed",
+                ));
+            }
+        }
+        if let Some(dest) = &at.dest {
+            if dest.class != at.class || dest.agent != at.agent {
+                return Err(VfsError::CrossDevice);
+            }
+        }
+        if at.class == Class::Episodic {
+            match m {
+                Mutation::Unlink { .. }
+                | Mutation::Rmdir { .. }
+                | Mutation::Rename { .. }
+                | Mutation::Link { .. } => {
+                    return Err(VfsError::NotPermitted("mem/episodic is append-only"))
+                }
+                Mutation::SetAttr { set, .. }
+                    if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() =>
+                {
+                    return Err(VfsError::NotPermitted("mem/episodic is append-only"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn ask_policy(&self, caller: &Caller, m: &Mutation<'_>, op: Op, at: &Located) -> Result<()> {
+        let Some(agent) = at.agent.as_deref() else {
+            return Ok(());
+        };
+        let within = |p: &str| -> String {
+            p.split_once('/')
+                .map(|(_, rest)| rest.to_string())
+                .unwrap_or_default()
+        };
+        let path = within(&at.path);
+        let target = at.dest.as_ref().map(|d| within(&d.path));
+        let data = match m {
+            Mutation::Write { data, .. } => Some(*data),
+            Mutation::Symlink { target, .. } => Some(*target),
+            Mutation::SetXattr { value, .. } => Some(*value),
+            _ => None,
+        };
+        let request = Request {
+            agent,
+            op,
+            path: &path,
+            target: target.as_deref(),
+            data,
+            uid: caller.uid,
+            pid: caller.pid,
+        };
+        match self.policy.check(&request) {
+            Decision::Allow => Ok(()),
+            Decision::Deny { .. } | Decision::Kill { .. } => {
+                Err(VfsError::AccessDenied("refused by policy"))
+            }
+        }
+    }
+}

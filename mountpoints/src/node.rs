@@ -1,0 +1,281 @@
+//! In-memory inodes: the live tree every read is served from.
+//!
+//! The store holds the durable copy; this is the authoritative view while mounted. A node is
+//! changed only after the store accepted the change (namespace ops), or — for file content —
+//! in memory first and committed at close/fsync, like a page cache.
+
+use agentfs_memory::{ChunkId, FileKind, Ino, InodeRecord};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Which part of the tree a node lives in. Decides the store (RAM or durable) and the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// The mount root.
+    Root,
+    /// `AGENT/`.
+    AgentRoot,
+    /// `AGENT/mem/`.
+    MemDir,
+    /// `AGENT/mem/working/` and below: RAM only.
+    Working,
+    /// `AGENT/mem/episodic/` and below: durable, append-only.
+    Episodic,
+    /// `AGENT/mem/semantic/` and below: durable.
+    Semantic,
+    /// `AGENT/state/`: checkpoints.
+    State,
+    /// `AGENT/policy/`: read-only.
+    Policy,
+}
+
+impl Class {
+    /// True for the classes whose content is kept in RAM only.
+    pub fn is_volatile(self) -> bool {
+        self == Class::Working
+    }
+
+    /// Index into per-agent byte counters, for the three memory classes.
+    pub fn memory_index(self) -> Option<usize> {
+        match self {
+            Class::Working => Some(0),
+            Class::Episodic => Some(1),
+            Class::Semantic => Some(2),
+            _ => None,
+        }
+    }
+
+    /// The class of a child named `name` created or found under a node of class `self`.
+    pub fn of_child(self, name: &[u8]) -> Class {
+        match self {
+            Class::Root => Class::AgentRoot,
+            Class::AgentRoot => match name {
+                b"mem" => Class::MemDir,
+                b"state" => Class::State,
+                b"policy" => Class::Policy,
+                // No other name exists here; a new one would be part of the fixed layout.
+                _ => Class::AgentRoot,
+            },
+            Class::MemDir => match name {
+                b"working" => Class::Working,
+                b"episodic" => Class::Episodic,
+                b"semantic" => Class::Semantic,
+                _ => Class::MemDir,
+            },
+            other => other,
+        }
+    }
+}
+
+/// A file's content: chunk slots by index. A missing slot is a hole and reads as zeros.
+#[derive(Debug, Default)]
+pub struct FileData {
+    pub slots: BTreeMap<u64, Slot>,
+    /// Slot indexes changed since the last commit.
+    pub unsynced: BTreeSet<u64>,
+    /// Lowest chunk index dropped by a truncate since the last commit.
+    pub truncated_from: Option<u64>,
+    /// Content or size changed since the last commit.
+    pub dirty: bool,
+    /// Number of [`Slot::Dirty`] slots (their bytes are in RAM only).
+    pub dirty_slots: usize,
+}
+
+/// One chunk of a file.
+#[derive(Debug)]
+pub enum Slot {
+    /// Stored, immutable, addressed by hash.
+    Clean(ChunkId),
+    /// Being written: the chunk's bytes so far (shorter than a chunk: the rest reads as zeros).
+    Dirty(Vec<u8>),
+}
+
+/// Directory entries with readdir cookies that stay valid while entries come and go.
+#[derive(Debug)]
+pub struct DirEntries {
+    /// name → (inode, its kind, readdir cookie). The kind is kept here so readdir never has
+    /// to lock the children.
+    by_name: HashMap<Vec<u8>, (Ino, FileKind, u64)>,
+    by_cookie: BTreeMap<u64, Vec<u8>>,
+    next_cookie: u64,
+}
+
+/// Cookies 1 and 2 are `.` and `..`.
+pub const FIRST_COOKIE: u64 = 3;
+
+impl Default for DirEntries {
+    fn default() -> Self {
+        DirEntries {
+            by_name: HashMap::new(),
+            by_cookie: BTreeMap::new(),
+            next_cookie: FIRST_COOKIE,
+        }
+    }
+}
+
+impl DirEntries {
+    pub fn get(&self, name: &[u8]) -> Option<Ino> {
+        self.by_name.get(name).map(|(ino, _, _)| *ino)
+    }
+
+    /// Adds or replaces `name`. A replaced entry keeps its cookie, so a reader iterating the
+    /// directory sees it once.
+    pub fn insert(&mut self, name: Vec<u8>, ino: Ino, kind: FileKind) {
+        if let Some(entry) = self.by_name.get_mut(&name) {
+            entry.0 = ino;
+            entry.1 = kind;
+            return;
+        }
+        let cookie = self.next_cookie;
+        self.next_cookie += 1;
+        self.by_cookie.insert(cookie, name.clone());
+        self.by_name.insert(name, (ino, kind, cookie));
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> Option<Ino> {
+        let (ino, _, cookie) = self.by_name.remove(name)?;
+        self.by_cookie.remove(&cookie);
+        Some(ino)
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Entries with a cookie greater than `after`, in cookie order.
+    pub fn after(&self, after: u64) -> impl Iterator<Item = (u64, &[u8], Ino, FileKind)> + '_ {
+        self.by_cookie
+            .range(after.saturating_add(1)..)
+            .filter_map(|(cookie, name)| {
+                self.by_name
+                    .get(name)
+                    .map(|(ino, kind, _)| (*cookie, name.as_slice(), *ino, *kind))
+            })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = (&[u8], Ino)> + '_ {
+        self.by_name
+            .iter()
+            .map(|(n, (ino, _, _))| (n.as_slice(), *ino))
+    }
+}
+
+#[derive(Debug)]
+pub enum Body {
+    Dir(DirEntries),
+    File(FileData),
+    /// Symlinks and special files: everything is in the attributes.
+    Other,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub attr: InodeRecord,
+    pub class: Class,
+    pub agent: Option<Arc<str>>,
+    /// Fixed directories (`AGENT/`, `mem/`, `mem/working`, …) that cannot be renamed or removed.
+    pub structural: bool,
+    /// Directory holding the entry this node was created or last renamed under.
+    pub parent: Ino,
+    /// That entry's name. For hard-linked files, one of the names.
+    pub name: Vec<u8>,
+    pub body: Body,
+    /// Open file handles; an unlinked node lives until this reaches 0.
+    pub open_count: u32,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Node {
+    pub fn new(
+        attr: InodeRecord,
+        class: Class,
+        agent: Option<Arc<str>>,
+        parent: Ino,
+        name: Vec<u8>,
+    ) -> Self {
+        let body = match attr.kind {
+            FileKind::Dir => Body::Dir(DirEntries::default()),
+            FileKind::File => Body::File(FileData::default()),
+            _ => Body::Other,
+        };
+        Node {
+            attr,
+            class,
+            agent,
+            structural: false,
+            parent,
+            name,
+            body,
+            open_count: 0,
+            xattrs: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> Option<&DirEntries> {
+        match &self.body {
+            Body::Dir(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn dir_mut(&mut self) -> Option<&mut DirEntries> {
+        match &mut self.body {
+            Body::Dir(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.attr.kind == FileKind::Dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_survive_removal_of_other_entries() {
+        let mut d = DirEntries::default();
+        for i in 0..10u64 {
+            d.insert(format!("f{i}").into_bytes(), 100 + i, FileKind::File);
+        }
+        let first: Vec<_> = d
+            .after(0)
+            .take(5)
+            .map(|(c, n, _, _)| (c, n.to_vec()))
+            .collect();
+        let resume = first.last().map(|(c, _)| *c).unwrap_or(0);
+        d.remove(b"f2");
+        d.remove(b"f7");
+        d.insert(b"new".to_vec(), 200, FileKind::File);
+        let rest: Vec<Vec<u8>> = d.after(resume).map(|(_, n, _, _)| n.to_vec()).collect();
+        assert_eq!(
+            rest,
+            vec![
+                b"f5".to_vec(),
+                b"f6".to_vec(),
+                b"f8".to_vec(),
+                b"f9".to_vec(),
+                b"new".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn replace_keeps_cookie() {
+        let mut d = DirEntries::default();
+        d.insert(b"a".to_vec(), 1, FileKind::File);
+        d.insert(b"b".to_vec(), 2, FileKind::File);
+        d.insert(b"a".to_vec(), 3, FileKind::File);
+        let all: Vec<_> = d.after(0).map(|(_, n, i, _)| (n.to_vec(), i)).collect();
+        assert_eq!(all, vec![(b"a".to_vec(), 3), (b"b".to_vec(), 2)]);
+        assert_eq!(d.len(), 2);
+    }
+}

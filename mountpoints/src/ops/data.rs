@@ -1,0 +1,303 @@
+//! File content: writes into per-file chunk buffers, truncation, and committing a file's
+//! buffered state to its store (at close, fsync, truncate and shutdown).
+//!
+//! A write changes memory only, like a page cache: readers of the mount see it at once, and
+//! the chunks reach the store when the file is closed or synced. Full chunks are sealed
+//! (hashed and stored) as soon as a write completes them, so a long sequential write keeps at
+//! most one partial chunk per file in RAM.
+
+use crate::error::{Result, VfsError};
+use crate::node::{Body, Class, FileData, Node, Slot};
+use crate::vfs::{now_ns, Vfs};
+use agentfs_memory::{AuditEntry, Batch, Change, Durability, Ino, Store, CHUNK_SIZE};
+
+/// Writes past 1 TiB get EFBIG.
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// A file with more chunks buffered in RAM than this has all of them sealed, bounding its
+/// RAM use (32 MiB) under random writes.
+const MAX_DIRTY_CHUNKS: usize = 256;
+
+const CHUNK: u64 = CHUNK_SIZE as u64;
+
+impl Vfs {
+    pub(crate) fn write_data(
+        &self,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+        class: Class,
+    ) -> Result<u32> {
+        let node = self.node(ino)?;
+        let store = self.store_for(class).clone();
+        let mut n = node.write();
+        let old_size = n.attr.size;
+        let offset = if append { old_size } else { offset };
+        if n.class == Class::Episodic && offset != old_size {
+            return Err(VfsError::NotPermitted(
+                "mem/episodic is append-only: writes go at the end",
+            ));
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(VfsError::FileTooBig)?;
+        let Body::File(file) = &mut n.body else {
+            return Err(VfsError::IsDir);
+        };
+        let mut pos = offset;
+        let mut src = 0usize;
+        while pos < end {
+            let idx = pos / CHUNK;
+            let in_chunk = (pos % CHUNK) as usize;
+            let take = ((CHUNK - pos % CHUNK).min(end - pos)) as usize;
+            let piece = &data[src..src + take];
+            file.unsynced.insert(idx);
+            pos += take as u64;
+            src += take;
+            // A write covering a whole chunk goes straight to the store: no copy in RAM.
+            if in_chunk == 0 && take == CHUNK_SIZE {
+                if let Ok(id) = store.put_chunk(piece) {
+                    set_slot(file, idx, Slot::Clean(id));
+                    continue;
+                }
+            }
+            let buf = dirty_slot(file, idx, store.as_ref())?;
+            if buf.len() == in_chunk {
+                buf.extend_from_slice(piece);
+            } else {
+                if buf.len() < in_chunk + take {
+                    buf.resize(in_chunk + take, 0);
+                }
+                buf[in_chunk..in_chunk + take].copy_from_slice(piece);
+            }
+        }
+        file.dirty = true;
+        // Seal chunks this write completed; a failure (full disk) leaves them dirty and is
+        // reported by the commit at close.
+        let first = offset / CHUNK;
+        let last_complete = end / CHUNK;
+        for idx in first..last_complete {
+            let full =
+                matches!(file.slots.get(&idx), Some(Slot::Dirty(b)) if b.len() == CHUNK_SIZE);
+            if full {
+                let _ = seal_one(file, idx, store.as_ref());
+            }
+        }
+        if file.dirty_slots > MAX_DIRTY_CHUNKS {
+            let _ = seal_all(file, store.as_ref());
+        }
+        let now = now_ns();
+        n.attr.size = old_size.max(end);
+        n.attr.mtime = now;
+        n.attr.ctime = now;
+        let grown = n.attr.size - old_size;
+        if grown > 0 {
+            self.count_bytes(&n, grown as i64);
+        }
+        Ok(data.len() as u32)
+    }
+
+    pub(crate) fn count_bytes(&self, n: &Node, delta: i64) {
+        if let (Some(agent), Some(ci)) = (n.agent.as_deref(), n.class.memory_index()) {
+            if let Some(a) = self.agent(agent) {
+                a.add_bytes(ci, delta);
+            }
+        }
+    }
+
+    /// Cuts or extends a file held under its write lock. Content past the new end is gone;
+    /// growing adds a hole.
+    pub(crate) fn truncate_locked(&self, n: &mut Node, new_size: u64) -> Result<()> {
+        if new_size > MAX_FILE_SIZE {
+            return Err(VfsError::FileTooBig);
+        }
+        let old_size = n.attr.size;
+        let store = self.store_for(n.class).clone();
+        let Body::File(file) = &mut n.body else {
+            return Err(VfsError::IsDir);
+        };
+        if new_size < old_size {
+            let keep = new_size.div_ceil(CHUNK);
+            let dropped: Vec<u64> = file.slots.range(keep..).map(|(k, _)| *k).collect();
+            for idx in dropped {
+                remove_slot(file, idx);
+            }
+            file.unsynced.retain(|idx| *idx < keep);
+            file.truncated_from = Some(file.truncated_from.map_or(keep, |t| t.min(keep)));
+            let cut = (new_size % CHUNK) as usize;
+            if cut != 0 {
+                let idx = new_size / CHUNK;
+                if file.slots.contains_key(&idx) {
+                    let buf = dirty_slot(file, idx, store.as_ref())?;
+                    buf.truncate(cut);
+                    file.unsynced.insert(idx);
+                }
+            }
+        }
+        file.dirty = true;
+        n.attr.size = new_size;
+        self.count_bytes(n, new_size as i64 - old_size as i64);
+        Ok(())
+    }
+
+    /// Commits a file's buffered content and attributes (close, fsync, shutdown).
+    pub(crate) fn commit_file(&self, ino: Ino, durability: Durability) -> Result<()> {
+        let Ok(node) = self.node(ino) else {
+            return Ok(());
+        };
+        let mut n = node.write();
+        let needs = matches!(&n.body, Body::File(f) if f.dirty);
+        if !needs {
+            return Ok(());
+        }
+        let class = n.class;
+        let batch = self.file_batch(&mut n)?;
+        self.commit_batch(class, batch, durability, None)?;
+        mark_synced(&mut n);
+        Ok(())
+    }
+
+    /// Seals a file's dirty chunks and describes its state as a batch. The caller commits it
+    /// and then calls [`mark_synced`].
+    pub(crate) fn file_batch(&self, n: &mut Node) -> Result<Batch> {
+        let ino = n.attr.ino;
+        let store = self.store_for(n.class).clone();
+        let mut batch = Batch::new();
+        if let Body::File(file) = &mut n.body {
+            seal_all(file, store.as_ref())?;
+            if let Some(from) = file.truncated_from {
+                batch.push(Change::TruncateChunks {
+                    ino,
+                    from_index: from,
+                });
+            }
+            if !file.unsynced.is_empty() {
+                let chunks = file
+                    .unsynced
+                    .iter()
+                    .map(|idx| {
+                        let id = match file.slots.get(idx) {
+                            Some(Slot::Clean(id)) => Some(*id),
+                            _ => None,
+                        };
+                        (*idx, id)
+                    })
+                    .collect();
+                batch.push(Change::SetChunks { ino, chunks });
+            }
+        }
+        batch.push(Change::PutInode(n.attr.clone()));
+        Ok(batch)
+    }
+
+    /// Commits `batch` to the store of `class`, with the queued audit entries and `entry`
+    /// riding along in the same transaction when the store is the durable one.
+    pub(crate) fn commit_batch(
+        &self,
+        class: Class,
+        mut batch: Batch,
+        durability: Durability,
+        entry: Option<AuditEntry>,
+    ) -> Result<()> {
+        if class.is_volatile() {
+            self.volatile.commit(batch, durability)?;
+            if let Some(entry) = entry {
+                self.queue_audit(entry);
+            }
+            return Ok(());
+        }
+        let pending: Vec<AuditEntry> = self.pending_audit.lock().drain(..).collect();
+        batch
+            .changes
+            .extend(pending.iter().cloned().map(Change::Audit));
+        if let Some(entry) = entry {
+            batch.push(Change::Audit(entry));
+        }
+        if let Err(e) = self.durable.commit(batch, durability) {
+            // Not recorded: put the queued entries back in front.
+            let mut q = self.pending_audit.lock();
+            for entry in pending.into_iter().rev() {
+                q.push_front(entry);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// After a successful commit of [`Vfs::file_batch`].
+pub(crate) fn mark_synced(n: &mut Node) {
+    if let Body::File(file) = &mut n.body {
+        file.unsynced.clear();
+        file.truncated_from = None;
+        file.dirty = false;
+    }
+}
+
+/// Puts `slot` at `idx`, keeping the count of dirty slots right.
+fn set_slot(file: &mut FileData, idx: u64, slot: Slot) {
+    let now_dirty = matches!(slot, Slot::Dirty(_));
+    let was_dirty = matches!(file.slots.insert(idx, slot), Some(Slot::Dirty(_)));
+    file.dirty_slots = file.dirty_slots + usize::from(now_dirty) - usize::from(was_dirty);
+}
+
+fn remove_slot(file: &mut FileData, idx: u64) {
+    if let Some(Slot::Dirty(_)) = file.slots.remove(&idx) {
+        file.dirty_slots -= 1;
+    }
+}
+
+/// The slot `idx` as a writable buffer, loading its stored bytes first.
+fn dirty_slot<'a>(file: &'a mut FileData, idx: u64, store: &dyn Store) -> Result<&'a mut Vec<u8>> {
+    let loaded = match file.slots.get(&idx) {
+        Some(Slot::Dirty(_)) => None,
+        Some(Slot::Clean(id)) => {
+            let mut buf = vec![0u8; CHUNK_SIZE];
+            let n = store.read_at(id, 0, &mut buf)?;
+            buf.truncate(n);
+            Some(buf)
+        }
+        None => Some(Vec::new()),
+    };
+    if let Some(buf) = loaded {
+        set_slot(file, idx, Slot::Dirty(buf));
+    }
+    match file.slots.get_mut(&idx) {
+        Some(Slot::Dirty(buf)) => Ok(buf),
+        _ => Err(VfsError::Invalid("chunk slot")),
+    }
+}
+
+/// Stores the dirty slot `idx` and replaces it by its chunk id.
+fn seal_one(file: &mut FileData, idx: u64, store: &dyn Store) -> Result<()> {
+    let id = match file.slots.get(&idx) {
+        Some(Slot::Dirty(buf)) if buf.is_empty() => {
+            // An empty buffer is a hole.
+            remove_slot(file, idx);
+            file.unsynced.insert(idx);
+            return Ok(());
+        }
+        Some(Slot::Dirty(buf)) => store.put_chunk(buf)?,
+        _ => return Ok(()),
+    };
+    set_slot(file, idx, Slot::Clean(id));
+    Ok(())
+}
+
+fn seal_all(file: &mut FileData, store: &dyn Store) -> Result<()> {
+    if file.dirty_slots == 0 {
+        return Ok(());
+    }
+    let dirty: Vec<u64> = file
+        .slots
+        .iter()
+        .filter(|(_, s)| matches!(s, Slot::Dirty(_)))
+        .map(|(k, _)| *k)
+        .collect();
+    for idx in dirty {
+        seal_one(file, idx, store)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! The operations behind the choke point, one family per module.
+
+pub(crate) mod attr;
+pub(crate) mod data;
+pub(crate) mod namespace;

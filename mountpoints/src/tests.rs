@@ -1,0 +1,518 @@
+//! Core tests without a mount: the tree rules, POSIX behaviour of the memory classes, and a
+//! model-based test of random operation sequences against a plain in-memory model, including
+//! reloads from the durable store.
+
+use crate::{Caller, FileKind, Ino, SetAttr, Vfs, VfsError, ROOT_INO};
+use agentfs_memory::{RamStore, Store, CHUNK_SIZE};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+struct Fixture {
+    durable: Arc<RamStore>,
+    vfs: Arc<Vfs>,
+}
+
+fn op() -> Caller {
+    Caller::kernel()
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let durable = Arc::new(RamStore::new());
+        let vfs = Self::load(&durable);
+        Fixture { durable, vfs }
+    }
+
+    fn load(durable: &Arc<RamStore>) -> Arc<Vfs> {
+        let d: Arc<dyn Store> = durable.clone();
+        Vfs::with_stores(Path::new("/nonexistent"), d, Arc::new(RamStore::new())).expect("load")
+    }
+
+    /// Simulates a daemon restart: the durable store stays, RAM is gone.
+    fn restart(&mut self) {
+        self.vfs.shutdown().expect("shutdown");
+        self.vfs = Self::load(&self.durable);
+    }
+
+    fn ino(&self, path: &str) -> Result<Ino, VfsError> {
+        let mut ino = ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            ino = self.vfs.lookup(&op(), ino, part.as_bytes())?.ino;
+        }
+        Ok(ino)
+    }
+
+    fn agent(&self, name: &str) {
+        self.vfs
+            .mkdir(&op(), ROOT_INO, name.as_bytes(), 0o755)
+            .expect("register agent");
+    }
+
+    fn write_file(&self, dir: &str, name: &str, data: &[u8]) -> Ino {
+        let parent = self.ino(dir).expect("dir");
+        let (attr, _) = self
+            .vfs
+            .create(&op(), parent, name.as_bytes(), 0o644, libc::O_WRONLY)
+            .expect("create");
+        self.vfs
+            .write(&op(), attr.ino, 0, data, false)
+            .expect("write");
+        self.vfs.release(&op(), attr.ino, 0).expect("close");
+        attr.ino
+    }
+
+    fn read_all(&self, ino: Ino) -> Vec<u8> {
+        let size = self.vfs.getattr(&op(), ino).expect("getattr").size;
+        self.vfs
+            .read(&op(), ino, 0, 0, size as u32 + 10)
+            .expect("read")
+    }
+}
+
+#[test]
+fn agent_layout_is_created_and_fixed() {
+    let f = Fixture::new();
+    f.agent("a");
+    for p in [
+        "a/mem/working",
+        "a/mem/episodic",
+        "a/mem/semantic",
+        "a/state",
+        "a/policy",
+    ] {
+        let ino = f.ino(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(f.vfs.getattr(&op(), ino).unwrap().kind, FileKind::Dir);
+    }
+    let a = f.ino("a").unwrap();
+    let mem = f.ino("a/mem").unwrap();
+    fn err<T>(r: Result<T, VfsError>) -> Option<i32> {
+        r.err().map(|e| e.errno())
+    }
+    assert_eq!(
+        err(f.vfs.mkdir(&op(), a, b"extra", 0o755)),
+        Some(libc::EPERM)
+    );
+    assert_eq!(err(f.vfs.rmdir(&op(), mem, b"working")), Some(libc::EPERM));
+    assert_eq!(
+        err(f.vfs.rename(&op(), a, b"mem", a, b"mem2", 0)),
+        Some(libc::EPERM)
+    );
+    let policy = f.ino("a/policy").unwrap();
+    assert_eq!(
+        err(f.vfs.mknod(&op(), policy, b"x", FileKind::File, 0o644, 0)),
+        Some(libc::EROFS)
+    );
+    let state = f.ino("a/state").unwrap();
+    assert_eq!(
+        err(f.vfs.mkdir(&op(), state, b"cp", 0o755)),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        err(f
+            .vfs
+            .mknod(&op(), ROOT_INO, b"file", FileKind::File, 0o644, 0)),
+        Some(libc::EPERM)
+    );
+}
+
+#[test]
+fn agent_names_are_checked() {
+    let f = Fixture::new();
+    let err = |name: &[u8]| {
+        f.vfs
+            .mkdir(&op(), ROOT_INO, name, 0o755)
+            .err()
+            .map(|e| e.errno())
+    };
+    assert_eq!(err(b"sys"), Some(libc::EEXIST));
+    assert_eq!(err(b".hidden"), Some(libc::EINVAL));
+    assert_eq!(err(b"sp ace"), Some(libc::EINVAL));
+    assert_eq!(err(&[b'a'; 256]), Some(libc::ENAMETOOLONG));
+    assert_eq!(err(b"ok-1"), None);
+    assert_eq!(err(b"ok-1"), Some(libc::EEXIST));
+}
+
+#[test]
+fn sys_tree_lists_agents_and_refuses_writes() {
+    let f = Fixture::new();
+    f.agent("a");
+    f.agent("b");
+    let agents = f.ino("sys/agents").unwrap();
+    let mut names = Vec::new();
+    f.vfs
+        .readdir(&op(), agents, 0, &mut |e| {
+            names.push(String::from_utf8_lossy(&e.name).into_owned());
+            false
+        })
+        .unwrap();
+    assert_eq!(names, vec![".", "..", "a", "b"]);
+    let status = f.ino("sys/agents/b/status").unwrap();
+    let opened = f.vfs.open_file(&op(), status, libc::O_RDONLY).unwrap();
+    let text = f.vfs.read(&op(), status, opened.fh, 0, 65536).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(json["agent"], "b");
+    assert_eq!(json["state"], "running");
+    assert_eq!(
+        f.vfs
+            .open_file(&op(), status, libc::O_WRONLY)
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EPERM)
+    );
+    let sys = f.ino("sys").unwrap();
+    assert_eq!(
+        f.vfs
+            .mkdir(&op(), sys, b"x", 0o755)
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EPERM)
+    );
+}
+
+#[test]
+fn durable_classes_survive_restart_and_working_does_not() {
+    let mut f = Fixture::new();
+    f.agent("a");
+    let big: Vec<u8> = (0..(CHUNK_SIZE * 3 + 17))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    f.write_file("a/mem/semantic", "big", &big);
+    f.write_file("a/mem/episodic", "log", b"one\n");
+    f.write_file("a/mem/working", "scratch", b"tmp");
+    let before = f.ino("a/mem/semantic/big").unwrap();
+    f.restart();
+    let after = f.ino("a/mem/semantic/big").unwrap();
+    assert_eq!(before, after, "inode numbers are stable across restarts");
+    assert_eq!(f.read_all(after), big);
+    assert_eq!(f.read_all(f.ino("a/mem/episodic/log").unwrap()), b"one\n");
+    assert!(matches!(
+        f.ino("a/mem/working/scratch"),
+        Err(VfsError::NotFound)
+    ));
+    let status = f.vfs.agent_status("a").unwrap();
+    assert_eq!(status["bytes"]["semantic"], big.len() as u64);
+    assert_eq!(status["bytes"]["working"], 0);
+}
+
+#[test]
+fn episodic_is_append_only() {
+    let f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/episodic", "log", b"one\n");
+    let dir = f.ino("a/mem/episodic").unwrap();
+    let errno = |r: Result<(), VfsError>| r.err().map(|e| e.errno());
+    assert_eq!(
+        errno(f.vfs.write(&op(), ino, 0, b"X", false).map(|_| ())),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno(f.vfs.write(&op(), ino, 4, b"two\n", false).map(|_| ())),
+        None
+    );
+    assert_eq!(
+        errno(f.vfs.write(&op(), ino, 0, b"three\n", true).map(|_| ())),
+        None
+    );
+    let trunc = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(
+        errno(f.vfs.setattr(&op(), ino, trunc).map(|_| ())),
+        Some(libc::EPERM)
+    );
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    assert_eq!(
+        errno(f.vfs.setattr(&op(), ino, chmod).map(|_| ())),
+        Some(libc::EPERM)
+    );
+    assert_eq!(errno(f.vfs.unlink(&op(), dir, b"log")), Some(libc::EPERM));
+    assert_eq!(
+        errno(f.vfs.rename(&op(), dir, b"log", dir, b"log2", 0)),
+        Some(libc::EPERM)
+    );
+    assert_eq!(f.read_all(ino), b"one\ntwo\nthree\n");
+}
+
+#[test]
+fn rename_across_classes_is_exdev_and_within_replaces() {
+    let f = Fixture::new();
+    f.agent("a");
+    f.agent("b");
+    f.write_file("a/mem/semantic", "x", b"1");
+    f.write_file("a/mem/semantic", "y", b"2");
+    let sem = f.ino("a/mem/semantic").unwrap();
+    let work = f.ino("a/mem/working").unwrap();
+    let other = f.ino("b/mem/semantic").unwrap();
+    let errno = |r: Result<(), VfsError>| r.err().map(|e| e.errno());
+    assert_eq!(
+        errno(f.vfs.rename(&op(), sem, b"x", work, b"x", 0)),
+        Some(libc::EXDEV)
+    );
+    assert_eq!(
+        errno(f.vfs.rename(&op(), sem, b"x", other, b"x", 0)),
+        Some(libc::EXDEV)
+    );
+    assert_eq!(
+        errno(f.vfs.rename(&op(), sem, b"x", sem, b"y", 1)),
+        Some(libc::EEXIST),
+        "RENAME_NOREPLACE"
+    );
+    assert_eq!(errno(f.vfs.rename(&op(), sem, b"x", sem, b"y", 0)), None);
+    assert_eq!(f.read_all(f.ino("a/mem/semantic/y").unwrap()), b"1");
+    assert!(f.ino("a/mem/semantic/x").is_err());
+}
+
+#[test]
+fn unlinked_open_file_keeps_working_until_close() {
+    let mut f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/semantic", "f", b"data");
+    let dir = f.ino("a/mem/semantic").unwrap();
+    f.vfs.open_file(&op(), ino, libc::O_RDWR).unwrap();
+    f.vfs.unlink(&op(), dir, b"f").unwrap();
+    f.vfs.write(&op(), ino, 4, b"more", false).unwrap();
+    assert_eq!(f.read_all(ino), b"datamore");
+    assert_eq!(f.vfs.getattr(&op(), ino).unwrap().nlink, 0);
+    f.vfs.release(&op(), ino, 0).unwrap();
+    assert!(f.vfs.getattr(&op(), ino).is_err());
+    f.restart();
+    assert!(f.ino("a/mem/semantic/f").is_err());
+}
+
+#[test]
+fn holes_read_as_zeros_and_truncate_drops_content() {
+    let f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/semantic", "sparse", b"");
+    let far = (CHUNK_SIZE * 5 + 3) as u64;
+    f.vfs.write(&op(), ino, far, b"end", false).unwrap();
+    let data = f.read_all(ino);
+    assert_eq!(data.len() as u64, far + 3);
+    assert!(data[..far as usize].iter().all(|b| *b == 0));
+    let shrink = SetAttr {
+        size: Some(2),
+        ..Default::default()
+    };
+    f.vfs.setattr(&op(), ino, shrink).unwrap();
+    let grow = SetAttr {
+        size: Some(far + 3),
+        ..Default::default()
+    };
+    f.vfs.setattr(&op(), ino, grow).unwrap();
+    assert!(f.read_all(ino).iter().all(|b| *b == 0));
+}
+
+#[test]
+fn directories_count_links_and_refuse_removal_when_full() {
+    let f = Fixture::new();
+    f.agent("a");
+    let sem = f.ino("a/mem/semantic").unwrap();
+    let d = f.vfs.mkdir(&op(), sem, b"d", 0o755).unwrap();
+    f.vfs.mkdir(&op(), d.ino, b"sub", 0o755).unwrap();
+    assert_eq!(f.vfs.getattr(&op(), d.ino).unwrap().nlink, 3);
+    assert_eq!(
+        f.vfs.rmdir(&op(), sem, b"d").err().map(|e| e.errno()),
+        Some(libc::ENOTEMPTY)
+    );
+    assert_eq!(
+        f.vfs
+            .rename(&op(), sem, b"d", d.ino, b"inside", 0)
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EINVAL)
+    );
+    f.vfs.rmdir(&op(), d.ino, b"sub").unwrap();
+    assert_eq!(f.vfs.getattr(&op(), d.ino).unwrap().nlink, 2);
+    f.vfs.rmdir(&op(), sem, b"d").unwrap();
+}
+
+#[test]
+fn hard_links_share_content_and_count() {
+    let mut f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/semantic", "f", b"shared");
+    let sem = f.ino("a/mem/semantic").unwrap();
+    let attr = f.vfs.link(&op(), ino, sem, b"g").unwrap();
+    assert_eq!(attr.nlink, 2);
+    f.vfs.unlink(&op(), sem, b"f").unwrap();
+    f.restart();
+    let g = f.ino("a/mem/semantic/g").unwrap();
+    assert_eq!(g, ino);
+    assert_eq!(f.vfs.getattr(&op(), g).unwrap().nlink, 1);
+    assert_eq!(f.read_all(g), b"shared");
+}
+
+#[test]
+fn xattrs_round_trip_and_respect_flags() {
+    let mut f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/semantic", "f", b"");
+    f.vfs.setxattr(&op(), ino, b"user.k", b"v", 0).unwrap();
+    assert_eq!(
+        f.vfs
+            .setxattr(&op(), ino, b"user.k", b"v", 1)
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EEXIST)
+    );
+    assert_eq!(
+        f.vfs
+            .setxattr(&op(), ino, b"system.posix_acl_access", b"v", 0)
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EOPNOTSUPP)
+    );
+    f.restart();
+    let ino = f.ino("a/mem/semantic/f").unwrap();
+    assert_eq!(f.vfs.getxattr(&op(), ino, b"user.k").unwrap(), b"v");
+    assert_eq!(f.vfs.listxattr(&op(), ino).unwrap(), b"user.k\0");
+    f.vfs.removexattr(&op(), ino, b"user.k").unwrap();
+    assert_eq!(
+        f.vfs
+            .getxattr(&op(), ino, b"user.k")
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::ENODATA)
+    );
+}
+
+#[test]
+fn bound_agent_cannot_reach_another_agents_tree() {
+    let f = Fixture::new();
+    f.agent("a");
+    f.agent("b");
+    let b_sem = f.ino("b/mem/semantic").unwrap();
+    let mallory = Caller {
+        agent: Some(Arc::from("a")),
+        ..Caller::kernel()
+    };
+    assert_eq!(
+        f.vfs.lookup(&mallory, b_sem, b"x").err().map(|e| e.errno()),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        f.vfs
+            .mknod(&mallory, b_sem, b"x", FileKind::File, 0o644, 0)
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EACCES)
+    );
+}
+
+// ----- model-based test ---------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum ModelOp {
+    Create(u8),
+    Write(u8, u32, Vec<u8>),
+    Truncate(u8, u32),
+    Unlink(u8),
+    Rename(u8, u8),
+    Restart,
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    let name = 0u8..6;
+    // Offsets around chunk boundaries matter most.
+    let offset = prop_oneof![
+        0u32..4096,
+        (CHUNK_SIZE as u32 - 64)..(CHUNK_SIZE as u32 + 64),
+        0u32..(3 * CHUNK_SIZE as u32),
+    ];
+    prop_oneof![
+        name.clone().prop_map(ModelOp::Create),
+        (
+            name.clone(),
+            offset.clone(),
+            proptest::collection::vec(any::<u8>(), 0..3000)
+        )
+            .prop_map(|(n, o, d)| ModelOp::Write(n, o, d)),
+        (name.clone(), offset).prop_map(|(n, s)| ModelOp::Truncate(n, s)),
+        name.clone().prop_map(ModelOp::Unlink),
+        (name.clone(), name).prop_map(|(a, b)| ModelOp::Rename(a, b)),
+        Just(ModelOp::Restart),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random create/write/truncate/unlink/rename/restart sequences on semantic memory behave
+    /// like a map of byte vectors, and survive restarts.
+    #[test]
+    fn semantic_memory_behaves_like_a_map(ops in proptest::collection::vec(model_op(), 1..40)) {
+        let mut f = Fixture::new();
+        f.agent("m");
+        let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let dir = || "m/mem/semantic";
+        for op_ in ops {
+            let sem = f.ino(dir()).unwrap();
+            match op_ {
+                ModelOp::Create(n) => {
+                    let name = format!("f{n}");
+                    let r = f.vfs.mknod(&op(), sem, name.as_bytes(), FileKind::File, 0o644, 0);
+                    match model.entry(name) {
+                        std::collections::btree_map::Entry::Occupied(_) => {
+                            prop_assert_eq!(r.err().map(|e| e.errno()), Some(libc::EEXIST));
+                        }
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            prop_assert!(r.is_ok());
+                            slot.insert(Vec::new());
+                        }
+                    }
+                }
+                ModelOp::Write(n, off, data) => {
+                    let name = format!("f{n}");
+                    let Some(content) = model.get_mut(&name) else { continue };
+                    let ino = f.ino(&format!("{}/{name}", dir())).unwrap();
+                    f.vfs.open_file(&op(), ino, libc::O_RDWR).unwrap();
+                    f.vfs.write(&op(), ino, off as u64, &data, false).unwrap();
+                    f.vfs.release(&op(), ino, 0).unwrap();
+                    let end = off as usize + data.len();
+                    if !data.is_empty() {
+                        if content.len() < end { content.resize(end, 0); }
+                        content[off as usize..end].copy_from_slice(&data);
+                    }
+                }
+                ModelOp::Truncate(n, size) => {
+                    let name = format!("f{n}");
+                    let Some(content) = model.get_mut(&name) else { continue };
+                    let ino = f.ino(&format!("{}/{name}", dir())).unwrap();
+                    let set = SetAttr { size: Some(size as u64), ..Default::default() };
+                    f.vfs.setattr(&op(), ino, set).unwrap();
+                    content.resize(size as usize, 0);
+                }
+                ModelOp::Unlink(n) => {
+                    let name = format!("f{n}");
+                    let r = f.vfs.unlink(&op(), sem, name.as_bytes());
+                    prop_assert_eq!(r.is_ok(), model.remove(&name).is_some());
+                }
+                ModelOp::Rename(a, b) => {
+                    let (from, to) = (format!("f{a}"), format!("f{b}"));
+                    let r = f.vfs.rename(&op(), sem, from.as_bytes(), sem, to.as_bytes(), 0);
+                    match model.remove(&from) {
+                        Some(c) => { prop_assert!(r.is_ok()); model.insert(to, c); }
+                        None => prop_assert_eq!(r.err().map(|e| e.errno()), Some(libc::ENOENT)),
+                    }
+                }
+                ModelOp::Restart => f.restart(),
+            }
+            // The tree holds exactly the model's files with the model's bytes.
+            let mut names = Vec::new();
+            f.vfs.readdir(&op(), sem, 0, &mut |e| { names.push(String::from_utf8_lossy(&e.name).into_owned()); false }).unwrap();
+            names.retain(|n| n != "." && n != "..");
+            names.sort();
+            prop_assert_eq!(&names, &model.keys().cloned().collect::<Vec<_>>());
+            for (name, content) in &model {
+                let ino = f.ino(&format!("{}/{name}", dir())).unwrap();
+                prop_assert_eq!(&f.read_all(ino), content, "{}", name);
+            }
+        }
+    }
+}

@@ -1,0 +1,729 @@
+//! The filesystem core: the live tree, loading it from the store, and the read-side calls.
+//! Mutations live in `mutate.rs` (the choke point) and `ops/`.
+//!
+//! Lock order (never take them the other way round):
+//! `ns` (namespace mutex) → `nodes` (table) → node locks, a parent before its children →
+//! `pending_audit` → store internals. Calls that do not change the namespace (read, write,
+//! getattr, readdir) never take `ns`, so reads of different files never wait on each other.
+
+use crate::agent::Agent;
+use crate::caller::Caller;
+use crate::error::{Result, VfsError};
+use crate::node::{Body, Class, Node, Slot};
+use crate::sysfs;
+use agentfs_memory::{
+    AuditEntry, Batch, Change, FileKind, Ino, InodeRecord, LoadedState, RamStore, SqliteStore,
+    Store, StoreOptions, TimeNs, CHUNK_SIZE,
+};
+use agentfs_policy::{AllowAll, PolicyHook};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Inode of the mount root.
+pub const ROOT_INO: Ino = 1;
+/// First inode number handed to files; lower ones are reserved for the root and `sys/`.
+pub const FIRST_FREE_INO: Ino = 16;
+
+pub type NodeRef = Arc<RwLock<Node>>;
+
+/// A snapshot of a virtual file, taken at open so that reads in pieces are consistent.
+#[derive(Debug)]
+pub(crate) struct VirtualHandle {
+    pub data: Vec<u8>,
+}
+
+pub struct Vfs {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) durable: Arc<dyn Store>,
+    pub(crate) volatile: Arc<dyn Store>,
+    pub(crate) nodes: RwLock<HashMap<Ino, NodeRef>>,
+    /// Serialises namespace changes (create, link, unlink, rename …). Not taken by reads or
+    /// by writes to file content; namespace changes are serialised by the store's single
+    /// writer anyway.
+    pub(crate) ns: Mutex<()>,
+    pub(crate) next_ino: AtomicU64,
+    pub(crate) agents: RwLock<BTreeMap<Arc<str>, Arc<Agent>>>,
+    pub(crate) agents_by_index: RwLock<Vec<Arc<Agent>>>,
+    pub(crate) policy: Box<dyn PolicyHook>,
+    /// Audit entries of calls that committed nothing themselves (writes into the page-cache-like
+    /// buffers, refused calls); they ride along with the next store commit.
+    pub(crate) pending_audit: Mutex<VecDeque<AuditEntry>>,
+    pub(crate) handles: Mutex<HashMap<u64, VirtualHandle>>,
+    pub(crate) next_fh: AtomicU64,
+    /// When this daemon started: the times of the virtual `sys/` nodes.
+    pub(crate) started: TimeNs,
+}
+
+impl std::fmt::Debug for Vfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vfs")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Attributes as the adapter needs them.
+pub type Attr = InodeRecord;
+
+/// One directory entry for readdir.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: Ino,
+    /// Cookie to resume after this entry.
+    pub offset: u64,
+    pub kind: FileKind,
+    pub name: Vec<u8>,
+}
+
+/// What `open` tells the adapter.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// Serve reads and writes without the page cache (virtual files whose size is unknown).
+    pub direct_io: bool,
+}
+
+/// Filesystem-wide figures for statfs.
+#[derive(Debug, Clone, Copy)]
+pub struct FsStats {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// The fixed directories of an agent: `AGENT/`, `mem/`, `state/`, `policy/` and the three
+/// memory class directories.
+pub(crate) fn is_structural(class: Class, parent_class: Class) -> bool {
+    matches!(
+        (parent_class, class),
+        (Class::Root, Class::AgentRoot)
+            | (Class::AgentRoot, _)
+            | (
+                Class::MemDir,
+                Class::Working | Class::Episodic | Class::Semantic
+            )
+    )
+}
+
+pub fn now_ns() -> TimeNs {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as TimeNs,
+        Err(_) => 0,
+    }
+}
+
+impl Vfs {
+    /// Opens (creating if needed) the durable store in `data_dir` and loads the tree.
+    pub fn open(data_dir: &Path) -> Result<Arc<Vfs>> {
+        std::fs::create_dir_all(data_dir).map_err(|e| VfsError::Store(e.into()))?;
+        let durable = SqliteStore::open(data_dir, StoreOptions { create: true })?;
+        Self::with_stores(data_dir, Arc::new(durable), Arc::new(RamStore::new()))
+    }
+
+    /// Builds a core over the given stores (tests use two RAM stores).
+    pub fn with_stores(
+        data_dir: &Path,
+        durable: Arc<dyn Store>,
+        volatile: Arc<dyn Store>,
+    ) -> Result<Arc<Vfs>> {
+        let loaded = durable.load()?;
+        let vfs = Vfs {
+            data_dir: data_dir.to_path_buf(),
+            durable,
+            volatile,
+            nodes: RwLock::new(HashMap::new()),
+            ns: Mutex::new(()),
+            next_ino: AtomicU64::new(FIRST_FREE_INO),
+            agents: RwLock::new(BTreeMap::new()),
+            agents_by_index: RwLock::new(Vec::new()),
+            policy: Box::new(AllowAll),
+            pending_audit: Mutex::new(VecDeque::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            started: now_ns(),
+        };
+        vfs.load(loaded)?;
+        Ok(Arc::new(vfs))
+    }
+
+    /// Builds the in-memory tree from what the store holds, creating the root on first use and
+    /// deleting orphans (inodes no directory names: unlinked while open before a crash).
+    fn load(&self, loaded: LoadedState) -> Result<()> {
+        let LoadedState {
+            inodes,
+            dirents,
+            chunks,
+            xattrs,
+            meta,
+        } = loaded;
+        let mut max_ino = FIRST_FREE_INO - 1;
+        let mut table: HashMap<Ino, Node> = HashMap::with_capacity(inodes.len() + 1);
+        for rec in inodes {
+            max_ino = max_ino.max(rec.ino);
+            table.insert(
+                rec.ino,
+                Node::new(rec, Class::Semantic, None, ROOT_INO, Vec::new()),
+            );
+        }
+        for (key, value) in &meta {
+            if key == "next_ino" {
+                if let Ok(n) = value.parse::<u64>() {
+                    max_ino = max_ino.max(n.saturating_sub(1));
+                }
+            }
+        }
+        self.next_ino.store(max_ino + 1, Ordering::Relaxed);
+
+        let mut boot = Batch::new();
+        if let std::collections::hash_map::Entry::Vacant(slot) = table.entry(ROOT_INO) {
+            let now = now_ns();
+            let rec = InodeRecord {
+                ino: ROOT_INO,
+                kind: FileKind::Dir,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                nlink: 2,
+                size: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+                rdev: 0,
+                symlink_target: Vec::new(),
+            };
+            boot.push(Change::PutInode(rec.clone()));
+            slot.insert(Node::new(rec, Class::Root, None, ROOT_INO, Vec::new()));
+        }
+        for (parent, name, ino) in dirents {
+            let Some(child) = table.get_mut(&ino) else {
+                tracing::warn!(
+                    parent,
+                    ino,
+                    "directory entry names a missing inode; skipped"
+                );
+                continue;
+            };
+            child.parent = parent;
+            child.name = name.clone();
+            let kind = child.attr.kind;
+            if let Some(dir) = table.get_mut(&parent).and_then(|p| p.dir_mut()) {
+                dir.insert(name, ino, kind);
+            }
+        }
+        for (ino, idx, id) in chunks {
+            if let Some(Node {
+                body: Body::File(f),
+                ..
+            }) = table.get_mut(&ino)
+            {
+                f.slots.insert(idx, Slot::Clean(id));
+            }
+        }
+        for (ino, name, value) in xattrs {
+            if let Some(node) = table.get_mut(&ino) {
+                node.xattrs.insert(name, value);
+            }
+        }
+
+        // Walk from the root: assign classes, agents and structural flags; what is not
+        // reached is an orphan.
+        let mut reached: HashMap<Ino, Node> = HashMap::with_capacity(table.len());
+        let mut queue = VecDeque::from([(ROOT_INO, Class::Root, None::<Arc<str>>, Class::Root)]);
+        while let Some((ino, class, agent, parent_class)) = queue.pop_front() {
+            let Some(mut node) = table.remove(&ino) else {
+                continue;
+            };
+            node.class = class;
+            node.agent = agent.clone();
+            node.structural = is_structural(class, parent_class) && node.is_dir();
+            if let Some(dir) = node.dir() {
+                for (name, child) in dir.names() {
+                    let child_agent = if class == Class::Root {
+                        Some(Arc::from(String::from_utf8_lossy(name).as_ref()))
+                    } else {
+                        agent.clone()
+                    };
+                    queue.push_back((child, class.of_child(name), child_agent, class));
+                }
+            }
+            reached.insert(ino, node);
+        }
+        for (ino, _) in table {
+            tracing::info!(ino, "deleting orphan inode left by an earlier run");
+            boot.push(Change::DeleteInode(ino));
+        }
+        // Working memory is RAM: a durable store never holds its files, but an earlier version
+        // or a crash mid-way must not resurrect them either.
+        let working_dirs: Vec<Ino> = reached
+            .values()
+            .filter(|n| n.class == Class::Working && n.structural)
+            .map(|n| n.attr.ino)
+            .collect();
+        for dir in working_dirs {
+            let children: Vec<(Vec<u8>, Ino)> = reached
+                .get(&dir)
+                .and_then(|n| n.dir())
+                .map(|d| d.names().map(|(n, i)| (n.to_vec(), i)).collect())
+                .unwrap_or_default();
+            for (name, ino) in children {
+                boot.push(Change::DeleteDirent {
+                    parent: dir,
+                    name: name.clone(),
+                });
+                boot.push(Change::DeleteInode(ino));
+                if let Some(d) = reached.get_mut(&dir).and_then(|n| n.dir_mut()) {
+                    d.remove(&name);
+                }
+                reached.remove(&ino);
+            }
+        }
+
+        // Agents, in a stable order so their sys/ inode numbers are stable for a given tree.
+        let mut agent_roots: Vec<(Vec<u8>, Ino)> = reached
+            .get(&ROOT_INO)
+            .and_then(|n| n.dir())
+            .map(|d| d.names().map(|(n, i)| (n.to_vec(), i)).collect())
+            .unwrap_or_default();
+        agent_roots.sort();
+        let now = now_ns();
+        for (name, ino) in agent_roots {
+            let name: Arc<str> = Arc::from(String::from_utf8_lossy(&name).as_ref());
+            self.add_agent(name, ino, now);
+        }
+        for node in reached.values() {
+            if node.attr.kind == FileKind::Dir && node.structural {
+                continue;
+            }
+            if let (Some(agent), Some(ci)) = (node.agent.as_deref(), node.class.memory_index()) {
+                if let Some(a) = self.agent(agent) {
+                    a.add_bytes(ci, node.attr.size as i64);
+                    a.add_files(ci, 1);
+                }
+            }
+        }
+
+        // The control tree is virtual: its entry in the root is never stored.
+        if let Some(root) = reached.get_mut(&ROOT_INO).and_then(|n| n.dir_mut()) {
+            root.insert(crate::names::SYS.to_vec(), sysfs::SYS_INO, FileKind::Dir);
+        }
+
+        let mut nodes = self.nodes.write();
+        for (ino, node) in reached {
+            nodes.insert(ino, Arc::new(RwLock::new(node)));
+        }
+        drop(nodes);
+        if !boot.is_empty() {
+            self.durable
+                .commit(boot, agentfs_memory::Durability::Process)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn add_agent(&self, name: Arc<str>, root: Ino, now: TimeNs) -> Arc<Agent> {
+        let mut by_index = self.agents_by_index.write();
+        let agent = Arc::new(Agent::new(name.clone(), by_index.len() as u64, root, now));
+        by_index.push(agent.clone());
+        self.agents.write().insert(name, agent.clone());
+        agent
+    }
+
+    pub(crate) fn agent(&self, name: &str) -> Option<Arc<Agent>> {
+        self.agents.read().get(name).cloned()
+    }
+
+    pub(crate) fn agent_by_index(&self, index: u64) -> Option<Arc<Agent>> {
+        self.agents_by_index.read().get(index as usize).cloned()
+    }
+
+    /// Names of registered agents, sorted.
+    pub fn agent_names(&self) -> Vec<String> {
+        self.agents.read().keys().map(|k| k.to_string()).collect()
+    }
+
+    /// The status JSON of one agent.
+    pub fn agent_status(&self, name: &str) -> Option<serde_json::Value> {
+        self.agent(name).map(|a| a.status_json())
+    }
+
+    /// Identifies the caller of a request. Binding processes to agents comes with the signals
+    /// work; until then every process is an operator.
+    pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {
+        Caller {
+            uid,
+            gid,
+            pid,
+            agent: None,
+        }
+    }
+
+    pub(crate) fn node(&self, ino: Ino) -> Result<NodeRef> {
+        self.nodes
+            .read()
+            .get(&ino)
+            .cloned()
+            .ok_or(VfsError::NotFound)
+    }
+
+    pub(crate) fn store_for(&self, class: Class) -> &Arc<dyn Store> {
+        if class.is_volatile() {
+            &self.volatile
+        } else {
+            &self.durable
+        }
+    }
+
+    pub(crate) fn alloc_ino(&self) -> Ino {
+        self.next_ino.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ----- read side -------------------------------------------------------------------
+
+    pub fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> Result<Attr> {
+        if let Some(v) = sysfs::Virtual::of(self, parent) {
+            let child = v.lookup(self, name)?;
+            return Ok(child.attr(self));
+        }
+        let dir = self.node(parent)?;
+        let child_ino = {
+            let d = dir.read();
+            self.check_visible(caller, &d)?;
+            let entries = d.dir().ok_or(VfsError::NotDir)?;
+            if name.len() > crate::names::NAME_MAX {
+                return Err(VfsError::NameTooLong);
+            }
+            entries.get(name).ok_or(VfsError::NotFound)?
+        };
+        self.getattr(caller, child_ino)
+    }
+
+    pub fn getattr(&self, _caller: &Caller, ino: Ino) -> Result<Attr> {
+        if let Some(v) = sysfs::Virtual::of(self, ino) {
+            return Ok(v.attr(self));
+        }
+        Ok(self.node(ino)?.read().attr.clone())
+    }
+
+    /// A bound agent sees only its own tree; operators see everything.
+    pub(crate) fn check_visible(&self, caller: &Caller, node: &Node) -> Result<()> {
+        match (&caller.agent, &node.agent) {
+            (Some(mine), Some(theirs)) if mine != theirs => {
+                Err(VfsError::AccessDenied("another agent's tree"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn readlink(&self, _caller: &Caller, ino: Ino) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let n = node.read();
+        if n.attr.kind != FileKind::Symlink {
+            return Err(VfsError::Invalid("not a symlink"));
+        }
+        Ok(n.attr.symlink_target.clone())
+    }
+
+    pub fn open_file(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<Opened> {
+        if let Some(v) = sysfs::Virtual::of(self, ino) {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                return Err(VfsError::NotPermitted("sys/ files are read-only"));
+            }
+            let data = v.content(self)?;
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            self.handles.lock().insert(fh, VirtualHandle { data });
+            return Ok(Opened {
+                fh,
+                direct_io: true,
+            });
+        }
+        let node = self.node(ino)?;
+        let mut n = node.write();
+        self.check_visible(caller, &n)?;
+        if n.is_dir() {
+            return Err(VfsError::IsDir);
+        }
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writing && n.class == Class::Policy {
+            return Err(VfsError::ReadOnly("policy/ is read-only"));
+        }
+        n.open_count += 1;
+        Ok(Opened {
+            fh: 0,
+            direct_io: false,
+        })
+    }
+
+    pub fn read(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_into(caller, ino, fh, offset, size, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`Vfs::read`], into a buffer the caller reuses (the adapter keeps one per thread,
+    /// sparing an allocation and its page faults on every read).
+    pub fn read_into(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        out.clear();
+        if sysfs::Virtual::of(self, ino).is_some() {
+            let handles = self.handles.lock();
+            let h = handles.get(&fh).ok_or(VfsError::BadHandle)?;
+            let start = (offset as usize).min(h.data.len());
+            let end = start.saturating_add(size as usize).min(h.data.len());
+            out.extend_from_slice(&h.data[start..end]);
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        let n = node.read();
+        self.check_visible(caller, &n)?;
+        let Body::File(file) = &n.body else {
+            return Err(VfsError::IsDir);
+        };
+        let file_size = n.attr.size;
+        if offset >= file_size {
+            return Ok(());
+        }
+        let end = file_size.min(offset.saturating_add(size as u64));
+        out.resize((end - offset) as usize, 0);
+        let store = self.store_for(n.class);
+        let chunk = CHUNK_SIZE as u64;
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / chunk;
+            let in_chunk = (pos % chunk) as usize;
+            let take = ((chunk - pos % chunk).min(end - pos)) as usize;
+            let dst_start = (pos - offset) as usize;
+            let dst = &mut out[dst_start..dst_start + take];
+            match file.slots.get(&idx) {
+                None => dst.fill(0),
+                Some(Slot::Dirty(buf)) => {
+                    let avail = buf.len().saturating_sub(in_chunk).min(take);
+                    dst[..avail].copy_from_slice(&buf[in_chunk..in_chunk + avail]);
+                    dst[avail..].fill(0);
+                }
+                Some(Slot::Clean(id)) => {
+                    let got = store.read_at(id, in_chunk, dst)?;
+                    dst[got..].fill(0);
+                }
+            }
+            pos += take as u64;
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, caller: &Caller, ino: Ino, fh: u64) -> Result<()> {
+        if sysfs::Virtual::of(self, ino).is_some() {
+            self.handles.lock().remove(&fh);
+            return Ok(());
+        }
+        let result = self.flush(caller, ino);
+        let node = self.node(ino)?;
+        let gone = {
+            let mut n = node.write();
+            n.open_count = n.open_count.saturating_sub(1);
+            n.open_count == 0 && n.attr.nlink == 0
+        };
+        if gone {
+            self.destroy_node(ino)?;
+        }
+        result
+    }
+
+    /// Commits a file's buffered content (close). Survives `kill -9` once this returns.
+    pub fn flush(&self, _caller: &Caller, ino: Ino) -> Result<()> {
+        if sysfs::Virtual::of(self, ino).is_some() {
+            return Ok(());
+        }
+        self.commit_file(ino, agentfs_memory::Durability::Process)
+    }
+
+    /// Commits a file's content and makes it durable on disk (fsync).
+    pub fn fsync(&self, _caller: &Caller, ino: Ino) -> Result<()> {
+        if sysfs::Virtual::of(self, ino).is_some() {
+            return Ok(());
+        }
+        self.commit_file(ino, agentfs_memory::Durability::Disk)?;
+        self.flush_pending_audit()?;
+        self.durable.sync()?;
+        Ok(())
+    }
+
+    /// fsync on a directory: everything committed so far reaches the disk.
+    pub fn fsyncdir(&self, _caller: &Caller, _ino: Ino) -> Result<()> {
+        self.flush_pending_audit()?;
+        self.durable.sync()?;
+        Ok(())
+    }
+
+    pub fn opendir(&self, caller: &Caller, ino: Ino) -> Result<u64> {
+        if sysfs::Virtual::of(self, ino).is_some() {
+            return Ok(0);
+        }
+        let node = self.node(ino)?;
+        let n = node.read();
+        self.check_visible(caller, &n)?;
+        if !n.is_dir() {
+            return Err(VfsError::NotDir);
+        }
+        Ok(0)
+    }
+
+    /// Entries after cookie `offset` (0 = from the start), including `.` and `..`. `fill`
+    /// returns `true` when the reply buffer is full.
+    pub fn readdir(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        offset: u64,
+        fill: &mut dyn FnMut(DirEntry) -> bool,
+    ) -> Result<()> {
+        if let Some(v) = sysfs::Virtual::of(self, ino) {
+            return v.readdir(self, offset, fill);
+        }
+        let node = self.node(ino)?;
+        let n = node.read();
+        self.check_visible(caller, &n)?;
+        let dir = n.dir().ok_or(VfsError::NotDir)?;
+        if offset < 1
+            && fill(DirEntry {
+                ino,
+                offset: 1,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+            })
+        {
+            return Ok(());
+        }
+        if offset < 2
+            && fill(DirEntry {
+                ino: n.parent,
+                offset: 2,
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+            })
+        {
+            return Ok(());
+        }
+        for (cookie, name, child, kind) in dir.after(offset.max(2)) {
+            if fill(DirEntry {
+                ino: child,
+                offset: cookie,
+                kind,
+                name: name.to_vec(),
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self, _caller: &Caller) -> FsStats {
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let path = std::ffi::CString::new(self.data_dir.as_os_str().as_encoded_bytes()).ok();
+        // SAFETY: statvfs writes into `st`, a properly sized, zeroed struct; the path is a
+        // valid NUL-terminated string.
+        let ok = path
+            .map(|p| unsafe { libc::statvfs(p.as_ptr(), &mut st) } == 0)
+            .unwrap_or(false);
+        let files = self.nodes.read().len() as u64;
+        if ok {
+            FsStats {
+                blocks: st.f_blocks as u64 * st.f_frsize as u64 / 4096,
+                bfree: st.f_bfree as u64 * st.f_frsize as u64 / 4096,
+                bavail: st.f_bavail as u64 * st.f_frsize as u64 / 4096,
+                files: files + st.f_ffree as u64,
+                ffree: st.f_ffree as u64,
+                bsize: 4096,
+                namelen: crate::names::NAME_MAX as u32,
+            }
+        } else {
+            FsStats {
+                blocks: 0,
+                bfree: 0,
+                bavail: 0,
+                files,
+                ffree: 0,
+                bsize: 4096,
+                namelen: crate::names::NAME_MAX as u32,
+            }
+        }
+    }
+
+    pub fn getxattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        if sysfs::Virtual::of(self, ino).is_some() {
+            return Err(VfsError::NoXattr);
+        }
+        let node = self.node(ino)?;
+        let n = node.read();
+        self.check_visible(caller, &n)?;
+        n.xattrs.get(name).cloned().ok_or(VfsError::NoXattr)
+    }
+
+    /// Names of all xattrs, each followed by a NUL, as listxattr(2) returns them.
+    pub fn listxattr(&self, caller: &Caller, ino: Ino) -> Result<Vec<u8>> {
+        if sysfs::Virtual::of(self, ino).is_some() {
+            return Ok(Vec::new());
+        }
+        let node = self.node(ino)?;
+        let n = node.read();
+        self.check_visible(caller, &n)?;
+        let mut out = Vec::new();
+        for name in n.xattrs.keys() {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Commits every file with buffered content and makes the store durable. Called at
+    /// unmount; safe to call more than once.
+    pub fn shutdown(&self) -> Result<()> {
+        let inos: Vec<Ino> = self.nodes.read().keys().copied().collect();
+        let mut first_error = None;
+        for ino in inos {
+            if let Err(e) = self.commit_file(ino, agentfs_memory::Durability::Process) {
+                tracing::error!(ino, error = %e, "could not commit file at shutdown");
+                first_error.get_or_insert(e);
+            }
+        }
+        self.flush_pending_audit()?;
+        self.durable.sync()?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes queued audit entries in a transaction of their own.
+    pub(crate) fn flush_pending_audit(&self) -> Result<()> {
+        let entries: Vec<AuditEntry> = self.pending_audit.lock().drain(..).collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        batch.changes.extend(entries.into_iter().map(Change::Audit));
+        self.durable
+            .commit(batch, agentfs_memory::Durability::Process)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,43 @@
+//! Agent run states. The signal delivery machinery (STOP parking, KILL, real POSIX signals)
+//! builds on these states.
+
+use serde::Serialize;
+use std::fmt;
+
+/// Where an agent is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    Running,
+    Stopped,
+    Killed,
+}
+
+impl AgentState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentState::Running => "running",
+            AgentState::Stopped => "stopped",
+            AgentState::Killed => "killed",
+        }
+    }
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_lowercase() {
+        assert_eq!(
+            serde_json::to_string(&AgentState::Stopped).ok().as_deref(),
+            Some("\"stopped\"")
+        );
+    }
+}
