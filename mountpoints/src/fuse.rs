@@ -5,9 +5,9 @@ use crate::{Attr, Caller, FileKind, SetAttr, TimeSet, Vfs, VfsError};
 use fuser::{
     AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
-    WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -212,6 +212,7 @@ impl Filesystem for AgentFs {
             let _ = config.set_max_write(nearest);
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -486,6 +487,32 @@ impl Filesystem for AgentFs {
                     e.offset,
                     file_type(e.kind),
                     OsStr::from_bytes(&e.name),
+                )
+            });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.to_errno()),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let result = self
+            .vfs
+            .readdirplus(&self.caller(req), ino.0, offset, &mut |e, attr| {
+                reply.add(
+                    INodeNo(e.ino),
+                    e.offset,
+                    OsStr::from_bytes(&e.name),
+                    &TTL,
+                    &fuse_attr(attr),
+                    Generation(0),
                 )
             });
         match result {

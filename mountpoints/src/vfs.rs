@@ -29,6 +29,10 @@ pub const FIRST_FREE_INO: Ino = 16;
 
 pub type NodeRef = Arc<RwLock<Node>>;
 
+/// Most entries one readdirplus reply can hold (a 4 KiB reply page fits far fewer; the
+/// kernel's buffer decides, this only bounds the work done ahead).
+const READDIRPLUS_BATCH: usize = 256;
+
 /// A snapshot of a virtual file, taken at open so that reads in pieces are consistent.
 #[derive(Debug)]
 pub(crate) struct VirtualHandle {
@@ -631,6 +635,35 @@ impl Vfs {
                 kind,
                 name: name.to_vec(),
             }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// readdir with each entry's attributes (so `ls -l` needs no lookup per entry). Entries
+    /// are collected under the directory's lock, attributes read after it is released, so
+    /// this never holds two node locks.
+    pub fn readdirplus(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        offset: u64,
+        fill: &mut dyn FnMut(DirEntry, &Attr) -> bool,
+    ) -> Result<()> {
+        let mut entries = Vec::new();
+        self.readdir(caller, ino, offset, &mut |e| {
+            entries.push(e);
+            entries.len() >= READDIRPLUS_BATCH
+        })?;
+        for e in entries {
+            let attr = match self.getattr(caller, e.ino) {
+                Ok(a) => a,
+                // Removed since the listing was taken: skip it, as if read a moment later.
+                Err(VfsError::NotFound) => continue,
+                Err(err) => return Err(err),
+            };
+            if fill(e, &attr) {
                 break;
             }
         }
