@@ -577,6 +577,22 @@ impl Filesystem for AgentFs {
         self.empty(reply, result)
     }
 
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self
+            .vfs
+            .fallocate(&self.caller(req), ino.0, offset, length, mode);
+        self.empty(reply, result)
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // Only asked without `default_permissions`; the mode bits are the kernel's to check.
         reply.ok()

@@ -186,6 +186,41 @@ impl Vfs {
         attr_of(self.mutate(caller, Mutation::SetAttr { ino, set })?)
     }
 
+    /// posix_fallocate: mode 0 grows the file to `offset + len` (the new range reads as
+    /// zeros); `FALLOC_FL_KEEP_SIZE` has nothing to reserve in a content-addressed store and
+    /// succeeds; other modes (punch hole, collapse, zero range) are not supported.
+    pub fn fallocate(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<()> {
+        let end = offset.checked_add(len).ok_or(VfsError::FileTooBig)?;
+        match mode {
+            0 => {
+                let size = self.getattr(caller, ino)?.size;
+                if end > size {
+                    self.setattr(
+                        caller,
+                        ino,
+                        SetAttr {
+                            size: Some(end),
+                            ..SetAttr::default()
+                        },
+                    )?;
+                }
+                Ok(())
+            }
+            libc::FALLOC_FL_KEEP_SIZE => {
+                self.getattr(caller, ino)?;
+                Ok(())
+            }
+            _ => Err(VfsError::NotSupported("this fallocate mode")),
+        }
+    }
+
     pub fn setxattr(
         &self,
         caller: &Caller,

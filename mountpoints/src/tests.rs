@@ -516,3 +516,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fallocate_grows_with_zeros_and_refuses_punching() {
+    let f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/semantic", "f", b"abc");
+    f.vfs.fallocate(&op(), ino, 0, 10, 0).unwrap();
+    assert_eq!(f.read_all(ino), b"abc\0\0\0\0\0\0\0");
+    f.vfs.fallocate(&op(), ino, 0, 2, 0).unwrap();
+    assert_eq!(f.vfs.getattr(&op(), ino).unwrap().size, 10, "never shrinks");
+    f.vfs
+        .fallocate(&op(), ino, 0, 100, libc::FALLOC_FL_KEEP_SIZE)
+        .unwrap();
+    assert_eq!(f.vfs.getattr(&op(), ino).unwrap().size, 10);
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    assert_eq!(
+        f.vfs
+            .fallocate(&op(), ino, 0, 2, punch)
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EOPNOTSUPP)
+    );
+}
