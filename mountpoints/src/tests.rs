@@ -539,3 +539,19 @@ fn fallocate_grows_with_zeros_and_refuses_punching() {
         Some(libc::EOPNOTSUPP)
     );
 }
+
+#[test]
+fn reading_past_a_short_dirty_buffer_gives_zeros() {
+    let f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/semantic", "f", b"");
+    f.vfs.open_file(&op(), ino, libc::O_RDWR).unwrap();
+    // Chunk 0 holds 10 bytes in RAM; the file is grown well past it without touching it.
+    f.vfs.write(&op(), ino, 0, &[7u8; 10], false).unwrap();
+    f.vfs
+        .write(&op(), ino, CHUNK_SIZE as u64 + 5, b"z", false)
+        .unwrap();
+    let tail = f.vfs.read(&op(), ino, 0, 98304, 4096).unwrap();
+    assert_eq!(tail, vec![0u8; 4096]);
+    f.vfs.release(&op(), ino, 0).unwrap();
+}

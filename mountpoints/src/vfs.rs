@@ -521,8 +521,11 @@ impl Vfs {
             match file.slots.get(&idx) {
                 None => dst.fill(0),
                 Some(Slot::Dirty(buf)) => {
-                    let avail = buf.len().saturating_sub(in_chunk).min(take);
-                    dst[..avail].copy_from_slice(&buf[in_chunk..in_chunk + avail]);
+                    // The buffer may end before `in_chunk` (a write further on grew the
+                    // file): what it does not hold reads as zeros.
+                    let held = buf.get(in_chunk..).unwrap_or(&[]);
+                    let avail = held.len().min(take);
+                    dst[..avail].copy_from_slice(&held[..avail]);
                     dst[avail..].fill(0);
                 }
                 Some(Slot::Clean(id)) => {
