@@ -1,0 +1,164 @@
+//! The command line: one module per verb.
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+
+pub mod mount;
+pub mod unmount;
+
+const ABOUT: &str = "agentfs: a safety-first filesystem for autonomous AI agents";
+
+const LONG_ABOUT: &str = "\
+agentfs: a safety-first filesystem for autonomous AI agents.
+
+One daemon mounts the Agent VFS as a real directory tree. Agents use plain file I/O
+(any language, any shell tool); operators govern them with plain file I/O too.
+`mkdir MNT/AGENT` registers an agent with working (RAM), episodic (append-only) and
+semantic memory under MNT/AGENT/mem/; MNT/sys/ shows the agents' status.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  agentfs mount /tmp/agents              mount, return once the tree is ready
+  mkdir /tmp/agents/a                    register agent \"a\"
+  echo hi > /tmp/agents/a/mem/semantic/x
+  cat /tmp/agents/sys/agents/a/status
+  agentfs unmount /tmp/agents            flush, stop the daemon, unmount
+
+Data dir: --data-dir, else $AGENTFS_DATA_DIR, else $XDG_DATA_HOME/agentfs,
+else ~/.local/share/agentfs. Logging: RUST_LOG or --log-level.
+Errors are one line on stderr, exit status 1; usage errors exit with 2.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentfs",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    propagate_version = true,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount the Agent VFS at MNT; returns once the tree is ready, leaving the daemon running
+    Mount(mount::MountArgs),
+    /// Flush everything to disk, stop the daemon and unmount MNT
+    #[command(alias = "umount")]
+    Unmount(unmount::UnmountArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> Result<(), CliError> {
+        match self.command {
+            Command::Mount(args) => mount::run(args),
+            Command::Unmount(args) => unmount::run(args),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::path::PathBuf;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("agentfs").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mount_defaults() {
+        let cli = parse(&["mount", "/tmp/agents"]).unwrap();
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        assert_eq!(m.mountpoint, PathBuf::from("/tmp/agents"));
+        assert_eq!(m.data_dir, None);
+        assert!(!m.foreground);
+        assert_eq!(m.threads, None);
+        assert_eq!(m.log_level, "info");
+        assert_eq!(m.ready_fd, None);
+    }
+
+    #[test]
+    fn mount_with_every_option() {
+        let cli = parse(&[
+            "mount",
+            "/m",
+            "--data-dir",
+            "/d",
+            "--foreground",
+            "--threads",
+            "8",
+            "--log-level",
+            "agentfs=debug,info",
+        ])
+        .unwrap();
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        assert_eq!(m.data_dir, Some(PathBuf::from("/d")));
+        assert!(m.foreground);
+        assert_eq!(m.threads, Some(8));
+        assert_eq!(m.log_level, "agentfs=debug,info");
+    }
+
+    #[test]
+    fn usage_errors_exit_with_2() {
+        for bad in [
+            &["mount"][..],
+            &["mount", "/m", "--threads", "0"],
+            &["mount", "/m", "--threads", "100000"],
+            &["mount", "/m", "--threads", "many"],
+            &["mount", "/m", "--log-level", "info,[[["],
+            &["mount", "/m", "--ready-fd", "5"],
+            &["mount", "/m", "extra"],
+            &["unmount"],
+            &["frobnicate"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} should be refused"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn ready_fd_is_accepted_with_foreground_and_hidden() {
+        let cli = parse(&["mount", "/m", "--foreground", "--ready-fd", "5"]).unwrap();
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        assert_eq!(m.ready_fd, Some(5));
+        let help = Cli::command()
+            .find_subcommand_mut("mount")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("ready-fd"), "{help}");
+        assert!(help.contains("--data-dir"), "{help}");
+    }
+
+    #[test]
+    fn umount_is_an_alias() {
+        let cli = parse(&["umount", "/m"]).unwrap();
+        assert!(matches!(cli.command, Command::Unmount(_)));
+    }
+
+    #[test]
+    fn help_and_version_exit_0() {
+        assert_eq!(parse(&["--help"]).unwrap_err().exit_code(), 0);
+        assert_eq!(parse(&["--version"]).unwrap_err().exit_code(), 0);
+        assert_eq!(parse(&["mount", "--help"]).unwrap_err().exit_code(), 0);
+    }
+}

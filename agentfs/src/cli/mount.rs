@@ -1,0 +1,216 @@
+//! `agentfs mount MNT`: check, then either serve in the foreground or start a background daemon
+//! and return once its mount is ready (like sshfs).
+//!
+//! The background daemon is not made with fork() (unsafe once threads exist): the current
+//! executable is started again as `agentfs mount MNT --data-dir D --foreground --ready-fd N`
+//! in a new session, with its output appended to `D/agentfs.log`. It reports through the pipe
+//! on fd N: one zero byte once the tree is mounted, or its one-line error before it exits.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use clap::Args;
+
+use crate::checks;
+use crate::daemon;
+use crate::datadir;
+use crate::error::CliError;
+use crate::sys;
+
+/// The byte a daemon writes to its ready pipe once the mount is ready; an error message is
+/// text and never starts with it.
+pub const READY: u8 = 0;
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Directory to mount on: it must exist and be empty
+    #[arg(value_name = "MNT")]
+    pub mountpoint: PathBuf,
+
+    /// Where the store, the pid file and the log live [default: $AGENTFS_DATA_DIR, else
+    /// $XDG_DATA_HOME/agentfs, else ~/.local/share/agentfs]
+    #[arg(long, value_name = "D")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Stay in the foreground, log to stderr, unmount on Ctrl-C or SIGTERM
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// FUSE worker threads [default: the filesystem's default]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+
+    /// Log filter used when RUST_LOG is not set: error, warn, info, debug, trace, or
+    /// per-module directives such as agentfs_vfs=debug,info
+    #[arg(long, value_name = "L", default_value = "info", value_parser = parse_log_level)]
+    pub log_level: String,
+
+    /// (internal) the pipe a daemon started by `agentfs mount` reports readiness on
+    #[arg(long, value_name = "FD", hide = true, requires = "foreground")]
+    pub ready_fd: Option<i32>,
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    daemon::log_filter(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+pub fn run(args: MountArgs) -> Result<(), CliError> {
+    if args.foreground {
+        return daemon::run(&args);
+    }
+    let notice = |msg: &str| eprintln!("agentfs: {msg}");
+    let mnt = checks::mountpoint(&args.mountpoint, &notice)?;
+    let data_dir = checks::data_dir(args.data_dir.as_deref(), &mnt)?;
+    start_daemon(&args, &mnt, &data_dir)
+}
+
+/// The arguments the background daemon gets (everything absolute: it runs in `/`).
+fn daemon_args(args: &MountArgs, mnt: &Path, data_dir: &Path, ready_fd: i32) -> Vec<OsString> {
+    let mut out: Vec<OsString> = vec![
+        "mount".into(),
+        mnt.into(),
+        "--data-dir".into(),
+        data_dir.into(),
+        "--foreground".into(),
+        "--ready-fd".into(),
+        ready_fd.to_string().into(),
+        "--log-level".into(),
+        args.log_level.clone().into(),
+    ];
+    if let Some(n) = args.threads {
+        out.push("--threads".into());
+        out.push(n.to_string().into());
+    }
+    out
+}
+
+fn start_daemon(args: &MountArgs, mnt: &Path, data_dir: &Path) -> Result<(), CliError> {
+    let log_path = datadir::log_file(data_dir);
+    let log_err = |err| CliError::LogFile {
+        path: log_path.clone(),
+        err,
+    };
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(log_err)?;
+    let log2 = log.try_clone().map_err(log_err)?;
+    let (ready_r, ready_w) = sys::pipe().map_err(|err| CliError::Os {
+        what: "create a pipe",
+        err,
+    })?;
+    let ready_fd = ready_w.as_raw_fd();
+
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(
+        std::env::args_os()
+            .next()
+            .unwrap_or_else(|| "agentfs".into()),
+    )
+    .args(daemon_args(args, mnt, data_dir, ready_fd))
+    .current_dir("/")
+    .stdin(Stdio::null())
+    .stdout(log)
+    .stderr(log2);
+    // SAFETY: the closure runs in the child between fork and exec and only makes two
+    // async-signal-safe system calls (setsid, fcntl); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::setsid()?;
+            sys::inherit_fd(ready_fd)
+        });
+    }
+    let mut child = cmd.spawn().map_err(CliError::Spawn)?;
+    // Our copy of the write end must go, or the read below would never see the end of it.
+    drop(ready_w);
+    drop(cmd);
+
+    let mut pipe = File::from(ready_r);
+    let mut report = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if report.is_empty() && buf[0] == READY {
+                    return Ok(());
+                }
+                report.extend_from_slice(&buf[..n]);
+                if report.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                return Err(CliError::Os {
+                    what: "read from the daemon",
+                    err,
+                })
+            }
+        }
+    }
+    let message = String::from_utf8_lossy(&report).trim().to_string();
+    if !message.is_empty() {
+        return Err(CliError::Reported(message));
+    }
+    // The daemon closed the pipe without a word: it died. Say how.
+    let how = match child.wait() {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            (None, None) => String::from("stopped"),
+        },
+        Err(e) => format!("vanished ({})", crate::error::reason(&e)),
+    };
+    Err(CliError::DaemonDied { how, log: log_path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_gets_absolute_paths_and_the_ready_fd() {
+        let args = MountArgs {
+            mountpoint: PathBuf::from("rel"),
+            data_dir: None,
+            foreground: false,
+            threads: Some(3),
+            log_level: String::from("debug"),
+            ready_fd: None,
+        };
+        let got = daemon_args(&args, Path::new("/abs/m"), Path::new("/abs/d"), 7);
+        let got: Vec<&str> = got.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(
+            got,
+            [
+                "mount",
+                "/abs/m",
+                "--data-dir",
+                "/abs/d",
+                "--foreground",
+                "--ready-fd",
+                "7",
+                "--log-level",
+                "debug",
+                "--threads",
+                "3"
+            ]
+        );
+    }
+
+    #[test]
+    fn log_level_is_validated() {
+        assert!(parse_log_level("info").is_ok());
+        assert!(parse_log_level("agentfs_vfs=trace,warn").is_ok());
+        assert!(parse_log_level("info,[[[").is_err());
+    }
+}

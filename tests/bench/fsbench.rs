@@ -1,0 +1,562 @@
+//! agentfs file-system benchmark (harness = false).
+//!
+//! `cargo bench -p agentfs --bench fsbench` (or `scripts/bench.sh`). Needs root (it mounts).
+//!
+//! In one run it measures three targets with the same workload:
+//! * `tmpfs`              — a fresh tmpfs, the yardstick;
+//! * `agentfs disk`       — agentfs with its data dir on the normal disk (target/tmp);
+//! * `agentfs tmpfs-data` — agentfs with its data dir on a tmpfs, which takes the disk out
+//!   and leaves the cost of FUSE + the engine.
+//!
+//! The workload runs in `MNT/bench/mem/<class>` (class `semantic` unless
+//! `AGENTFS_BENCH_CLASS` says otherwise). Figures are printed per target and as ratios to
+//! tmpfs, next to the project's targets with PASS/MISS. Informational: never fails on a miss.
+//! `AGENTFS_BENCH_QUICK=1` shrinks every size for a smoke run.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::*;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+struct Sizes {
+    seq_mib: usize,
+    small_files: usize,
+    grow_files: usize,
+    band: usize,
+    stat_passes: usize,
+}
+
+#[derive(Default, Clone)]
+struct Figures {
+    seq_write_mibs: f64,
+    seq_read_mibs: f64,
+    create_fps: f64,
+    stat_ps: f64,
+    readdir_cold_ms: f64,
+    readdir_warm_ms: f64,
+    grow_bands: Vec<f64>,
+    unlink_fps: f64,
+    rss_kib: Option<u64>,
+    notes: Vec<String>,
+}
+
+fn main() {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+        println!("fsbench: SKIPPED — needs root and /dev/fuse (it mounts agentfs and a tmpfs)");
+        return;
+    }
+    let _wd = Watchdog::new(3600);
+    let quick = std::env::var("AGENTFS_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
+    let sizes = if quick {
+        Sizes {
+            seq_mib: 32,
+            small_files: 1000,
+            grow_files: 20_000,
+            band: 5_000,
+            stat_passes: 3,
+        }
+    } else {
+        Sizes {
+            seq_mib: 256,
+            small_files: 5000,
+            grow_files: 100_000,
+            band: 10_000,
+            stat_passes: 5,
+        }
+    };
+    let class = std::env::var("AGENTFS_BENCH_CLASS").unwrap_or_else(|_| "semantic".into());
+
+    println!("fsbench: agentfs binary {}", bin().to_string_lossy());
+    println!(
+        "fsbench: workload in MNT/bench/mem/{class}; seq {} MiB in 1 MiB blocks; {} small files \
+         of 4 KiB; growth to {} entries{}",
+        sizes.seq_mib,
+        sizes.small_files,
+        sizes.grow_files,
+        if quick { " (QUICK mode)" } else { "" }
+    );
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "fsbench: {cpus} CPUs, kernel {}, load average at start {}",
+        kernel(),
+        loadavg()
+    );
+
+    // 1. tmpfs yardstick.
+    let tmp_root = fresh_dir("bench-tmpfs");
+    let tmpfs_dir = tmp_root.join("fs");
+    mount_tmpfs(&tmpfs_dir);
+    let t = run_workload("tmpfs", &tmpfs_dir, &sizes, None, false);
+    umount(&tmpfs_dir);
+    let _ = fs::remove_dir_all(&tmp_root);
+
+    // 2. agentfs, data dir on the normal disk.
+    let disk_root =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fsbench-{}", std::process::id()));
+    fs::create_dir_all(&disk_root).unwrap();
+    println!(
+        "fsbench: disk data dir {} is on a {} file system",
+        disk_root.display(),
+        fs_name(&disk_root)
+    );
+    let d = bench_agentfs(
+        "agentfs disk",
+        disk_root.join("mnt"),
+        disk_root.join("data"),
+        &class,
+        &sizes,
+    );
+    let _ = fs::remove_dir_all(&disk_root);
+
+    // 3. agentfs, data dir on a tmpfs.
+    let td_root = fresh_dir("bench-tmpfsdata");
+    mount_tmpfs(&td_root.join("data-fs"));
+    let td = bench_agentfs(
+        "agentfs tmpfs-data",
+        td_root.join("mnt"),
+        td_root.join("data-fs/data"),
+        &class,
+        &sizes,
+    );
+    umount(&td_root.join("data-fs"));
+    let _ = fs::remove_dir_all(&td_root);
+
+    report(&sizes, &t, &d, &td);
+    println!(
+        "fsbench: load average at the end {} (figures from a busy machine are low)",
+        loadavg()
+    );
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn bench_agentfs(name: &str, mnt: PathBuf, data: PathBuf, class: &str, s: &Sizes) -> Figures {
+    let mut m = Mount::unmounted(mnt, data, None);
+    m.mount();
+    m.agent("bench");
+    let dir = m.mem("bench", class);
+    // Working memory does not survive a remount: there, "cold" only drops the kernel caches.
+    let remount = class != "working";
+    run_workload(name, &dir, s, Some(&mut m), remount)
+    // `m` unmounts on drop.
+}
+
+fn daemon_rss(m: Option<&Mount>) -> Option<u64> {
+    let pid = m?.daemon_pid()?;
+    let st = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn run_workload(
+    name: &str,
+    dir: &Path,
+    s: &Sizes,
+    mut m: Option<&mut Mount>,
+    remount_for_cold: bool,
+) -> Figures {
+    println!("\n== {name} ({})", dir.display());
+    let mut f = Figures::default();
+
+    // Sequential write, 1 MiB blocks, fsync at the end.
+    let block = pattern(42, 1 << 20);
+    let seq = dir.join("seq.bin");
+    let t0 = Instant::now();
+    let mut file = File::create(&seq).unwrap();
+    for i in 0..s.seq_mib {
+        let mut b = block.clone();
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        file.write_all(&b).unwrap();
+    }
+    file.sync_all().unwrap();
+    drop(file);
+    f.seq_write_mibs = s.seq_mib as f64 / t0.elapsed().as_secs_f64();
+    println!("  seq write  {:>10.0} MiB/s", f.seq_write_mibs);
+
+    // Cold sequential read: for agentfs a remount (drops the daemon's own caches), for all
+    // targets a drop of the kernel's page, dentry and inode caches.
+    if let Some(m) = m.as_deref_mut().filter(|_| remount_for_cold) {
+        m.remount();
+    }
+    drop_caches();
+    let t0 = Instant::now();
+    let mut file = File::open(&seq).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    f.seq_read_mibs = s.seq_mib as f64 / t0.elapsed().as_secs_f64();
+    assert_eq!(total, s.seq_mib << 20, "{name}: read back size");
+    println!("  cold read  {:>10.0} MiB/s", f.seq_read_mibs);
+    fs::remove_file(&seq).unwrap();
+
+    // 4 KiB create + write + close.
+    let small = dir.join("small");
+    fs::create_dir(&small).unwrap();
+    let four_k = pattern(7, 4096);
+    let t0 = Instant::now();
+    for i in 0..s.small_files {
+        let mut fh = File::create(small.join(format!("f{i:06}"))).unwrap();
+        fh.write_all(&four_k).unwrap();
+    }
+    f.create_fps = s.small_files as f64 / t0.elapsed().as_secs_f64();
+    println!("  create     {:>10.0} files/s", f.create_fps);
+
+    // stat, several passes.
+    let paths: Vec<PathBuf> = (0..s.small_files)
+        .map(|i| small.join(format!("f{i:06}")))
+        .collect();
+    let t0 = Instant::now();
+    for _ in 0..s.stat_passes {
+        for p in &paths {
+            let md = fs::metadata(p).unwrap();
+            assert_eq!(md.len(), 4096);
+        }
+    }
+    f.stat_ps = (s.stat_passes * s.small_files) as f64 / t0.elapsed().as_secs_f64();
+    println!("  stat       {:>10.0} stats/s", f.stat_ps);
+
+    // readdir + lstat of every entry: cold (caches dropped before each run; median of 3) and warm.
+    let mut cold_runs = Vec::new();
+    for _ in 0..3 {
+        drop_caches();
+        cold_runs.push(readdir_lstat(&small, s.small_files));
+    }
+    cold_runs.sort_by(f64::total_cmp);
+    f.readdir_cold_ms = cold_runs[1];
+    let mut warm_runs: Vec<f64> = (0..3)
+        .map(|_| readdir_lstat(&small, s.small_files))
+        .collect();
+    warm_runs.sort_by(f64::total_cmp);
+    f.readdir_warm_ms = warm_runs[1];
+    println!(
+        "  readdir+lstat {} entries: cold {:.1} ms, warm {:.1} ms",
+        s.small_files, f.readdir_cold_ms, f.readdir_warm_ms
+    );
+
+    // Create rate as one directory grows.
+    let grow = dir.join("grow");
+    fs::create_dir(&grow).unwrap();
+    let mut band_start = Instant::now();
+    for i in 0..s.grow_files {
+        let mut fh = File::create(grow.join(format!("g{i:07}"))).unwrap();
+        fh.write_all(&four_k).unwrap();
+        drop(fh);
+        if (i + 1) % s.band == 0 {
+            f.grow_bands
+                .push(s.band as f64 / band_start.elapsed().as_secs_f64());
+            band_start = Instant::now();
+        }
+    }
+    println!(
+        "  growth     {} files/s per {}-entry band",
+        f.grow_bands
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        s.band
+    );
+
+    // Unlink rate.
+    let t0 = Instant::now();
+    for p in &paths {
+        fs::remove_file(p).unwrap();
+    }
+    f.unlink_fps = s.small_files as f64 / t0.elapsed().as_secs_f64();
+    println!("  unlink     {:>10.0} files/s", f.unlink_fps);
+    let t0 = Instant::now();
+    fs::remove_dir_all(&grow).unwrap();
+    let rm = t0.elapsed().as_secs_f64();
+    f.notes.push(format!(
+        "rm -r of the {}-entry dir: {:.2} s ({:.0} files/s)",
+        s.grow_files,
+        rm,
+        s.grow_files as f64 / rm
+    ));
+    println!("  {}", f.notes.last().unwrap());
+    fs::remove_dir(&small).unwrap();
+
+    f.rss_kib = daemon_rss(m.as_deref());
+    if let Some(r) = f.rss_kib {
+        println!("  daemon peak RSS (VmHWM) {} MiB", r / 1024);
+    }
+    f
+}
+
+fn readdir_lstat(dir: &Path, want: usize) -> f64 {
+    let t0 = Instant::now();
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = fs::symlink_metadata(e.path()).unwrap();
+        std::hint::black_box(md.len());
+        n += 1;
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(n, want, "readdir of {} listed {n} entries", dir.display());
+    ms
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+enum Goal {
+    /// agentfs ≥ factor × tmpfs
+    Ratio(f64),
+    /// agentfs ≥ absolute
+    AtLeast(f64),
+    /// agentfs ≤ absolute
+    AtMost(f64),
+    None,
+}
+
+fn report(s: &Sizes, t: &Figures, d: &Figures, td: &Figures) {
+    println!("\n=== fsbench summary (ratio = agentfs / tmpfs; for readdir ms lower is better)");
+    println!(
+        "{:<34} {:>10} {:>13} {:>7} {:>13} {:>7}  {:<22} {:<6} {:<6}",
+        "metric",
+        "tmpfs",
+        "agentfs-disk",
+        "ratio",
+        "agentfs-tmpd",
+        "ratio",
+        "target",
+        "disk",
+        "tmpd"
+    );
+    let line = |name: &str, tv: f64, dv: f64, tdv: f64, goal: Goal, unit_goal: String| {
+        let judge = |v: f64| -> &'static str {
+            let ok = match goal {
+                Goal::Ratio(k) => v >= k * tv,
+                Goal::AtLeast(x) => v >= x,
+                Goal::AtMost(x) => v <= x,
+                Goal::None => return "-",
+            };
+            if ok {
+                "PASS"
+            } else {
+                "MISS"
+            }
+        };
+        println!(
+            "{:<34} {:>10.1} {:>13.1} {:>6.2}x {:>13.1} {:>6.2}x  {:<22} {:<6} {:<6}",
+            name,
+            tv,
+            dv,
+            dv / tv,
+            tdv,
+            tdv / tv,
+            unit_goal,
+            judge(dv),
+            judge(tdv)
+        );
+    };
+    line(
+        &format!("seq write {} MiB+fsync MiB/s", s.seq_mib),
+        t.seq_write_mibs,
+        d.seq_write_mibs,
+        td.seq_write_mibs,
+        Goal::Ratio(0.4),
+        "≥ 0.4× tmpfs".into(),
+    );
+    line(
+        "cold seq read MiB/s",
+        t.seq_read_mibs,
+        d.seq_read_mibs,
+        td.seq_read_mibs,
+        Goal::Ratio(0.25),
+        "≥ 0.25× tmpfs".into(),
+    );
+    line(
+        &format!("create+4KiB+close ({}) files/s", s.small_files),
+        t.create_fps,
+        d.create_fps,
+        td.create_fps,
+        Goal::AtLeast(10_000.0),
+        "≥ 10,000 files/s".into(),
+    );
+    line(
+        "stat /s",
+        t.stat_ps,
+        d.stat_ps,
+        td.stat_ps,
+        Goal::AtLeast(50_000.0),
+        "≥ 50,000/s".into(),
+    );
+    line(
+        &format!("readdir+lstat {} cold ms", s.small_files),
+        t.readdir_cold_ms,
+        d.readdir_cold_ms,
+        td.readdir_cold_ms,
+        Goal::AtMost(40.0),
+        "≤ 40 ms".into(),
+    );
+    line(
+        &format!("readdir+lstat {} warm ms", s.small_files),
+        t.readdir_warm_ms,
+        d.readdir_warm_ms,
+        td.readdir_warm_ms,
+        Goal::AtMost(40.0),
+        "≤ 40 ms".into(),
+    );
+    line(
+        &format!("unlink ({}) files/s", s.small_files),
+        t.unlink_fps,
+        d.unlink_fps,
+        td.unlink_fps,
+        Goal::None,
+        "(none)".into(),
+    );
+    // "No slowdown": the median of the last three bands against the median of the first
+    // three (a median, so one band disturbed by other load does not decide).
+    let median3 = |v: &[f64]| -> f64 {
+        let mut w = v.to_vec();
+        w.sort_by(f64::total_cmp);
+        w.get(w.len() / 2).copied().unwrap_or(0.0)
+    };
+    let slow = |f: &Figures| -> f64 {
+        let n = f.grow_bands.len();
+        let k = n.min(3);
+        median3(&f.grow_bands[n - k..]) / median3(&f.grow_bands[..k])
+    };
+    println!(
+        "{:<34} {:>10.2} {:>13.2} {:>7} {:>13.2} {:>7}  {:<22} {:<6} {:<6}",
+        format!("growth to {}: last/first bands", s.grow_files),
+        slow(t),
+        slow(d),
+        "",
+        slow(td),
+        "",
+        "≥ 0.8 (no slowdown)",
+        if slow(d) >= 0.8 { "PASS" } else { "MISS" },
+        if slow(td) >= 0.8 { "PASS" } else { "MISS" },
+    );
+    let min_band = |f: &Figures| f.grow_bands.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "{:<34} {:>10.0} {:>13.0} {:>7} {:>13.0} {:>7}  {:<22} {:<6} {:<6}",
+        "growth: slowest band files/s",
+        min_band(t),
+        min_band(d),
+        "",
+        min_band(td),
+        "",
+        "≥ 10,000 files/s",
+        if min_band(d) >= 10_000.0 {
+            "PASS"
+        } else {
+            "MISS"
+        },
+        if min_band(td) >= 10_000.0 {
+            "PASS"
+        } else {
+            "MISS"
+        },
+    );
+    let rss = |f: &Figures| {
+        f.rss_kib
+            .map_or("?".to_string(), |k| format!("{} MiB", k / 1024))
+    };
+    println!(
+        "{:<34} {:>10} {:>13} {:>7} {:>13} {:>7}  {:<22}",
+        "daemon peak RSS (VmHWM)",
+        "-",
+        rss(d),
+        "",
+        rss(td),
+        "",
+        "(reported)"
+    );
+    for (name, f) in [("tmpfs", t), ("agentfs-disk", d), ("agentfs-tmpd", td)] {
+        println!(
+            "growth bands {name}: {}",
+            f.grow_bands
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    println!("(informational: the benchmark never fails on a MISS)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// System helpers
+// ---------------------------------------------------------------------------------------------
+
+fn mount_tmpfs(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let (src, target, fstype) = (cstr("tmpfs"), cstr(dir), cstr("tmpfs"));
+    let opts = cstr("size=8g,mode=0755");
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "mount tmpfs on {}: {}",
+        dir.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn umount(dir: &Path) {
+    let c = cstr(dir);
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        let _ = detach(dir);
+    }
+}
+
+fn drop_caches() {
+    unsafe { libc::sync() };
+    if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "3") {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| println!("fsbench: cannot drop caches ({e}); cold figures are warm"));
+    }
+}
+
+fn kernel() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn fs_name(p: &Path) -> String {
+    let c = cstr(p);
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return "?".into();
+    }
+    match st.f_type as i64 {
+        0x0102_1994 => "tmpfs (disk figures will not show disk cost)".into(),
+        0xEF53 => "ext2/3/4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        other => format!("type {other:#x}"),
+    }
+}

@@ -1,0 +1,138 @@
+//! The command line surface of `agentfs` (SPEC §1): help, usage errors, and where the data
+//! dir defaults to when `--data-dir` is not given.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    run_with_timeout(cmd, CMD_TIMEOUT).expect("run agentfs")
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = run(Command::new(bin()).arg("--help"));
+    assert!(out.status.success(), "agentfs --help: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["mount", "unmount"] {
+        assert!(
+            text.contains(word),
+            "--help does not mention `{word}`:\n{text}"
+        );
+    }
+    let out = run(Command::new(bin()).args(["mount", "--help"]));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["--data-dir", "--foreground"] {
+        assert!(
+            text.contains(word),
+            "mount --help does not mention {word}:\n{text}"
+        );
+    }
+    let out = run(Command::new(bin()).arg("--version"));
+    assert!(out.status.success(), "agentfs --version: {}", out.status);
+}
+
+#[test]
+fn usage_errors_exit_2_without_touching_anything() {
+    for args in [
+        &["no-such-command"][..],
+        &["mount"][..],
+        &["mount", "/tmp", "--no-such-flag"][..],
+        &["unmount"][..],
+    ] {
+        let out = run(Command::new(bin()).args(args));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "agentfs {args:?}: want usage error (exit 2), got {} — stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.stderr.is_empty(),
+            "agentfs {args:?}: no message on stderr"
+        );
+    }
+}
+
+/// Mounts at a fresh mountpoint with `--data-dir` omitted and the given environment, and
+/// checks that the daemon's pid file landed in `expect_data`.
+fn mount_with_env(env: &[(&str, &Path)], remove: &[&str], expect_data: &Path) {
+    let _wd = Watchdog::new(DEFAULT_TEST_SECS);
+    let root = fresh_dir("cli-env");
+    let mnt = root.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("mount").arg(&mnt);
+    for k in remove {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(&mut cmd);
+    let mounted = is_mounted(&mnt);
+    let pid_there = expect_data.join("agentfs.pid").is_file();
+    if mounted {
+        let u = run(Command::new(bin()).arg("unmount").arg(&mnt));
+        if !u.status.success() {
+            let _ = detach(&mnt);
+        }
+    }
+    assert!(
+        out.status.success(),
+        "mount without --data-dir ({env:?}): {} — {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mounted, "mount returned 0 but nothing is mounted");
+    assert!(
+        pid_there,
+        "no agentfs.pid in the expected data dir {}",
+        expect_data.display()
+    );
+    let _ = fs::remove_dir_all(&root);
+}
+
+#[test]
+fn data_dir_defaults_to_agentfs_data_dir_env() {
+    if !can_mount() {
+        return;
+    }
+    let d = fresh_dir("cli-envdir");
+    let data = d.join("from-env");
+    mount_with_env(&[("AGENTFS_DATA_DIR", &data)], &[], &data);
+    let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn data_dir_falls_back_to_xdg_data_home() {
+    if !can_mount() {
+        return;
+    }
+    let d = fresh_dir("cli-xdg");
+    mount_with_env(
+        &[("XDG_DATA_HOME", &d)],
+        &["AGENTFS_DATA_DIR"],
+        &d.join("agentfs"),
+    );
+    let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn data_dir_falls_back_to_home_local_share() {
+    if !can_mount() {
+        return;
+    }
+    let d = fresh_dir("cli-home");
+    mount_with_env(
+        &[("HOME", &d)],
+        &["AGENTFS_DATA_DIR", "XDG_DATA_HOME"],
+        &d.join(".local/share/agentfs"),
+    );
+    let _ = fs::remove_dir_all(&d);
+}
