@@ -295,3 +295,64 @@ fn kill9_cycles_with_writer_midstream() {
         verify("after final clean remount", &c.files);
     }
 }
+
+#[test]
+fn atomic_save_by_rename_is_never_torn_by_kill9() {
+    // The editor/git pattern: write a temp file, close it, rename it over the target. After a
+    // crash the target holds one complete version (the last one, since rename returned before
+    // the kill) — never an empty or partial file.
+    let Some(mut m) = Mount::try_new() else {
+        return;
+    };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    let target = sem.join("config.json");
+    let versions: Vec<Vec<u8>> = (0..30)
+        .map(|v| pattern(500 + v, 3000 + v as usize * 1000))
+        .collect();
+    for v in &versions {
+        let tmp = sem.join(".config.json.tmp");
+        write_and_close(&tmp, v, false).unwrap();
+        fs::rename(&tmp, &target).unwrap();
+    }
+    m.kill9();
+    m.mount();
+    let got = fs::read(&target).expect("target missing after crash");
+    assert!(
+        versions.contains(&got),
+        "after kill -9 the target is not any complete version ({} bytes)",
+        got.len()
+    );
+    assert_same_bytes("target after crash", &got, versions.last().unwrap());
+    assert!(
+        !sem.join(".config.json.tmp").exists(),
+        "temp name resurrected"
+    );
+}
+
+#[test]
+fn orphans_open_at_kill9_are_reclaimed() {
+    // A file unlinked while open lives until close; if the daemon dies first, the remount must
+    // not resurrect it nor keep counting its bytes.
+    let Some(mut m) = Mount::try_new() else {
+        return;
+    };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    let p = sem.join("orphan");
+    let mut f = File::create(&p).unwrap();
+    f.write_all(&pattern(9, 2 << 20)).unwrap();
+    f.sync_all().unwrap();
+    fs::remove_file(&p).unwrap();
+    std::mem::forget(f); // still open when the daemon dies
+    m.kill9();
+    m.mount();
+    assert_eq!(fs::read_dir(&sem).unwrap().count(), 0, "orphan resurrected");
+    let status = fs::read_to_string(m.mnt.join("sys/agents/a/status")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let bytes = v["bytes"]["semantic"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        bytes < 1 << 20,
+        "semantic bytes still count the reclaimed orphan after remount: {bytes}"
+    );
+}

@@ -796,3 +796,37 @@ fn works_from_a_shell() {
         .unwrap();
     f.write_all(b"!").unwrap();
 }
+
+#[test]
+fn status_bytes_follow_truncate_unlink_and_open_orphans() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    let bytes = |m: &Mount| {
+        status_json(m, "a")["bytes"]["semantic"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let expect = |m: &Mount, what: &str, ok: &dyn Fn(u64) -> bool| {
+        let mut last = 0;
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                last = bytes(m);
+                ok(last)
+            }),
+            "status.bytes.semantic {what}: still {last} after 5 s"
+        );
+    };
+    write_file(&sem.join("f"), &[7u8; 1_000_000]);
+    expect(&m, "after a 1,000,000-byte write", &|b| b >= 1_000_000);
+    let c = cstr(sem.join("f"));
+    check(unsafe { libc::truncate(c.as_ptr(), 1000) }).unwrap();
+    expect(&m, "after truncate to 1000", &|b| {
+        (1000..100_000).contains(&b)
+    });
+    // Unlinked but open: still there until the last close.
+    let held = fs::File::open(sem.join("f")).unwrap();
+    fs::remove_file(sem.join("f")).unwrap();
+    drop(held);
+    expect(&m, "after unlink + close", &|b| b < 1000);
+}

@@ -2097,3 +2097,156 @@ fn errno_table_rows_are_all_tested() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Edges: odd names, far offsets, big xattrs and link targets, parallel writes to one file
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn names_may_hold_any_byte_but_slash_and_nul() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let Some((_m, dirs)) = setup() else { return };
+    let names: [&[u8]; 8] = [
+        b"with space",
+        b"new\nline",
+        b"tab\there",
+        b"\xff\xfe not utf-8",
+        b"...",
+        b"-rf",
+        "ünïcødé ✓".as_bytes(),
+        b".hidden",
+    ];
+    for (class, d) in &dirs {
+        for (i, n) in names.iter().enumerate() {
+            let p = d.join(OsStr::from_bytes(n));
+            fs::write(&p, [i as u8]).unwrap_or_else(|e| panic!("{class}: create {n:?}: {e}"));
+        }
+        let mut listed: Vec<Vec<u8>> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+            .collect();
+        listed.sort();
+        let mut want: Vec<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
+        want.sort();
+        assert_eq!(listed, want, "{class}: listing of odd names");
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(
+                fs::read(d.join(OsStr::from_bytes(n))).unwrap(),
+                [i as u8],
+                "{class}: {n:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sparse_file_with_far_offsets() {
+    let Some((_m, dirs)) = setup() else { return };
+    for (class, d) in &dirs {
+        let p = d.join("sparse");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let far = 5u64 << 30; // 5 GiB
+        f.write_all_at(b"far away", far).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), far + 8, "{class}: size");
+        let mut buf = vec![0xAAu8; 1 << 16];
+        f.read_exact_at(&mut buf, 4 << 30).unwrap();
+        assert!(
+            buf.iter().all(|b| *b == 0),
+            "{class}: hole at 4 GiB not zero"
+        );
+        let mut tail = [0u8; 8];
+        f.read_exact_at(&mut tail, far).unwrap();
+        assert_eq!(&tail, b"far away", "{class}");
+        // A huge ftruncate is a size change, not an allocation.
+        f.set_len(1 << 40).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 1 << 40, "{class}: 1 TiB size");
+        f.read_exact_at(&mut buf, (1 << 40) - (1 << 16)).unwrap();
+        assert!(
+            buf.iter().all(|b| *b == 0),
+            "{class}: end of 1 TiB file not zero"
+        );
+        assert!(
+            f.metadata().unwrap().blocks() < 1 << 20,
+            "{class}: a sparse 1 TiB file claims {} blocks",
+            f.metadata().unwrap().blocks()
+        );
+        f.set_len(0).unwrap();
+    }
+}
+
+#[test]
+fn big_xattr_values_and_long_symlink_targets() {
+    let Some((_m, dirs)) = setup() else { return };
+    for (class, d) in &dirs {
+        let p = d.join("f");
+        fs::write(&p, b"").unwrap();
+        let v = pattern(31, 60_000);
+        setxattr(&p, "user.big", &v, 0).unwrap_or_else(|e| panic!("{class}: 60 KB xattr: {e}"));
+        assert_same_bytes(class, &getxattr(&p, "user.big").unwrap(), &v);
+        let long = "d/".repeat(2047) + "x"; // 4095 bytes, PATH_MAX - 1
+        symlink(&long, d.join("l")).unwrap_or_else(|e| panic!("{class}: 4095-byte symlink: {e}"));
+        assert_eq!(
+            fs::read_link(d.join("l")).unwrap(),
+            Path::new(&long),
+            "{class}"
+        );
+    }
+}
+
+#[test]
+fn parallel_pwrites_to_one_file_land_in_place() {
+    let Some((_m, dirs)) = setup() else { return };
+    for (class, d) in &dirs {
+        let p = Arc::new(d.join("shared"));
+        File::create(&*p).unwrap();
+        // 8 threads each own every 8th 10,000-byte slot (slots straddle chunk boundaries).
+        const SLOT: u64 = 10_000;
+        const SLOTS: u64 = 160;
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let f = OpenOptions::new().write(true).open(&*p).unwrap();
+                    for s in (t..SLOTS).step_by(8) {
+                        f.write_all_at(&pattern(s, SLOT as usize), s * SLOT)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("writer");
+        }
+        let got = fs::read(&*p).unwrap();
+        assert_eq!(got.len() as u64, SLOT * SLOTS, "{class}: size");
+        for s in 0..SLOTS {
+            let r = (s * SLOT) as usize..((s + 1) * SLOT) as usize;
+            assert_same_bytes(
+                &format!("{class}: slot {s}"),
+                &got[r],
+                &pattern(s, SLOT as usize),
+            );
+        }
+    }
+}
+
+#[test]
+fn pwrite_on_o_append_fd_appends() {
+    // Linux: with O_APPEND, pwrite ignores the offset and appends.
+    let Some((_m, dirs)) = setup() else { return };
+    for (class, d) in &dirs {
+        let p = d.join("ap");
+        fs::write(&p, b"0123").unwrap();
+        let f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all_at(b"AB", 0).unwrap();
+        drop(f);
+        assert_eq!(fs::read(&p).unwrap(), b"0123AB", "{class}");
+    }
+}

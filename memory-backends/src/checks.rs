@@ -1,7 +1,7 @@
 //! Input checks shared by both stores, so that [`crate::RamStore`] and [`crate::SqliteStore`]
 //! accept and refuse exactly the same batches.
 
-use crate::{ChunkId, StoreError, CHUNK_SIZE};
+use crate::{Batch, Change, ChunkId, StoreError, CHUNK_SIZE};
 use std::io;
 
 /// Meta keys the store keeps for itself. They are hidden from [`crate::Store::load`] and a
@@ -22,6 +22,31 @@ pub(crate) fn check_meta_key(key: &str) -> Result<(), StoreError> {
         return Err(invalid(format!(
             "meta key {key:?} is reserved for the store"
         )));
+    }
+    Ok(())
+}
+
+/// Refuses a batch that cannot be applied, before anything of it is: a `SetChunks` naming a
+/// chunk `holds` says the store does not have (`MissingChunk`), or a `SetMeta` of a reserved
+/// key. The first offending change (in batch order) decides the error.
+pub(crate) fn check_batch(
+    batch: &Batch,
+    holds: impl Fn(&ChunkId) -> bool,
+) -> Result<(), StoreError> {
+    for change in &batch.changes {
+        match change {
+            Change::SetChunks { chunks, .. } => {
+                if let Some(id) = chunks
+                    .iter()
+                    .filter_map(|(_, c)| c.as_ref())
+                    .find(|id| !holds(id))
+                {
+                    return Err(missing_chunk(id));
+                }
+            }
+            Change::SetMeta { key, .. } => check_meta_key(key)?,
+            _ => {}
+        }
     }
     Ok(())
 }

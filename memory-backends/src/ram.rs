@@ -16,7 +16,7 @@
 //! bytes put twice for one slot) lingers until the store is dropped. That leak is bounded by
 //! the writes the core abandons and is accepted for a store that lives as long as one mount.
 
-use crate::checks::{check_chunk_len, check_meta_key, is_reserved_meta, missing_chunk};
+use crate::checks::{check_batch, check_chunk_len, is_reserved_meta, missing_chunk};
 use crate::{Batch, Change, ChunkId, Durability, Ino, InodeRecord, LoadedState, Store, StoreError};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
@@ -256,19 +256,7 @@ impl Store for RamStore {
         // Validate everything first: applying to the in-memory maps cannot be undone, so a
         // batch that would fail must be refused before anything changes. No chunk can be freed
         // between this check and the apply because only commits free, under `tables`.
-        for change in &batch.changes {
-            match change {
-                Change::SetChunks { chunks, .. } => {
-                    for id in chunks.iter().filter_map(|(_, c)| c.as_ref()) {
-                        if !self.holds(id) {
-                            return Err(missing_chunk(id));
-                        }
-                    }
-                }
-                Change::SetMeta { key, .. } => check_meta_key(key)?,
-                _ => {}
-            }
-        }
+        check_batch(&batch, |id| self.holds(id))?;
         let mut released = Vec::new();
         let mut claimed = Vec::new();
         for change in batch.changes {

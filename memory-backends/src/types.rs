@@ -1,4 +1,14 @@
 //! Plain records exchanged between the filesystem core and a [`crate::Store`].
+//!
+//! # Serde and the journal
+//!
+//! [`Batch`] and everything in it derive `Serialize`/`Deserialize`: the [`crate::SqliteStore`]
+//! writes each committed batch to its write-ahead journal with postcard, which encodes struct
+//! fields and enum variants **by position**, not by name. A journal written before an upgrade
+//! is replayed by the new code after a crash, so: add enum variants and struct fields only at
+//! the end, never reorder or remove them, and do not change a field's type. The test
+//! `sqlite::journal::tests::batch_encoding_is_stable` pins the bytes of a sample batch and fails
+//! when one of these rules is broken.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -7,7 +17,7 @@ use std::fmt;
 pub type Ino = u64;
 
 /// BLAKE3 hash of a chunk's bytes: the chunk's address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ChunkId(pub [u8; 32]);
 
 impl ChunkId {
@@ -26,7 +36,7 @@ impl fmt::Debug for ChunkId {
     }
 }
 
-/// What an inode is.
+/// What an inode is. The variant order is part of the journal format: append only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FileKind {
     File,
@@ -71,7 +81,7 @@ impl FileKind {
 pub type TimeNs = i64;
 
 /// An inode's attributes as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InodeRecord {
     pub ino: Ino,
     pub kind: FileKind,
@@ -92,7 +102,7 @@ pub struct InodeRecord {
 
 /// One flight-recorder entry. Issue 5 extends this with the hash chain; for now it is the
 /// minimal record every mutation writes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub time: TimeNs,
     pub agent: String,
@@ -106,7 +116,9 @@ pub struct AuditEntry {
 }
 
 /// One change to the stored state. A [`Batch`] of these is applied atomically.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The variant order is part of the journal format (see the module docs): append only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// Insert or replace an inode's attributes.
     PutInode(InodeRecord),
@@ -152,7 +164,7 @@ pub enum Change {
 }
 
 /// Changes applied all-or-nothing by [`crate::Store::commit`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub changes: Vec<Change>,
 }

@@ -40,10 +40,15 @@ pub(crate) fn errno_hint(e: &VfsError) -> i32 {
     e.errno()
 }
 
-fn attr_of(outcome: Outcome) -> Result<Attr> {
-    match outcome {
-        Outcome::Attr(a) => Ok(a),
-        _ => Err(VfsError::Invalid("unexpected outcome")),
+impl Vfs {
+    /// The attributes a mutation left, with the allocation read from the live node.
+    fn attr_of(&self, caller: &Caller, outcome: Outcome) -> Result<Attr> {
+        match outcome {
+            Outcome::Attr(rec) => Ok(self
+                .getattr(caller, rec.ino)
+                .unwrap_or_else(|_| Attr::dense(rec))),
+            _ => Err(VfsError::Invalid("unexpected outcome")),
+        }
     }
 }
 
@@ -62,16 +67,19 @@ impl Vfs {
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return Err(VfsError::Invalid("mknod of a directory or symlink"));
         }
-        attr_of(self.mutate(
+        self.attr_of(
             caller,
-            Mutation::Create {
-                parent,
-                name,
-                kind,
-                mode,
-                rdev,
-            },
-        )?)
+            self.mutate(
+                caller,
+                Mutation::Create {
+                    parent,
+                    name,
+                    kind,
+                    mode,
+                    rdev,
+                },
+            )?,
+        )
     }
 
     /// `open(O_CREAT)` of a new regular file: creates it and opens a handle.
@@ -90,7 +98,10 @@ impl Vfs {
 
     /// `mkdir`; at the mount root it registers an agent.
     pub fn mkdir(&self, caller: &Caller, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
-        attr_of(self.mutate(caller, Mutation::Mkdir { parent, name, mode })?)
+        self.attr_of(
+            caller,
+            self.mutate(caller, Mutation::Mkdir { parent, name, mode })?,
+        )
     }
 
     pub fn symlink(
@@ -100,14 +111,17 @@ impl Vfs {
         name: &[u8],
         target: &[u8],
     ) -> Result<Attr> {
-        attr_of(self.mutate(
+        self.attr_of(
             caller,
-            Mutation::Symlink {
-                parent,
-                name,
-                target,
-            },
-        )?)
+            self.mutate(
+                caller,
+                Mutation::Symlink {
+                    parent,
+                    name,
+                    target,
+                },
+            )?,
+        )
     }
 
     pub fn link(
@@ -117,14 +131,17 @@ impl Vfs {
         new_parent: Ino,
         new_name: &[u8],
     ) -> Result<Attr> {
-        attr_of(self.mutate(
+        self.attr_of(
             caller,
-            Mutation::Link {
-                ino,
-                new_parent,
-                new_name,
-            },
-        )?)
+            self.mutate(
+                caller,
+                Mutation::Link {
+                    ino,
+                    new_parent,
+                    new_name,
+                },
+            )?,
+        )
     }
 
     pub fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> Result<()> {
@@ -183,7 +200,7 @@ impl Vfs {
     }
 
     pub fn setattr(&self, caller: &Caller, ino: Ino, set: SetAttr) -> Result<Attr> {
-        attr_of(self.mutate(caller, Mutation::SetAttr { ino, set })?)
+        self.attr_of(caller, self.mutate(caller, Mutation::SetAttr { ino, set })?)
     }
 
     /// posix_fallocate: mode 0 grows the file to `offset + len` (the new range reads as

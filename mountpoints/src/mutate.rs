@@ -9,8 +9,8 @@ use crate::caller::Caller;
 use crate::error::{Result, VfsError};
 use crate::node::Class;
 use crate::sysfs;
-use crate::vfs::{now_ns, Attr, Vfs, ROOT_INO};
-use agentfs_memory::{AuditEntry, Batch, Durability, FileKind, Ino};
+use crate::vfs::{now_ns, Vfs, ROOT_INO};
+use agentfs_memory::{AuditEntry, Batch, Durability, FileKind, Ino, InodeRecord};
 use agentfs_policy::{Decision, Op, Request};
 use std::sync::Arc;
 
@@ -119,7 +119,7 @@ impl Mutation<'_> {
 /// What a mutation returns.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    Attr(Attr),
+    Attr(InodeRecord),
     Written(u32),
     Done,
 }

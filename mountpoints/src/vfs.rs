@@ -69,8 +69,48 @@ impl std::fmt::Debug for Vfs {
     }
 }
 
-/// Attributes as the adapter needs them.
-pub type Attr = InodeRecord;
+/// Attributes as the adapter needs them: the stored record plus what is derived from the
+/// content (the space actually allocated, for `st_blocks` and `du`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub rec: InodeRecord,
+    /// 512-byte blocks allocated: stored chunks, not holes.
+    pub blocks: u64,
+}
+
+impl std::ops::Deref for Attr {
+    type Target = InodeRecord;
+    fn deref(&self) -> &InodeRecord {
+        &self.rec
+    }
+}
+
+impl Attr {
+    /// A record whose content is not in hand: counted as fully allocated.
+    pub(crate) fn dense(rec: InodeRecord) -> Self {
+        let blocks = if rec.kind == FileKind::File {
+            rec.size.div_ceil(512)
+        } else {
+            0
+        };
+        Attr { rec, blocks }
+    }
+
+    pub(crate) fn of(node: &Node) -> Self {
+        let blocks = match &node.body {
+            Body::File(f) => node
+                .attr
+                .size
+                .min(f.slots.len() as u64 * CHUNK_SIZE as u64)
+                .div_ceil(512),
+            _ => 0,
+        };
+        Attr {
+            rec: node.attr.clone(),
+            blocks,
+        }
+    }
+}
 
 /// One directory entry for readdir.
 #[derive(Debug, Clone)]
@@ -393,7 +433,7 @@ impl Vfs {
     pub fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> Result<Attr> {
         if let Some(v) = sysfs::Virtual::of(self, parent) {
             let child = v.lookup(self, name)?;
-            return Ok(child.attr(self));
+            return Ok(Attr::dense(child.attr(self)));
         }
         let dir = self.node(parent)?;
         let child_ino = {
@@ -410,9 +450,9 @@ impl Vfs {
 
     pub fn getattr(&self, _caller: &Caller, ino: Ino) -> Result<Attr> {
         if let Some(v) = sysfs::Virtual::of(self, ino) {
-            return Ok(v.attr(self));
+            return Ok(Attr::dense(v.attr(self)));
         }
-        Ok(self.node(ino)?.read().attr.clone())
+        Ok(Attr::of(&self.node(ino)?.read()))
     }
 
     /// A bound agent sees only its own tree; operators see everything.

@@ -1,33 +1,44 @@
-//! [`SqliteStore`]: the durable store. Metadata in one SQLite database (WAL), chunk bytes in
-//! append-only pack files beside it. `docs/storage.md` gives the layout and the reasoning.
+//! [`SqliteStore`]: the durable store. Metadata in one SQLite database (WAL) fed through a
+//! write-ahead journal, chunk bytes in append-only pack files beside it. `docs/storage.md` gives
+//! the layout and the reasoning.
 //!
 //! * `lock`: one daemon per data dir (`flock`).
 //! * `schema`: tables, version check, connection settings.
 //! * `packs`: the pack files (parallel `pwrite`/`pread`).
+//! * `journal`: the write-ahead journal: one record per commit, replay at open.
+//! * `applier`: the thread that copies journal records into SQLite.
 //! * `tables`: rows in and out, one function per change kind.
 //! * `errors`: SQLite/I/O errors to [`StoreError`].
 
+mod applier;
 mod errors;
+mod journal;
 mod lock;
 mod packs;
 mod schema;
 mod tables;
 
-use crate::checks::{check_chunk_len, missing_chunk};
+use crate::checks::{check_batch, check_chunk_len, missing_chunk};
 use crate::{Batch, ChunkId, Durability, LoadedState, Store, StoreError};
+use applier::Applier;
+use journal::{Journal, Record, SEGMENT_LIMIT};
 use lock::DirLock;
 use packs::{Loc, Packs, PACK_LIMIT};
 use parking_lot::{Mutex, RwLock};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 use std::collections::hash_map::{Entry, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Name of the database inside the data dir.
 const DB_FILE: &str = "agentfs.db";
 /// Name of the pack directory inside the data dir.
 const PACKS_DIR: &str = "packs";
+/// Name of the journal directory inside the data dir.
+const JOURNAL_DIR: &str = "journal";
 
 /// How to open a data dir.
 #[derive(Clone, Debug, Default)]
@@ -38,22 +49,43 @@ pub struct StoreOptions {
     pub create: bool,
 }
 
+/// Sizes tests shrink to exercise rolling over.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    pack: u64,
+    segment: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            pack: PACK_LIMIT,
+            segment: SEGMENT_LIMIT,
+        }
+    }
+}
+
 /// The chunk index: every chunk whose bytes are in a pack, committed or not.
 #[derive(Default)]
 struct Index {
     locs: HashMap<ChunkId, Loc>,
-    /// Chunks written to a pack whose `blobs` row is not committed yet. The next commit inserts
-    /// them in its own transaction, so any chunk map it commits has its blob rows with it.
-    /// Pushed under the same lock as `locs`, so a chunk visible in `locs` is either committed
-    /// or in `pending` (or being committed by the commit that holds the writer connection).
+    /// Chunks written to a pack whose blob row is not committed yet. The next commit puts them
+    /// in its own journal record, so any chunk map it commits has its blob rows with it (or in
+    /// an earlier record). Pushed under the same lock as `locs`, so a chunk visible in `locs` is
+    /// either committed or in `pending` (or being appended by the commit that holds the journal
+    /// lock, which puts it back here if the append fails).
     pending: Vec<(ChunkId, Loc)>,
 }
 
 /// Durable store in a data dir. Internally synchronised; share it with `Arc`.
 pub struct SqliteStore {
     db_path: PathBuf,
-    /// The single writer connection (also used by `load`, which runs at mount).
-    conn: Mutex<Connection>,
+    /// Stopped (after applying everything queued) and joined first when the store is dropped:
+    /// declared first so it is dropped before the connection and the lock.
+    applier: Applier,
+    journal: Arc<Journal>,
+    /// The single connection: the applier writes through it, `load` and `audit_count` read.
+    conn: Arc<Mutex<Connection>>,
     index: RwLock<Index>,
     packs: Packs,
     /// Sum of `len` over `index.locs`.
@@ -63,22 +95,21 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (or with `opts.create`, creates) the store in `dir`.
+    /// Opens (or with `opts.create`, creates) the store in `dir`, replaying the journal of an
+    /// unclean shutdown into the database first.
     ///
     /// Fails with [`StoreError::Locked`] at once if another daemon has the dir, with
-    /// [`StoreError::Corrupt`] naming the file if the database is damaged or from a newer
-    /// agentfs, and with an `Io` `NotFound` error if the dir or database is missing and
-    /// `opts.create` is false.
+    /// [`StoreError::Corrupt`] naming the file if the database or the journal is damaged or
+    /// from a newer agentfs, and with an `Io` `NotFound` error if the dir or database is
+    /// missing and `opts.create` is false.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<SqliteStore, StoreError> {
-        Self::open_with_pack_limit(dir, opts, PACK_LIMIT)
+        Self::open_with(dir, opts, Limits::default())
     }
 
-    /// [`SqliteStore::open`] with a different pack size (tests use tiny packs to exercise
-    /// rolling over).
-    fn open_with_pack_limit(
+    fn open_with(
         dir: &Path,
         opts: StoreOptions,
-        pack_limit: u64,
+        limits: Limits,
     ) -> Result<SqliteStore, StoreError> {
         let db_path = dir.join(DB_FILE);
         if !dir.is_dir() {
@@ -109,6 +140,32 @@ impl SqliteStore {
         schema::configure(&conn, &db_path)?;
         schema::init_or_check(&conn, &db_path, opts.create)?;
 
+        // Replay the journal before reading `blobs`: replayed records add blob rows, and the
+        // packs must resume past every byte any row points at.
+        let started = Instant::now();
+        let applied = tables::applied_seq(&conn, &db_path)?;
+        let cell = std::cell::RefCell::new(conn);
+        let recovery = Journal::open(
+            dir.join(JOURNAL_DIR),
+            limits.segment,
+            applied,
+            &mut |group: &[Record]| {
+                applier::apply_group(&mut cell.borrow_mut(), group, &db_path, false)
+            },
+            &mut || applier::durable_checkpoint(&mut cell.borrow_mut(), &db_path),
+        )?;
+        let conn = cell.into_inner();
+        if recovery.replayed > 0 {
+            tracing::info!(
+                records = recovery.replayed,
+                segments = recovery.segments,
+                ms = started.elapsed().as_millis() as u64,
+                "replayed the journal of an unclean shutdown"
+            );
+        }
+        let journal = Arc::new(recovery.journal);
+        let applied = tables::applied_seq(&conn, &db_path)?;
+
         let blobs = tables::load_blobs(&conn, &db_path)?;
         let mut referenced_end: HashMap<u32, u64> = HashMap::new();
         let mut locs = HashMap::with_capacity(blobs.len());
@@ -119,9 +176,9 @@ impl SqliteStore {
             bytes += u64::from(loc.len);
             locs.insert(id, loc);
         }
-        let packs = Packs::open(dir.join(PACKS_DIR), pack_limit, &referenced_end)?;
+        let packs = Packs::open(dir.join(PACKS_DIR), limits.pack, &referenced_end)?;
         if !existed {
-            // Make the new database and pack dir entries themselves durable.
+            // Make the new database, pack and journal dir entries themselves durable.
             packs::sync_dir(dir)?;
         }
         // Rows pointing past the end of their pack lost their bytes (a power loss after
@@ -136,9 +193,18 @@ impl SqliteStore {
                 );
             }
         }
+        let conn = Arc::new(Mutex::new(conn));
+        let applier = Applier::start(
+            Arc::clone(&conn),
+            Arc::clone(&journal),
+            db_path.clone(),
+            applied,
+        )?;
         Ok(SqliteStore {
             db_path,
-            conn: Mutex::new(conn),
+            applier,
+            journal,
+            conn,
             index: RwLock::new(Index {
                 locs,
                 pending: Vec::new(),
@@ -149,9 +215,41 @@ impl SqliteStore {
         })
     }
 
-    /// Number of audit rows committed.
+    /// Number of audit rows committed. Waits for the applier first (see
+    /// [`SqliteStore::wait_applied`]).
     pub fn audit_count(&self) -> Result<u64, StoreError> {
+        self.wait_applied()?;
         tables::audit_count(&self.conn.lock()).map_err(|e| errors::sql(e, &self.db_path))
+    }
+
+    /// Blocks until every commit acknowledged before the call is in the SQLite database (not
+    /// only in the journal), so that a reader of `agentfs.db` sees it. Commits never need this;
+    /// tools and tests that read the database do. Fails with the applier's error if SQLite
+    /// refuses the records meanwhile, rather than waiting forever.
+    pub fn wait_applied(&self) -> Result<(), StoreError> {
+        self.applier.wait_applied()
+    }
+
+    /// Number of acknowledged commits not yet applied to the SQLite database (they are in the
+    /// journal). Normally a few milliseconds' worth.
+    pub fn applied_lag(&self) -> u64 {
+        self.applier.lag()
+    }
+
+    /// Why the last attempt at applying the journal to SQLite failed, while it is failing
+    /// (e.g. `SQLITE_FULL`). `None` when the applier is healthy. After it has failed for a
+    /// second, commits are refused with this error until it recovers.
+    pub fn applier_error(&self) -> Option<String> {
+        self.applier.error()
+    }
+
+    /// Test and benchmark hook: while paused, the applier copies nothing into SQLite, not even
+    /// when the store is dropped, so dropping a paused store leaves every commit since the pause
+    /// to the journal replay of the next open (a simulated crash). Commits block once
+    /// 16 MiB of records are waiting.
+    #[doc(hidden)]
+    pub fn set_applier_paused(&self, paused: bool) {
+        self.applier.set_paused(paused);
     }
 
     /// Re-hashes every stored chunk and returns the ids whose bytes are missing or do not
@@ -179,48 +277,6 @@ impl SqliteStore {
         }
         bad.sort();
         Ok(bad)
-    }
-
-    /// Commits with the writer connection held; `pending` blob rows go in the same
-    /// transaction.
-    fn commit_locked(
-        &self,
-        conn: &mut Connection,
-        batch: &Batch,
-        pending: &[(ChunkId, Loc)],
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        let sql = |e| errors::sql(e, &self.db_path);
-        if durability == Durability::Disk {
-            // Chunk bytes first: once the commit below is on disk, every row in it must find
-            // its bytes on disk too.
-            self.packs.sync()?;
-            conn.pragma_update(None, "synchronous", "FULL")
-                .map_err(sql)?;
-        }
-        let result = (|| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
-            for (id, loc) in pending {
-                tables::insert_blob(&tx, id, *loc).map_err(sql)?;
-            }
-            let holds = |id: &ChunkId| self.index.read().locs.contains_key(id);
-            for change in &batch.changes {
-                tables::apply(&tx, change, &holds, &self.db_path)?;
-            }
-            if durability == Durability::Disk {
-                tables::bump_sync_seq(&tx).map_err(sql)?;
-            }
-            tx.commit().map_err(sql)
-            // On any error `tx` is dropped here, which rolls back.
-        })();
-        if durability == Durability::Disk {
-            if let Err(e) = conn.pragma_update(None, "synchronous", "NORMAL") {
-                tracing::warn!(error = %e, "could not set synchronous back to NORMAL");
-            }
-        }
-        result
     }
 }
 
@@ -262,34 +318,56 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
+    /// Validates the batch, appends it (with the pending blob rows) to the journal as one
+    /// record, queues it for the applier and returns: a `write` of a few hundred bytes, no
+    /// SQLite. `Disk` then syncs the packs and the journal.
     fn commit(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
-        let pending = std::mem::take(&mut self.index.write().pending);
-        if batch.is_empty() && pending.is_empty() && durability == Durability::Process {
-            return Ok(());
+        // Chunks are never removed from the index, so a chunk seen here is still there at the
+        // append; if its blob row is pending, the append below takes it (see `Index`).
+        check_batch(&batch, |id| self.index.read().locs.contains_key(id))?;
+        if !batch.is_empty() || !self.index.read().pending.is_empty() {
+            self.applier.admit()?;
+            let frame = journal::start_record(&batch)?;
+            let mut active = self.journal.lock();
+            let pending = std::mem::take(&mut self.index.write().pending);
+            if batch.is_empty() && pending.is_empty() {
+                // Another commit took the pending rows meanwhile: nothing to append.
+            } else {
+                match self.journal.append(&mut active, frame, &pending) {
+                    Ok((seq, bytes)) => self.applier.push(Record {
+                        seq,
+                        batch,
+                        blobs: pending,
+                        bytes,
+                    }),
+                    Err(e) => {
+                        // Nothing was appended: keep the rows for the next commit. Done under
+                        // the journal lock, so no later record can miss them.
+                        self.index.write().pending.extend(pending);
+                        return Err(e);
+                    }
+                }
+            }
         }
-        let result = self.commit_locked(&mut conn, &batch, &pending, durability);
-        if result.is_err() {
-            // The rows were rolled back with the transaction: keep them for the next commit.
-            // Done before the writer lock is released, so no other commit can miss them.
-            self.index.write().pending.extend(pending);
+        if durability == Durability::Disk {
+            self.sync()?;
         }
-        result
+        Ok(())
     }
 
-    /// Makes every earlier commit durable: `fdatasync` of the packs, then a transaction under
-    /// `synchronous=FULL` that is guaranteed to write (it bumps `store.sync_seq`). In WAL mode a
-    /// FULL commit fsyncs the WAL file after appending its frames, and fsync covers the whole
-    /// file, so every earlier NORMAL commit still in the WAL reaches the disk too; commits
-    /// already checkpointed into the main database were fsynced by that checkpoint (SQLite
-    /// syncs the WAL before and the database after every checkpoint, even under NORMAL).
-    /// A bare `synchronous=FULL` commit of an empty transaction would not work: SQLite writes
-    /// and syncs nothing for a transaction that dirtied no page.
+    /// Makes every earlier commit durable: `fdatasync` of each pack written since the last
+    /// sync (and of the pack directory if a pack was created), then of the journal segment
+    /// (earlier segments were synced when they were closed). Once the journal record of a
+    /// commit is on the disk, so is the commit: a reopen replays it.
     fn sync(&self) -> Result<(), StoreError> {
-        self.commit(Batch::new(), Durability::Disk)
+        self.packs.sync()?;
+        self.journal.sync()
     }
 
+    /// Everything committed so far. Waits for the applier (a few milliseconds at most, normally)
+    /// and reads the database; the core calls it once, at mount.
     fn load(&self) -> Result<LoadedState, StoreError> {
+        self.wait_applied()?;
         tables::load(&self.conn.lock(), &self.db_path)
     }
 
@@ -302,6 +380,7 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("db", &self.db_path)
+            .field("applied_lag", &self.applied_lag())
             .finish_non_exhaustive()
     }
 }
@@ -315,14 +394,20 @@ mod tests {
     use super::*;
     use crate::Change;
 
+    fn tiny_packs() -> Limits {
+        Limits {
+            pack: 3 * 1024,
+            ..Limits::default()
+        }
+    }
+
     #[test]
     fn chunks_survive_pack_rolls_and_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let opts = StoreOptions { create: true };
         let mut ids = Vec::new();
         {
-            let store =
-                SqliteStore::open_with_pack_limit(tmp.path(), opts.clone(), 3 * 1024).unwrap();
+            let store = SqliteStore::open_with(tmp.path(), opts.clone(), tiny_packs()).unwrap();
             let mut batch = Batch::new();
             for i in 0..10u8 {
                 let id = store.put_chunk(&[i; 1000]).unwrap();
@@ -341,7 +426,7 @@ mod tests {
             packs >= 4,
             "10 chunks of 1000 bytes in 3 KiB packs: got {packs} packs"
         );
-        let store = SqliteStore::open_with_pack_limit(tmp.path(), opts, 3 * 1024).unwrap();
+        let store = SqliteStore::open_with(tmp.path(), opts, tiny_packs()).unwrap();
         for (i, id) in ids.iter().enumerate() {
             let mut buf = [0u8; 1000];
             assert_eq!(store.read_at(id, 0, &mut buf).unwrap(), 1000);
@@ -349,5 +434,84 @@ mod tests {
         }
         assert!(store.verify_chunks().unwrap().is_empty());
         assert_eq!(store.chunk_bytes(), 10_000);
+    }
+
+    fn xattr(i: u32) -> Batch {
+        Batch {
+            changes: vec![
+                Change::SetXattr {
+                    ino: 2,
+                    name: format!("user.{i:04}").into_bytes(),
+                    value: vec![i as u8; 100],
+                },
+                Change::Audit(crate::AuditEntry {
+                    time: 1,
+                    agent: "a".into(),
+                    pid: 1,
+                    uid: 1,
+                    op: "setxattr".into(),
+                    path: "/f".into(),
+                    result: 0,
+                    size: 100,
+                }),
+            ],
+        }
+    }
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join(JOURNAL_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn journal_segments_roll_over_and_applied_ones_are_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = StoreOptions { create: true };
+        let limits = Limits {
+            segment: 4096,
+            ..Limits::default()
+        };
+        let store = SqliteStore::open_with(tmp.path(), opts.clone(), limits).unwrap();
+        for i in 0..300 {
+            store.commit(xattr(i), Durability::Process).unwrap();
+        }
+        store.wait_applied().unwrap();
+        // The applier made SQLite durable and deleted every closed segment: only the current
+        // one is left, and its number shows how many there were.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let files = loop {
+            let files = segment_files(tmp.path());
+            if files.len() == 1 || Instant::now() > deadline {
+                break files;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].as_str() > "journal-000008.log", "{files:?}");
+
+        // Records spread over several segments, none applied: the reopen replays them all.
+        store.set_applier_paused(true);
+        for i in 300..600 {
+            store.commit(xattr(i), Durability::Process).unwrap();
+        }
+        drop(store);
+        assert!(segment_files(tmp.path()).len() > 5);
+        let store = SqliteStore::open_with(tmp.path(), opts.clone(), limits).unwrap();
+        assert_eq!(
+            segment_files(tmp.path()).len(),
+            1,
+            "replayed segments are deleted"
+        );
+        assert_eq!(store.load().unwrap().xattrs.len(), 600);
+        assert_eq!(store.audit_count().unwrap(), 600);
+        drop(store);
+        // A clean close leaves an empty journal.
+        assert!(segment_files(tmp.path()).is_empty());
+        let store = SqliteStore::open_with(tmp.path(), opts, limits).unwrap();
+        assert_eq!(store.load().unwrap().xattrs.len(), 600);
     }
 }

@@ -12,6 +12,7 @@
 use super::errors;
 use crate::StoreError;
 use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -27,8 +28,9 @@ pub(super) const PACK_LIMIT: u64 = 1 << 30;
 /// First bytes of every pack file.
 const MAGIC: &[u8; 16] = b"agentfs-pack-v1\n";
 
-/// Where a chunk's bytes are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a chunk's bytes are. Serialized into journal records (field order is part of the
+/// journal format: append only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Loc {
     pub pack: u32,
     pub offset: u64,
@@ -53,6 +55,9 @@ pub(super) struct Packs {
     /// Packs written since their last `fdatasync`. A pack is added only after its write has
     /// completed, so a sync that takes the set always covers every finished write in it.
     dirty: Mutex<BTreeSet<u32>>,
+    /// Serialises `sync`: without it, a sync that finds `dirty` empty because another sync took
+    /// the set could return before that other sync's `fdatasync` has finished.
+    sync_lock: Mutex<()>,
     /// A pack file was created since the directory was last synced.
     dir_dirty: AtomicBool,
 }
@@ -145,6 +150,7 @@ impl Packs {
             current: Mutex::new(current),
             files: RwLock::new(files),
             dirty: Mutex::new(BTreeSet::new()),
+            sync_lock: Mutex::new(()),
             dir_dirty: AtomicBool::new(dir_dirty),
         })
     }
@@ -232,6 +238,7 @@ impl Packs {
     /// `fdatasync`s every pack written since the last sync, and the directory if a pack was
     /// created, so that every chunk whose `write` returned before this call is on the disk.
     pub(super) fn sync(&self) -> Result<(), StoreError> {
+        let _serial = self.sync_lock.lock();
         let dirty = std::mem::take(&mut *self.dirty.lock());
         for (i, &n) in dirty.iter().enumerate() {
             let synced = self

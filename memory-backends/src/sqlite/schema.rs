@@ -16,8 +16,11 @@ pub(super) const SCHEMA_VERSION: u32 = 1;
 /// Meta key holding the schema version.
 pub(super) const VERSION_KEY: &str = "schema_version";
 
-/// Meta key a durable commit bumps so that its transaction always writes (see `sync`).
+/// Meta key a durable transaction bumps so that it always writes (see `tables::bump_sync_seq`).
 pub(super) const SYNC_SEQ_KEY: &str = "store.sync_seq";
+
+/// Meta key holding the sequence number of the last journal record applied to the database.
+pub(super) const APPLIED_SEQ_KEY: &str = "store.applied_seq";
 
 const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS meta(
@@ -64,7 +67,7 @@ CREATE TABLE IF NOT EXISTS blobs(
     len INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     time INTEGER NOT NULL,
     agent TEXT NOT NULL,
     pid INTEGER NOT NULL,

@@ -3,10 +3,10 @@
 
 use super::errors;
 use super::packs::Loc;
-use super::schema::SYNC_SEQ_KEY;
+use super::schema::{APPLIED_SEQ_KEY, SYNC_SEQ_KEY};
 use crate::checks::{check_meta_key, is_reserved_meta, missing_chunk};
 use crate::{Change, ChunkId, FileKind, InodeRecord, LoadedState, StoreError};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
 /// Records where a chunk's bytes are.
@@ -155,6 +155,34 @@ pub(super) fn bump_sync_seq(conn: &Connection) -> rusqlite::Result<()> {
     )?
     .execute([SYNC_SEQ_KEY])?;
     Ok(())
+}
+
+/// Records that the journal is applied up to record `seq`.
+pub(super) fn set_applied_seq(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
+        .execute(params![APPLIED_SEQ_KEY, seq.to_string()])?;
+    Ok(())
+}
+
+/// The last journal record applied (0 for a database no record was applied to yet).
+pub(super) fn applied_seq(conn: &Connection, db: &Path) -> Result<u64, StoreError> {
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [APPLIED_SEQ_KEY],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| errors::sql(e, db))?;
+    match value {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "{}: {APPLIED_SEQ_KEY} is {v:?}, not a number",
+                db.display()
+            ))
+        }),
+    }
 }
 
 /// Number of rows in `audit`.

@@ -5,8 +5,8 @@ use crate::error::{Result, VfsError};
 use crate::mutate::{SetAttr, TimeSet, Txn};
 use crate::node::{Body, Class};
 use crate::ops::data::mark_synced;
-use crate::vfs::{now_ns, Attr, Vfs};
-use agentfs_memory::{Batch, Change, Durability, FileKind, Ino};
+use crate::vfs::{now_ns, Vfs};
+use agentfs_memory::{Batch, Change, Durability, FileKind, Ino, InodeRecord};
 
 const XATTR_CREATE: i32 = 1;
 const XATTR_REPLACE: i32 = 2;
@@ -15,7 +15,7 @@ const XATTR_VALUE_MAX: usize = 64 * 1024;
 const XATTR_NAME_MAX: usize = 255;
 
 impl Vfs {
-    pub(crate) fn set_attr(&self, txn: &mut Txn, ino: Ino, set: SetAttr) -> Result<Attr> {
+    pub(crate) fn set_attr(&self, txn: &mut Txn, ino: Ino, set: SetAttr) -> Result<InodeRecord> {
         let node = self.node(ino)?;
         let mut n = node.write();
         let now = now_ns();

@@ -8,7 +8,7 @@ use crate::error::{Result, VfsError};
 use crate::mutate::Txn;
 use crate::names::{check_agent_name, check_name};
 use crate::node::{Class, Node};
-use crate::vfs::{is_structural, now_ns, Attr, Vfs, ROOT_INO};
+use crate::vfs::{is_structural, now_ns, Vfs, ROOT_INO};
 use agentfs_memory::{Batch, Change, Durability, FileKind, Ino, InodeRecord};
 use parking_lot::RwLock;
 use std::sync::Arc;
@@ -67,7 +67,7 @@ impl Vfs {
         txn: &mut Txn,
         name: &[u8],
         mode: u32,
-    ) -> Result<Attr> {
+    ) -> Result<InodeRecord> {
         check_agent_name(name)?;
         let _ns = self.ns.lock();
         let root = self.node(ROOT_INO)?;
@@ -178,7 +178,7 @@ impl Vfs {
         mode: u32,
         rdev: u32,
         symlink_target: &[u8],
-    ) -> Result<Attr> {
+    ) -> Result<InodeRecord> {
         check_name(name)?;
         if kind == FileKind::Symlink && symlink_target.len() > 4095 {
             return Err(VfsError::NameTooLong);
@@ -246,7 +246,7 @@ impl Vfs {
         ino: Ino,
         new_parent: Ino,
         new_name: &[u8],
-    ) -> Result<Attr> {
+    ) -> Result<InodeRecord> {
         check_name(new_name)?;
         let _ns = self.ns.lock();
         let dir = self.node(new_parent)?;
