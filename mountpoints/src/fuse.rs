@@ -149,7 +149,7 @@ fn fuse_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        blocks: a.blocks,
         atime: time(a.atime),
         mtime: time(a.mtime),
         ctime: time(a.ctime),
