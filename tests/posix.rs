@@ -2250,3 +2250,91 @@ fn pwrite_on_o_append_fd_appends() {
         assert_eq!(fs::read(&p).unwrap(), b"0123AB", "{class}");
     }
 }
+
+#[test]
+fn e31_fixed_directories_cannot_be_removed_or_renamed() {
+    let Some((m, _)) = setup() else { return };
+    let a = m.mnt.join("a");
+    for d in [
+        "mem",
+        "mem/working",
+        "mem/episodic",
+        "mem/semantic",
+        "state",
+    ] {
+        assert_errno(
+            &format!("rmdir a/{d}"),
+            fs::remove_dir(a.join(d)),
+            libc::EPERM,
+        );
+        assert_errno(
+            &format!("rename a/{d}"),
+            fs::rename(a.join(d), a.join(format!("{d}-moved"))),
+            libc::EPERM,
+        );
+        assert!(a.join(d).is_dir(), "a/{d} is gone");
+    }
+    // Renaming over a fixed directory from inside a class is refused too.
+    let sem = m.mem("a", "semantic");
+    fs::create_dir(sem.join("empty")).unwrap();
+    assert_errno(
+        "rename over a/mem/working",
+        fs::rename(sem.join("empty"), a.join("mem/working")),
+        libc::EPERM,
+    );
+}
+
+#[test]
+fn e32_rmdir_of_an_agent_is_eperm() {
+    let Some((m, _)) = setup() else { return };
+    assert_errno("rmdir MNT/a", fs::remove_dir(m.mnt.join("a")), libc::EPERM);
+    assert_errno(
+        "rename MNT/a",
+        fs::rename(m.mnt.join("a"), m.mnt.join("b")),
+        libc::EPERM,
+    );
+    assert!(m.mnt.join("a/mem/semantic").is_dir());
+}
+
+#[test]
+fn e33_rmdir_in_episodic_is_eperm_mkdir_works() {
+    let Some((m, _)) = setup() else { return };
+    let e = m.mem("a", "episodic");
+    fs::create_dir(e.join("2026")).unwrap();
+    assert_errno(
+        "rmdir empty episodic dir",
+        fs::remove_dir(e.join("2026")),
+        libc::EPERM,
+    );
+    assert!(e.join("2026").is_dir());
+    // touch (utimensat) of an episodic file is allowed: it changes no content.
+    let log = e.join("2026/log");
+    fs::write(&log, b"x").unwrap();
+    let st = std::process::Command::new("touch")
+        .arg("-d")
+        .arg("2001-01-01")
+        .arg(&log)
+        .status()
+        .unwrap();
+    assert!(st.success(), "touch of an episodic file");
+    assert_eq!(fs::read(&log).unwrap(), b"x");
+}
+
+#[test]
+fn e34_xattrs_outside_known_namespaces_are_eopnotsupp() {
+    let Some((m, _)) = setup() else { return };
+    let p = m.mem("a", "semantic").join("f");
+    fs::write(&p, b"").unwrap();
+    for name in ["foo.bar", "system.agentfs"] {
+        assert_errno(
+            &format!("setxattr {name}"),
+            setxattr(&p, name, b"v", 0),
+            libc::EOPNOTSUPP,
+        );
+    }
+    // As root, trusted. and security. are stored.
+    for name in ["trusted.t", "security.s"] {
+        setxattr(&p, name, b"v", 0).unwrap_or_else(|e| panic!("setxattr {name}: {e}"));
+        assert_eq!(getxattr(&p, name).unwrap(), b"v");
+    }
+}
