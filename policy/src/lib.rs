@@ -1,10 +1,58 @@
 //! Policy decisions for agentfs.
 //!
 //! Every mutation in the filesystem core passes through one choke point that asks a
-//! [`PolicyHook`] before anything changes. This crate holds the request/decision vocabulary;
-//! the policy language itself (globs, content rules, limits) plugs in behind the same trait.
+//! [`PolicyHook`] before anything changes. This crate holds that vocabulary ([`Op`],
+//! [`Request`], [`Decision`]) and the policy language behind it: TOML files compiled once
+//! into a [`Ruleset`] (one glob set, a few multi-pattern regexes, limits), held by an [`Engine`] that
+//! swaps rulesets atomically on reload. The crate is pure: no I/O, no clock; the caller
+//! passes file texts ([`Source`]), the bytes around a write ([`Content`]) and the time.
+//!
+//! The core's per-call sequence, all under one version of the rules:
+//!
+//! ```no_run
+//! # use agentfs_policy::*;
+//! # let engine = Engine::builtin();
+//! # let mut rate = RateState::default();
+//! let rules = engine.current(); // one Arc<Ruleset> for the whole call
+//! let w = rules.window(); // bytes of context each side of a write
+//! // ... read the file bytes [start - w, end + w) as they will be after the write ...
+//! let call = Call::new("a", Op::Write, b"mem/semantic/notes.txt");
+//! let verdict = rules.decide_rated(&call, &mut rate, 0);
+//! # let _ = (w, verdict);
+//! ```
+//!
+//! See docs/policy.md for the language.
 
 use std::fmt;
+
+mod builtin;
+mod call;
+mod compile;
+mod decide;
+mod diag;
+mod engine;
+mod limits;
+mod load;
+mod parse;
+mod paths;
+mod render;
+mod scan;
+mod selftest;
+
+#[cfg(test)]
+mod tests;
+
+pub use builtin::{default_policy_toml, BUILTIN_NAME, BUILTIN_SECRETS, BUILTIN_TOML};
+pub use call::{
+    Action, Call, Content, FileKind, Finding, PolicyVersion, SizeChange, Usage, UsageChange,
+    Verdict,
+};
+pub use compile::Ruleset;
+pub use diag::{Diagnostic, PolicyError, Source};
+pub use engine::Engine;
+pub use limits::RateState;
+pub use render::Summary;
+pub use scan::{LOOK_AROUND, MAX_MATCH_LEN_CAP};
 
 /// What a mutating call wants to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,6 +116,11 @@ impl Op {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// The op named `name` (as [`Op::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
 }
 
 impl fmt::Display for Op {
@@ -108,6 +161,31 @@ pub enum Decision {
 /// Something that decides on mutations. Must be cheap: it runs on every write.
 pub trait PolicyHook: Send + Sync {
     fn check(&self, request: &Request<'_>) -> Decision;
+
+    /// The full decision on a [`Call`] (raw-byte paths, sizes, the content window): which rule
+    /// refused it, which `audit` rules matched, the policy version. The default answers from
+    /// [`PolicyHook::check`] (paths converted lossily); [`Engine`] and [`Ruleset`] decide
+    /// natively.
+    fn decide(&self, call: &Call<'_>) -> Verdict {
+        let path = String::from_utf8_lossy(call.path);
+        let target = call.target.map(String::from_utf8_lossy);
+        let request = Request {
+            agent: call.agent,
+            op: call.op,
+            path: &path,
+            target: target.as_deref(),
+            data: call.data,
+            uid: call.uid,
+            pid: call.pid,
+        };
+        Verdict::from_decision(self.check(&request))
+    }
+
+    /// Bytes of file content the core must pass on each side of a changed range (see
+    /// [`Content`]); 0 when no content rule needs any.
+    fn window(&self) -> usize {
+        0
+    }
 }
 
 /// Allows everything. The placeholder hook until the policy language lands; the choke point
@@ -122,7 +200,7 @@ impl PolicyHook for AllowAll {
 }
 
 #[cfg(test)]
-mod tests {
+mod vocabulary_tests {
     use super::*;
 
     #[test]

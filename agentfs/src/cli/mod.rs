@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use crate::error::CliError;
 
 pub mod mount;
+pub mod policy;
 pub mod unmount;
 
 const ABOUT: &str = "agentfs: a safety-first filesystem for autonomous AI agents";
@@ -52,6 +53,8 @@ pub enum Command {
     /// Flush everything to disk, stop the daemon and unmount MNT
     #[command(alias = "umount")]
     Unmount(unmount::UnmountArgs),
+    /// Check policy files (errors as FILE:LINE:COL), or print the built-in default policy
+    Policy(policy::PolicyArgs),
 }
 
 impl Cli {
@@ -59,6 +62,7 @@ impl Cli {
         match self.command {
             Command::Mount(args) => mount::run(args),
             Command::Unmount(args) => unmount::run(args),
+            Command::Policy(args) => policy::run(args),
         }
     }
 }

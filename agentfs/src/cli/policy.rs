@@ -1,0 +1,187 @@
+//! `agentfs policy check FILE…`: parse, compile and run the `[[test]]` cases of policy files,
+//! as `agentfs mount --policy` and a reload would; `agentfs policy default`: print the
+//! built-in policy as a file to start from. See docs/policy.md.
+
+use std::path::{Path, PathBuf};
+
+use agentfs_policy::{default_policy_toml, Ruleset, Source};
+use clap::{Args, Subcommand};
+
+use crate::error::{reason, CliError};
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files together (with the built-in policy) and run their [[test]]
+    /// cases; print each error as FILE:LINE:COL: message and exit 1, or a summary and exit 0
+    Check(CheckArgs),
+    /// Print the built-in default policy as TOML, to start a policy file from
+    Default,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Policy files, combined as several --policy options are
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+pub fn run(args: PolicyArgs) -> Result<(), CliError> {
+    match args.command {
+        PolicyCommand::Check(c) => match check(&c.files)? {
+            Ok(summary) => {
+                println!("{summary}");
+                Ok(())
+            }
+            Err(lines) => {
+                for line in &lines {
+                    eprintln!("{line}");
+                }
+                Err(CliError::ReportedElsewhere)
+            }
+        },
+        PolicyCommand::Default => {
+            print!("{}", default_policy_toml());
+            Ok(())
+        }
+    }
+}
+
+/// The summary of a good policy, or its errors as `FILE:LINE:COL: message` lines. A file
+/// that cannot be read is a `CliError`.
+fn check(files: &[PathBuf]) -> Result<Result<String, Vec<String>>, CliError> {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for path in files {
+        let bytes = std::fs::read(path).map_err(|err| {
+            CliError::Reported(format!("cannot read {}: {}", path.display(), reason(&err)))
+        })?;
+        match String::from_utf8(bytes) {
+            Ok(text) => sources.push(Source::new(path.display().to_string(), text)),
+            Err(e) => errors.push(not_utf8(path, e.as_bytes(), e.utf8_error().valid_up_to())),
+        }
+    }
+    if !errors.is_empty() {
+        return Ok(Err(errors));
+    }
+    Ok(match Ruleset::compile(sources) {
+        Ok(rules) => Ok(rules.summary().to_string()),
+        Err(e) => Err(e.diagnostics.iter().map(|d| d.to_string()).collect()),
+    })
+}
+
+fn not_utf8(path: &Path, bytes: &[u8], valid: usize) -> String {
+    let before = &bytes[..valid];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let col = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    format!(
+        "{}:{line}:{col}: the file is not UTF-8 text (a policy file is TOML, which is UTF-8)",
+        path.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn write(dir: &Path, name: &str, text: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn parses_check_and_default() {
+        let cli = Cli::try_parse_from(["agentfs", "policy", "check", "a.toml", "b.toml"]).unwrap();
+        let Command::Policy(PolicyArgs {
+            command: PolicyCommand::Check(c),
+        }) = cli.command
+        else {
+            panic!("not policy check")
+        };
+        assert_eq!(c.files, [PathBuf::from("a.toml"), PathBuf::from("b.toml")]);
+        let cli = Cli::try_parse_from(["agentfs", "policy", "default"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Policy(PolicyArgs {
+                command: PolicyCommand::Default
+            })
+        ));
+        for bad in [
+            &["policy"][..],
+            &["policy", "check"],
+            &["policy", "lint", "x"],
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("agentfs").chain(bad.iter().copied()))
+                .expect_err("usage error");
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn check_reports_errors_with_positions_and_summarises_good_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(
+            dir.path(),
+            "good.toml",
+            b"[[read_only]]\nname = \"facts\"\npaths = [\"mem/semantic/facts/**\"]\n",
+        );
+        let summary = check(std::slice::from_ref(&good)).unwrap().unwrap();
+        assert!(
+            summary.starts_with("policy ok: 1 file, built-in policy enabled"),
+            "{summary}"
+        );
+        assert!(summary.contains("1 read_only"), "{summary}");
+        assert!(summary.contains("version:  blake3:"), "{summary}");
+
+        let bad = write(
+            dir.path(),
+            "bad.toml",
+            b"[[content]]\nname = \"url\"\nregex = 'https://x/.*'\n",
+        );
+        let lines = check(&[good, bad.clone()]).unwrap().unwrap_err();
+        assert_eq!(lines.len(), 1);
+        let want = format!(
+            "{}:3:9: content rule `url`: the regex has no maximum",
+            bad.display()
+        );
+        assert!(lines[0].starts_with(&want), "{lines:?}");
+
+        let latin1 = write(dir.path(), "latin1.toml", b"# ok\n# caf\xe9\n");
+        let lines = check(std::slice::from_ref(&latin1)).unwrap().unwrap_err();
+        assert_eq!(
+            lines,
+            [format!(
+                "{}:2:6: the file is not UTF-8 text (a policy file is TOML, which is UTF-8)",
+                latin1.display()
+            )]
+        );
+
+        let missing = dir.path().join("missing.toml");
+        let err = check(&[missing]).unwrap_err();
+        assert!(
+            err.to_string().contains("no such file or directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_default_policy_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "default.toml", default_policy_toml().as_bytes());
+        let summary = check(&[p]).unwrap().unwrap();
+        assert!(summary.contains("built-in policy disabled"), "{summary}");
+        assert!(summary.contains("tests: 9 passed"), "{summary}");
+    }
+}

@@ -1,0 +1,208 @@
+//! What a ruleset holds, for people: the summary `agentfs policy check` prints and the
+//! effective rules of one agent (shown in `AGENT/policy/`).
+
+use std::fmt;
+use std::fmt::Write as _;
+
+use crate::call::PolicyVersion;
+use crate::compile::{RuleKind, Ruleset};
+
+/// Counts of a ruleset, for `agentfs policy check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub files: usize,
+    /// `enabled`, `enabled without secrets`, `enabled without a, b` or `disabled`.
+    pub builtin: String,
+    /// (table name, count), e.g. ("allow", 2), for every kind with rules.
+    pub rules: Vec<(&'static str, usize)>,
+    pub max_match_len: usize,
+    pub window: usize,
+    pub identities: usize,
+    pub tests_run: usize,
+    pub version: PolicyVersion,
+    /// Things that are valid but probably not meant.
+    pub warnings: Vec<String>,
+}
+
+impl Ruleset {
+    pub fn summary(&self) -> Summary {
+        let kinds = [
+            RuleKind::Allow,
+            RuleKind::Deny,
+            RuleKind::ReadOnly,
+            RuleKind::AppendOnly,
+            RuleKind::Content,
+            RuleKind::Limit,
+            RuleKind::FileTypes,
+        ];
+        let rules = kinds
+            .iter()
+            .map(|k| {
+                (
+                    k.table(),
+                    self.rules.iter().filter(|r| r.kind == *k).count(),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let b = &self.builtin;
+        let builtin = if !b.enabled {
+            "disabled".to_string()
+        } else {
+            let mut off = Vec::new();
+            if !b.secrets {
+                off.push("secrets".to_string());
+            }
+            off.extend(b.disabled.iter().cloned());
+            if off.is_empty() {
+                "enabled".to_string()
+            } else {
+                format!("enabled without {}", off.join(", "))
+            }
+        };
+        let mut warnings = Vec::new();
+        if !self.rules.iter().any(|r| r.kind == RuleKind::Allow) {
+            warnings.push(
+                "no allow rule: every create, write and delete will be refused (default deny)"
+                    .to_string(),
+            );
+        }
+        Summary {
+            files: self.sources.len(),
+            builtin,
+            rules,
+            max_match_len: self.max_match_len(),
+            window: self.window(),
+            identities: self.identity.len(),
+            tests_run: self.tests_run,
+            version: self.version,
+            warnings,
+        }
+    }
+
+    /// The rules in force for `agent`, rendered for people (the `AGENT/policy/` view).
+    pub fn render_for(&self, agent: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# Rules in force for agent `{agent}`");
+        let _ = writeln!(out, "# policy version {}", self.version);
+        let _ = writeln!(
+            out,
+            "# default deny: a path right no allow rule grants is refused ({})",
+            self.default_action
+        );
+        for r in self.rules.iter().filter(|r| r.agents.applies(agent)) {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "[[{}]]  # {}:{}", r.kind.table(), r.file, r.line);
+            let _ = writeln!(out, "name = {:?}", &*r.name);
+            if r.kind != RuleKind::Allow {
+                let _ = writeln!(out, "action = {:?}", r.action.name());
+            }
+            for part in split_top(&r.detail) {
+                let _ = writeln!(out, "{part}");
+            }
+        }
+        let uids: Vec<u32> = {
+            let mut v: Vec<u32> = self
+                .identity
+                .iter()
+                .filter(|(_, a)| &***a == agent)
+                .map(|(u, _)| *u)
+                .collect();
+            v.sort();
+            v
+        };
+        if !uids.is_empty() {
+            let _ = writeln!(out, "\n[identity]");
+            for u in uids {
+                let _ = writeln!(out, "{u} = {agent:?}");
+            }
+        }
+        out
+    }
+}
+
+/// Splits `a = [x, y], b = 1` at the top-level commas.
+fn split_top(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start, mut quoted, mut escaped) = (0i32, 0, false, false);
+    for (i, c) in s.char_indices() {
+        if quoted {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => quoted = true,
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if !s[start..].trim().is_empty() {
+        parts.push(s[start..].trim());
+    }
+    parts
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let files = match self.files {
+            1 => "1 file".to_string(),
+            n => format!("{n} files"),
+        };
+        writeln!(f, "policy ok: {files}, built-in policy {}", self.builtin)?;
+        let rules: Vec<String> = self.rules.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let rules = if rules.is_empty() {
+            "none".to_string()
+        } else {
+            rules.join(", ")
+        };
+        writeln!(f, "  rules:    {rules}")?;
+        if self.window > 0 {
+            writeln!(
+                f,
+                "  content:  longest match {} bytes, scan window {} bytes each side of a write",
+                self.max_match_len, self.window
+            )?;
+        } else {
+            writeln!(f, "  content:  no rule looks at file content")?;
+        }
+        writeln!(
+            f,
+            "  identity: {} uid{} mapped; tests: {} passed",
+            self.identities,
+            if self.identities == 1 { "" } else { "s" },
+            self.tests_run
+        )?;
+        write!(f, "  version:  blake3:{}", self.version)?;
+        for w in &self.warnings {
+            write!(f, "\nwarning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_top_respects_brackets_and_quotes() {
+        assert_eq!(
+            split_top(r#"paths = ["a,b", "c"], ops = ["x"]"#),
+            vec![r#"paths = ["a,b", "c"]"#, r#"ops = ["x"]"#]
+        );
+        assert_eq!(
+            split_top(r#"regex = "a\",{", in = ["name"]"#),
+            vec![r#"regex = "a\",{""#, r#"in = ["name"]"#]
+        );
+    }
+}
