@@ -555,3 +555,45 @@ fn reading_past_a_short_dirty_buffer_gives_zeros() {
     assert_eq!(tail, vec![0u8; 4096]);
     f.vfs.release(&op(), ino, 0).unwrap();
 }
+
+#[test]
+fn readdirplus_pages_through_a_large_directory_exactly_once() {
+    let f = Fixture::new();
+    f.agent("a");
+    let sem = f.ino("a/mem/semantic").unwrap();
+    for i in 0..200 {
+        f.vfs
+            .mknod(
+                &op(),
+                sem,
+                format!("f{i}").as_bytes(),
+                FileKind::File,
+                0o644,
+                0,
+            )
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    loop {
+        let mut page = Vec::new();
+        f.vfs
+            .readdirplus(&op(), sem, offset, &mut |e, attr| {
+                if page.len() == 70 {
+                    return true;
+                }
+                assert_eq!(e.ino, attr.ino);
+                page.push((e.offset, String::from_utf8_lossy(&e.name).into_owned()));
+                false
+            })
+            .unwrap();
+        let Some(&(last, _)) = page.last() else { break };
+        offset = last;
+        seen.extend(page.into_iter().map(|(_, n)| n));
+    }
+    let mut expected: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
+    expected.extend([".".to_string(), "..".to_string()]);
+    expected.sort();
+    seen.sort();
+    assert_eq!(seen, expected);
+}

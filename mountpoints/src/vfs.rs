@@ -29,9 +29,9 @@ pub const FIRST_FREE_INO: Ino = 16;
 
 pub type NodeRef = Arc<RwLock<Node>>;
 
-/// Most entries one readdirplus reply can hold (a 4 KiB reply page fits far fewer; the
-/// kernel's buffer decides, this only bounds the work done ahead).
-const READDIRPLUS_BATCH: usize = 256;
+/// Entries readdirplus collects at a time before reading their attributes: the kernel's
+/// reply buffer decides how many fit, this only bounds the work done ahead of it.
+const READDIRPLUS_BATCH: usize = 64;
 
 /// A snapshot of a virtual file, taken at open so that reads in pieces are consistent.
 #[derive(Debug)]
@@ -694,23 +694,32 @@ impl Vfs {
         offset: u64,
         fill: &mut dyn FnMut(DirEntry, &Attr) -> bool,
     ) -> Result<()> {
-        let mut entries = Vec::new();
-        self.readdir(caller, ino, offset, &mut |e| {
-            entries.push(e);
-            entries.len() >= READDIRPLUS_BATCH
-        })?;
-        for e in entries {
-            let attr = match self.getattr(caller, e.ino) {
-                Ok(a) => a,
-                // Removed since the listing was taken: skip it, as if read a moment later.
-                Err(VfsError::NotFound) => continue,
-                Err(err) => return Err(err),
-            };
-            if fill(e, &attr) {
-                break;
+        // In batches, so a large reply buffer is filled completely while a small one does not
+        // make us collect entries it cannot take.
+        let mut after = offset;
+        loop {
+            let mut entries = Vec::with_capacity(READDIRPLUS_BATCH);
+            self.readdir(caller, ino, after, &mut |e| {
+                entries.push(e);
+                entries.len() >= READDIRPLUS_BATCH
+            })?;
+            let exhausted = entries.len() < READDIRPLUS_BATCH;
+            for e in entries {
+                after = e.offset;
+                let attr = match self.getattr(caller, e.ino) {
+                    Ok(a) => a,
+                    // Removed since the listing was taken: skip it, as if read a moment later.
+                    Err(VfsError::NotFound) => continue,
+                    Err(err) => return Err(err),
+                };
+                if fill(e, &attr) {
+                    return Ok(());
+                }
+            }
+            if exhausted {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     pub fn statfs(&self, _caller: &Caller) -> FsStats {
