@@ -211,6 +211,7 @@ fn three_changes(i: u64, id: ChunkId) -> Batch {
                 path: format!("/w/f{}", i % 1000),
                 result: 0,
                 size: 4096,
+                ..Default::default()
             }),
         ],
     }

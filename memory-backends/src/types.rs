@@ -100,19 +100,37 @@ pub struct InodeRecord {
     pub symlink_target: Vec<u8>,
 }
 
-/// One flight-recorder entry. Issue 5 extends this with the hash chain; for now it is the
-/// minimal record every mutation writes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One flight-recorder entry, as the core hands it to the store. The store assigns its
+/// sequence number and chains its hash when it commits it (see docs/storage.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub time: TimeNs,
     pub agent: String,
     pub pid: u32,
     pub uid: u32,
     pub op: String,
+    /// Mount-relative path (`a/mem/semantic/x`); empty for daemon-wide events.
     pub path: String,
     /// 0 on success, else the errno the caller got.
     pub result: i32,
+    /// Bytes written, or the new size of a truncate.
     pub size: u64,
+    /// Second path: the new name of a rename or link; empty otherwise.
+    pub target: String,
+    /// Offset of a write (0 otherwise).
+    pub offset: u64,
+    /// BLAKE3 of the bytes a write wrote (or of a symlink target or xattr value).
+    pub data_hash: Option<[u8; 32]>,
+    /// The policy's outcome: `allow`, `audit`, `deny`, `kill`; empty when the policy was not
+    /// asked (the call failed before, or it is not an agent's call).
+    pub decision: String,
+    /// The rule that decided: the refusing rule, or the granting allow rule followed by any
+    /// audit rules, comma-separated.
+    pub rule: String,
+    /// BLAKE3 of the policy version that decided (all zero when not asked).
+    pub policy: [u8; 32],
+    /// Free-form detail: why a call was refused, a signal's name, …
+    pub detail: String,
 }
 
 /// One change to the stored state. A [`Batch`] of these is applied atomically.

@@ -220,6 +220,7 @@ impl Vfs {
                     Mutation::SetAttr { set, .. } => set.size.unwrap_or(0),
                     _ => 0,
                 },
+                ..Default::default()
             },
             committed: false,
         };

@@ -7,7 +7,7 @@
 //!
 //! # Format
 //!
-//! A segment starts with a 32-byte header: the magic `"agentfs-jrnl-v1\n"` and a random 16-byte
+//! A segment starts with a 32-byte header: the magic `"agentfs-jrnl-v2\n"` and a random 16-byte
 //! salt. Records follow back to back, each framed as
 //!
 //! ```text
@@ -61,7 +61,7 @@ pub(super) const SEGMENT_LIMIT: u64 = 16 << 20;
 pub(super) const MAX_RECORD: usize = 256 << 20;
 
 /// First bytes of every segment.
-const MAGIC: &[u8; 16] = b"agentfs-jrnl-v1\n";
+const MAGIC: &[u8; 16] = b"agentfs-jrnl-v2\n";
 /// Magic plus salt.
 const SEGMENT_HEADER: u64 = 32;
 /// `len`, `seq` and `sum` in front of each payload.
@@ -752,6 +752,7 @@ mod tests {
                     path: "/p".into(),
                     result: -2,
                     size: 3,
+                    ..Default::default()
                 }),
             ],
         }
@@ -799,7 +800,8 @@ mod tests {
             "07050179",     // RemoveXattr { ino: 5, name: "y" }
             "08016b0176",   // SetMeta { key: "k", value: "v" }
             // Audit: time 9 (zigzag 12), agent "a", pid 1, uid 2, op "o", path "/p",
-            // result -2 (zigzag 03), size 3.
+            // result -2 (zigzag 03), size 3; then (format v2) target "", offset 0,
+            // data_hash None, decision "", rule "", policy [0; 32], detail "".
             "09",
             "12",
             "0161",
@@ -809,6 +811,13 @@ mod tests {
             "022f70",
             "03",
             "03",
+            "00",
+            "00",
+            "00",
+            "00",
+            "00",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "00",
         );
         assert_eq!(hex, expected);
         let blob = (

@@ -453,6 +453,7 @@ mod tests {
                     path: "/f".into(),
                     result: 0,
                     size: 100,
+                    ..Default::default()
                 }),
             ],
         }

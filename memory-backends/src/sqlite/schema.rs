@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Version written by this code. Bump it (and add a migration) on any schema change.
-pub(super) const SCHEMA_VERSION: u32 = 1;
+pub(super) const SCHEMA_VERSION: u32 = 2;
 
 /// Meta key holding the schema version.
 pub(super) const VERSION_KEY: &str = "schema_version";
@@ -75,8 +75,30 @@ CREATE TABLE IF NOT EXISTS audit(
     op TEXT NOT NULL,
     path TEXT NOT NULL,
     result INTEGER NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    "offset" INTEGER NOT NULL DEFAULT 0,
+    data_hash BLOB,
+    decision TEXT NOT NULL DEFAULT '',
+    rule TEXT NOT NULL DEFAULT '',
+    policy BLOB,
+    detail TEXT NOT NULL DEFAULT ''
 );
+"#;
+
+/// Version 2 added the policy decision and the fields the flight recorder needs to the
+/// audit table; older rows get empty values.
+const MIGRATE_1_TO_2: &str = r#"
+BEGIN IMMEDIATE;
+ALTER TABLE audit ADD COLUMN target TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN "offset" INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE audit ADD COLUMN data_hash BLOB;
+ALTER TABLE audit ADD COLUMN decision TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN rule TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN policy BLOB;
+ALTER TABLE audit ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+COMMIT;
 "#;
 
 /// Connection settings; see `docs/storage.md`.
@@ -163,6 +185,9 @@ pub(super) fn init_or_check(conn: &Connection, db: &Path, create: bool) -> Resul
              ({SCHEMA_VERSION}); run a newer agentfs",
             db.display()
         ))),
+        Ok(1) => conn
+            .execute_batch(MIGRATE_1_TO_2)
+            .map_err(|e| errors::sql_at_open(e, db)),
         Ok(v) => Err(StoreError::Corrupt(format!(
             "{}: schema version {v} is older than {SCHEMA_VERSION} and no migration exists",
             db.display()

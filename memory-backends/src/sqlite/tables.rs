@@ -124,8 +124,9 @@ pub(super) fn apply(
         }
         Change::Audit(a) => {
             conn.prepare_cached(
-                "INSERT INTO audit(time, agent, pid, uid, op, path, result, size) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO audit(time, agent, pid, uid, op, path, result, size, target, \
+                 \"offset\", data_hash, decision, rule, policy, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -136,7 +137,14 @@ pub(super) fn apply(
                     a.op,
                     a.path,
                     a.result,
-                    a.size as i64
+                    a.size as i64,
+                    a.target,
+                    a.offset as i64,
+                    a.data_hash.as_ref().map(|h| &h[..]),
+                    a.decision,
+                    a.rule,
+                    (a.policy != [0; 32]).then_some(&a.policy[..]),
+                    a.detail
                 ])
             })
             .map_err(sql)?;

@@ -32,6 +32,7 @@ pub fn audit(op: &str) -> AuditEntry {
         path: "/w/a.txt".into(),
         result: 0,
         size: 5,
+        ..Default::default()
     }
 }
 
