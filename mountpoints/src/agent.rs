@@ -2,7 +2,7 @@
 
 use agentfs_memory::{Ino, TimeNs};
 use agentfs_policy::Op;
-use agentfs_signals::AgentState;
+use agentfs_signals::Gate;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +14,10 @@ pub struct Agent {
     pub index: u64,
     /// Inode of `MNT/AGENT`.
     pub root: Ino,
-    pub state: Mutex<(AgentState, TimeNs)>,
+    /// Run state and the calls parked while the agent is stopped.
+    pub gate: Gate,
+    /// The last signal written, with when it took effect.
+    pub last_signal: Mutex<Option<(String, TimeNs)>>,
     ops: [AtomicU64; Op::ALL.len()],
     errors: AtomicU64,
     /// Bytes held per memory class: working, episodic, semantic.
@@ -30,7 +33,8 @@ impl Agent {
             name,
             index,
             root,
-            state: Mutex::new((AgentState::Running, now)),
+            gate: Gate::new(now),
+            last_signal: Mutex::new(None),
             ops: Default::default(),
             errors: AtomicU64::new(0),
             bytes: Default::default(),
@@ -56,7 +60,12 @@ impl Agent {
 
     /// The status document, one JSON object.
     pub fn status_json(&self) -> serde_json::Value {
-        let (state, since) = *self.state.lock();
+        let (state, since) = self.gate.state();
+        let last_signal = self
+            .last_signal
+            .lock()
+            .as_ref()
+            .map(|(sig, at)| serde_json::json!({ "signal": sig, "at_ns": at }));
         let mut ops = serde_json::Map::new();
         for op in Op::ALL {
             ops.insert(
@@ -89,7 +98,8 @@ impl Agent {
             "files": files,
             "ops": ops,
             "pids": [],
-            "last_signal": null,
+            "last_signal": last_signal,
+            "parked_calls": self.gate.parked(),
             "last_violation": null,
         })
     }

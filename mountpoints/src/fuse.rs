@@ -1,7 +1,7 @@
 //! The FUSE adapter: kernel requests in, [`Vfs`] calls out, errors to errno. Nothing else
 //! lives here: every decision is the core's.
 
-use crate::{Attr, Caller, FileKind, SetAttr, TimeSet, Vfs, VfsError};
+use crate::{Admission, Attr, Caller, FileKind, SetAttr, TimeSet, Vfs, VfsError};
 use fuser::{
     AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
@@ -177,17 +177,23 @@ impl AgentFs {
         self.vfs.caller(req.uid(), req.gid(), req.pid())
     }
 
-    fn entry(&self, reply: ReplyEntry, result: crate::Result<Attr>) {
-        match result {
-            Ok(attr) => reply.entry(&TTL, &fuse_attr(&attr), Generation(0)),
-            Err(e) => reply.error(e.to_errno()),
-        }
-    }
-
-    fn empty(&self, reply: ReplyEmpty, result: crate::Result<()>) {
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.to_errno()),
+    /// Runs a mutating call now, parks it while its agent is stopped (no thread waits), or
+    /// refuses it; `op` gets the admission and replies.
+    fn gated(
+        &self,
+        req: &Request,
+        ino: u64,
+        op: impl FnOnce(&Vfs, &Caller, crate::Result<()>) + Send + 'static,
+    ) {
+        let caller = self.caller(req);
+        match self.vfs.admission(&caller, ino) {
+            Admission::Proceed => op(&self.vfs, &caller, Ok(())),
+            Admission::Refuse(e) => op(&self.vfs, &caller, Err(e)),
+            Admission::Park(at) => {
+                let vfs = self.vfs.clone();
+                self.vfs
+                    .park(at, Box::new(move |admitted| op(&vfs, &caller, admitted)));
+            }
         }
     }
 
@@ -203,6 +209,34 @@ impl AgentFs {
             }
             Err(e) => reply.error(e.to_errno()),
         }
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, result: crate::Result<Attr>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &fuse_attr(&attr), Generation(0)),
+        Err(e) => reply.error(e.to_errno()),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: crate::Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.to_errno()),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, result: crate::Result<Attr>) {
+    match result {
+        Ok(a) => reply.attr(&TTL, &fuse_attr(&a)),
+        Err(e) => reply.error(e.to_errno()),
+    }
+}
+
+fn reply_written(reply: ReplyWrite, result: crate::Result<u32>) {
+    match result {
+        Ok(n) => reply.written(n),
+        Err(e) => reply.error(e.to_errno()),
     }
 }
 
@@ -226,7 +260,7 @@ impl Filesystem for AgentFs {
         let result = self
             .vfs
             .lookup(&self.caller(req), parent.0, name.as_bytes());
-        self.entry(reply, result)
+        reply_entry(reply, result)
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -262,10 +296,12 @@ impl Filesystem for AgentFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
-        match self.vfs.setattr(&self.caller(req), ino.0, set) {
-            Ok(a) => reply.attr(&TTL, &fuse_attr(&a)),
-            Err(e) => reply.error(e.to_errno()),
-        }
+        self.gated(req, ino.0, move |vfs, caller, admitted| {
+            reply_attr(
+                reply,
+                admitted.and_then(|()| vfs.setattr(caller, ino.0, set)),
+            )
+        })
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -288,15 +324,12 @@ impl Filesystem for AgentFs {
         let Some(kind) = kind_of_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        let result = self.vfs.mknod(
-            &self.caller(req),
-            parent.0,
-            name.as_bytes(),
-            kind,
-            mode,
-            rdev,
-        );
-        self.entry(reply, result)
+        let name = name.as_bytes().to_vec();
+        self.gated(req, parent.0, move |vfs, caller, admitted| {
+            let result =
+                admitted.and_then(|()| vfs.mknod(caller, parent.0, &name, kind, mode, rdev));
+            reply_entry(reply, result)
+        })
     }
 
     fn mkdir(
@@ -308,22 +341,33 @@ impl Filesystem for AgentFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = self
-            .vfs
-            .mkdir(&self.caller(req), parent.0, name.as_bytes(), mode);
-        self.entry(reply, result)
+        let name = name.as_bytes().to_vec();
+        self.gated(req, parent.0, move |vfs, caller, admitted| {
+            reply_entry(
+                reply,
+                admitted.and_then(|()| vfs.mkdir(caller, parent.0, &name, mode)),
+            )
+        })
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self
-            .vfs
-            .unlink(&self.caller(req), parent.0, name.as_bytes());
-        self.empty(reply, result)
+        let name = name.as_bytes().to_vec();
+        self.gated(req, parent.0, move |vfs, caller, admitted| {
+            reply_empty(
+                reply,
+                admitted.and_then(|()| vfs.unlink(caller, parent.0, &name)),
+            )
+        })
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.vfs.rmdir(&self.caller(req), parent.0, name.as_bytes());
-        self.empty(reply, result)
+        let name = name.as_bytes().to_vec();
+        self.gated(req, parent.0, move |vfs, caller, admitted| {
+            reply_empty(
+                reply,
+                admitted.and_then(|()| vfs.rmdir(caller, parent.0, &name)),
+            )
+        })
     }
 
     fn symlink(
@@ -334,13 +378,12 @@ impl Filesystem for AgentFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let result = self.vfs.symlink(
-            &self.caller(req),
-            parent.0,
-            link_name.as_bytes(),
-            target.as_os_str().as_bytes(),
-        );
-        self.entry(reply, result)
+        let name = link_name.as_bytes().to_vec();
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.gated(req, parent.0, move |vfs, caller, admitted| {
+            let result = admitted.and_then(|()| vfs.symlink(caller, parent.0, &name, &target));
+            reply_entry(reply, result)
+        })
     }
 
     fn rename(
@@ -353,15 +396,14 @@ impl Filesystem for AgentFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let result = self.vfs.rename(
-            &self.caller(req),
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.bits(),
-        );
-        self.empty(reply, result)
+        let name = name.as_bytes().to_vec();
+        let newname = newname.as_bytes().to_vec();
+        self.gated(req, parent.0, move |vfs, caller, admitted| {
+            let result = admitted.and_then(|()| {
+                vfs.rename(caller, parent.0, &name, newparent.0, &newname, flags.bits())
+            });
+            reply_empty(reply, result)
+        })
     }
 
     fn link(
@@ -372,10 +414,11 @@ impl Filesystem for AgentFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let result = self
-            .vfs
-            .link(&self.caller(req), ino.0, newparent.0, newname.as_bytes());
-        self.entry(reply, result)
+        let newname = newname.as_bytes().to_vec();
+        self.gated(req, ino.0, move |vfs, caller, admitted| {
+            let result = admitted.and_then(|()| vfs.link(caller, ino.0, newparent.0, &newname));
+            reply_entry(reply, result)
+        })
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -417,12 +460,25 @@ impl Filesystem for AgentFs {
         reply: ReplyWrite,
     ) {
         let append = flags.0 & libc::O_APPEND != 0;
-        match self
-            .vfs
-            .write(&self.caller(req), ino.0, offset, data, append)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e.to_errno()),
+        let caller = self.caller(req);
+        match self.vfs.admission(&caller, ino.0) {
+            // The common case writes straight from the request buffer.
+            Admission::Proceed => {
+                reply_written(reply, self.vfs.write(&caller, ino.0, offset, data, append))
+            }
+            Admission::Refuse(e) => reply.error(e.to_errno()),
+            Admission::Park(at) => {
+                let data = data.to_vec();
+                let vfs = self.vfs.clone();
+                self.vfs.park(
+                    at,
+                    Box::new(move |admitted| {
+                        let result = admitted
+                            .and_then(|()| vfs.write(&caller, ino.0, offset, &data, append));
+                        reply_written(reply, result)
+                    }),
+                );
+            }
         }
     }
 
@@ -435,7 +491,7 @@ impl Filesystem for AgentFs {
         reply: ReplyEmpty,
     ) {
         let result = self.vfs.flush(&self.caller(req), ino.0);
-        self.empty(reply, result)
+        reply_empty(reply, result)
     }
 
     fn release(
@@ -449,7 +505,7 @@ impl Filesystem for AgentFs {
         reply: ReplyEmpty,
     ) {
         let result = self.vfs.release(&self.caller(req), ino.0, fh.0);
-        self.empty(reply, result)
+        reply_empty(reply, result)
     }
 
     fn fsync(
@@ -461,7 +517,7 @@ impl Filesystem for AgentFs {
         reply: ReplyEmpty,
     ) {
         let result = self.vfs.fsync(&self.caller(req), ino.0);
-        self.empty(reply, result)
+        reply_empty(reply, result)
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -530,7 +586,7 @@ impl Filesystem for AgentFs {
         reply: ReplyEmpty,
     ) {
         let result = self.vfs.fsyncdir(&self.caller(req), ino.0);
-        self.empty(reply, result)
+        reply_empty(reply, result)
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -550,10 +606,12 @@ impl Filesystem for AgentFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let result = self
-            .vfs
-            .setxattr(&self.caller(req), ino.0, name.as_bytes(), value, flags);
-        self.empty(reply, result)
+        let name = name.as_bytes().to_vec();
+        let value = value.to_vec();
+        self.gated(req, ino.0, move |vfs, caller, admitted| {
+            let result = admitted.and_then(|()| vfs.setxattr(caller, ino.0, &name, &value, flags));
+            reply_empty(reply, result)
+        })
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -571,10 +629,13 @@ impl Filesystem for AgentFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self
-            .vfs
-            .removexattr(&self.caller(req), ino.0, name.as_bytes());
-        self.empty(reply, result)
+        let name = name.as_bytes().to_vec();
+        self.gated(req, ino.0, move |vfs, caller, admitted| {
+            reply_empty(
+                reply,
+                admitted.and_then(|()| vfs.removexattr(caller, ino.0, &name)),
+            )
+        })
     }
 
     fn fallocate(
@@ -587,10 +648,10 @@ impl Filesystem for AgentFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let result = self
-            .vfs
-            .fallocate(&self.caller(req), ino.0, offset, length, mode);
-        self.empty(reply, result)
+        self.gated(req, ino.0, move |vfs, caller, admitted| {
+            let result = admitted.and_then(|()| vfs.fallocate(caller, ino.0, offset, length, mode));
+            reply_empty(reply, result)
+        })
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -608,26 +669,26 @@ impl Filesystem for AgentFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .vfs
-            .create(&self.caller(req), parent.0, name.as_bytes(), mode, flags)
-        {
-            Ok((attr, opened)) => {
-                let fopen = if opened.direct_io {
-                    FopenFlags::FOPEN_DIRECT_IO
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.created(
-                    &TTL,
-                    &fuse_attr(&attr),
-                    Generation(0),
-                    FileHandle(opened.fh),
-                    fopen,
-                )
+        let name = name.as_bytes().to_vec();
+        self.gated(req, parent.0, move |vfs, caller, admitted| {
+            match admitted.and_then(|()| vfs.create(caller, parent.0, &name, mode, flags)) {
+                Ok((attr, opened)) => {
+                    let fopen = if opened.direct_io {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.created(
+                        &TTL,
+                        &fuse_attr(&attr),
+                        Generation(0),
+                        FileHandle(opened.fh),
+                        fopen,
+                    )
+                }
+                Err(e) => reply.error(e.to_errno()),
             }
-            Err(e) => reply.error(e.to_errno()),
-        }
+        })
     }
 }
 

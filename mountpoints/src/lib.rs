@@ -16,6 +16,7 @@
 
 mod agent;
 mod caller;
+mod control;
 mod error;
 mod mutate;
 mod names;
@@ -29,6 +30,7 @@ pub mod fuse;
 
 pub use agentfs_memory::{FileKind, Ino, InodeRecord, StoreError};
 pub use caller::Caller;
+pub use control::{Admission, Parked, Waiting};
 pub use error::{Result, VfsError};
 pub use mutate::{SetAttr, TimeSet};
 pub use names::NAME_MAX;
@@ -185,6 +187,9 @@ impl Vfs {
         data: &[u8],
         append: bool,
     ) -> Result<u32> {
+        if let Some(v) = sysfs::Virtual::of(self, ino) {
+            return self.write_control(caller, &v, data);
+        }
         match self.mutate(
             caller,
             Mutation::Write {
@@ -200,6 +205,14 @@ impl Vfs {
     }
 
     pub fn setattr(&self, caller: &Caller, ino: Ino, set: SetAttr) -> Result<Attr> {
+        if let Some(v) = sysfs::Virtual::of(self, ino) {
+            // `echo X > signal` opens with O_TRUNC: truncating a control file is a no-op.
+            let only_truncate =
+                set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
+            if v.control_of().is_some() && only_truncate {
+                return self.getattr(caller, ino);
+            }
+        }
         self.attr_of(caller, self.mutate(caller, Mutation::SetAttr { ino, set })?)
     }
 

@@ -199,6 +199,13 @@ impl Vfs {
     pub(crate) fn mutate(&self, caller: &Caller, m: Mutation<'_>) -> Result<Outcome> {
         let op = m.op();
         let located = self.locate(&m)?;
+        if let Some(agent) = located.agent.as_deref().and_then(|a| self.agent(a)) {
+            if agent.gate.check() == agentfs_signals::Pass::Killed {
+                return Err(VfsError::NotPermitted(
+                    "the agent is killed: an operator must write START",
+                ));
+            }
+        }
         let span = tracing::debug_span!(
             "mutate",
             agent = located.agent.as_deref().unwrap_or("-"),

@@ -3,6 +3,7 @@
 //! ```text
 //! sys/
 //! ├── agents/AGENT/status   JSON, one object
+//! ├── agents/AGENT/signal   write STOP | CONT | KILL | START; read: the state
 //! └── policy/               the loaded policy files (filled by the policy engine)
 //! ```
 
@@ -20,6 +21,7 @@ const VIRTUAL_BASE: Ino = 1 << 48;
 const PER_AGENT: Ino = 16;
 const AGENT_DIR: Ino = 0;
 const AGENT_STATUS: Ino = 1;
+const AGENT_SIGNAL: Ino = 2;
 
 /// A node of the control tree.
 pub(crate) enum Virtual {
@@ -28,6 +30,7 @@ pub(crate) enum Virtual {
     Policy,
     AgentDir(Arc<Agent>),
     Status(Arc<Agent>),
+    Signal(Arc<Agent>),
 }
 
 impl Virtual {
@@ -42,6 +45,7 @@ impl Virtual {
                 match rel % PER_AGENT {
                     AGENT_DIR => Some(Virtual::AgentDir(agent)),
                     AGENT_STATUS => Some(Virtual::Status(agent)),
+                    AGENT_SIGNAL => Some(Virtual::Signal(agent)),
                     _ => None,
                 }
             }
@@ -56,6 +60,7 @@ impl Virtual {
             Virtual::Policy => SYS_POLICY_INO,
             Virtual::AgentDir(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
             Virtual::Status(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_STATUS,
+            Virtual::Signal(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_SIGNAL,
         }
     }
 
@@ -64,13 +69,15 @@ impl Virtual {
             Virtual::Sys => ROOT_INO,
             Virtual::Agents | Virtual::Policy => SYS_INO,
             Virtual::AgentDir(_) => SYS_AGENTS_INO,
-            Virtual::Status(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
+            Virtual::Status(a) | Virtual::Signal(a) => {
+                VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR
+            }
         }
     }
 
     fn kind(&self) -> FileKind {
         match self {
-            Virtual::Status(_) => FileKind::File,
+            Virtual::Status(_) | Virtual::Signal(_) => FileKind::File,
             _ => FileKind::Dir,
         }
     }
@@ -86,7 +93,12 @@ impl Virtual {
         InodeRecord {
             ino: self.ino(),
             kind: self.kind(),
-            perm: if dir { 0o555 } else { 0o444 },
+            perm: match self {
+                _ if dir => 0o555,
+                // Operators write control files; the kernel's mode check keeps other uids out.
+                Virtual::Signal(_) => 0o644,
+                _ => 0o444,
+            },
             uid: 0,
             gid: 0,
             nlink,
@@ -114,8 +126,11 @@ impl Virtual {
                 .iter()
                 .map(|a| (a.name.as_bytes().to_vec(), Virtual::AgentDir(a.clone())))
                 .collect(),
-            Virtual::AgentDir(a) => vec![(b"status".to_vec(), Virtual::Status(a.clone()))],
-            Virtual::Policy | Virtual::Status(_) => Vec::new(),
+            Virtual::AgentDir(a) => vec![
+                (b"signal".to_vec(), Virtual::Signal(a.clone())),
+                (b"status".to_vec(), Virtual::Status(a.clone())),
+            ],
+            Virtual::Policy | Virtual::Status(_) | Virtual::Signal(_) => Vec::new(),
         }
     }
 
@@ -169,6 +184,14 @@ impl Virtual {
         Ok(())
     }
 
+    /// The agent whose control file this is, if it is a writable one.
+    pub(crate) fn control_of(&self) -> Option<&Arc<Agent>> {
+        match self {
+            Virtual::Signal(a) => Some(a),
+            _ => None,
+        }
+    }
+
     /// The bytes of a generated file, taken at open.
     pub(crate) fn content(&self, _vfs: &Vfs) -> Result<Vec<u8>> {
         match self {
@@ -178,6 +201,7 @@ impl Virtual {
                 out.push(b'\n');
                 Ok(out)
             }
+            Virtual::Signal(a) => Ok(format!("{}\n", a.gate.state().0).into_bytes()),
             _ => Err(VfsError::IsDir),
         }
     }

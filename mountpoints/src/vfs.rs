@@ -476,7 +476,7 @@ impl Vfs {
 
     pub fn open_file(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<Opened> {
         if let Some(v) = sysfs::Virtual::of(self, ino) {
-            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY && v.control_of().is_none() {
                 return Err(VfsError::NotPermitted("sys/ files are read-only"));
             }
             let data = v.content(self)?;

@@ -1,5 +1,14 @@
-//! Agent run states. The signal delivery machinery (STOP parking, KILL, real POSIX signals)
-//! builds on these states.
+//! Agent run states, the signals that move between them, and the gate that parks an agent's
+//! mutating calls while it is stopped.
+//!
+//! The gate never holds a thread: a call that must wait hands over a continuation, which runs
+//! when the agent is continued (in arrival order) or fails when it is killed.
+
+mod gate;
+mod signal;
+
+pub use gate::{Continuation, Gate, Pass, Refused, Transition};
+pub use signal::{ParseSignalError, Signal};
 
 use serde::Serialize;
 use std::fmt;
