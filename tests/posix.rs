@@ -19,7 +19,7 @@ const CLASSES: [&str; 2] = ["semantic", "working"];
 
 /// A mount with agent `a`; returns (mount, [semantic dir, working dir]).
 fn setup() -> Option<(Mount, Vec<(String, PathBuf)>)> {
-    let m = Mount::try_new()?;
+    let m = Mount::try_new_with_policy(common::POSIX_POLICY)?;
     m.agent("a");
     let dirs = CLASSES
         .iter()

@@ -11,8 +11,10 @@
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use agentfs_memory::StoreError;
+use agentfs_policy::Engine;
 use agentfs_vfs::fuse::{self, MountOptions};
 use agentfs_vfs::{Vfs, VfsError};
 use tracing::{error, info, warn};
@@ -123,7 +125,17 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
         data_dir.display()
     );
 
-    let vfs = Vfs::open(&data_dir).map_err(|e| open_error(e, &data_dir))?;
+    let rules = crate::cli::policy::load(&args.policies)?;
+    info!(
+        "policy {}: built-in{}",
+        rules.version(),
+        args.policies
+            .iter()
+            .map(|p| format!(" + {}", p.display()))
+            .collect::<String>()
+    );
+    let engine = Arc::new(Engine::new(rules));
+    let vfs = Vfs::open_with_policy(&data_dir, engine).map_err(|e| open_error(e, &data_dir))?;
     let pid_file = PidFile::write(&data_dir)?;
 
     let mut opts = MountOptions {
@@ -144,9 +156,14 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
     };
     let unmounter = session.unmount_callable();
     let signal_mnt = mnt.clone();
+    let reloader = Reloader {
+        vfs: vfs.clone(),
+        files: args.policies.clone(),
+        status: datadir::reload_status_file(&data_dir),
+    };
     std::thread::Builder::new()
         .name(String::from("agentfs-signals"))
-        .spawn(move || signal_loop(signals, unmounter, signal_mnt))
+        .spawn(move || signal_loop(signals, unmounter, signal_mnt, reloader))
         .map_err(|err| CliError::Os {
             what: "start the signal thread",
             err,
@@ -210,7 +227,12 @@ fn open_error(e: VfsError, data_dir: &Path) -> CliError {
 }
 
 /// Waits for SIGTERM/SIGINT (unmount, which ends `Session::run`) and SIGHUP (reload).
-fn signal_loop(signals: SignalSet, mut unmounter: fuser::SessionUnmounter, mnt: PathBuf) {
+fn signal_loop(
+    signals: SignalSet,
+    mut unmounter: fuser::SessionUnmounter,
+    mnt: PathBuf,
+    reloader: Reloader,
+) {
     let mut stopping = false;
     loop {
         let sig = match signals.wait() {
@@ -222,7 +244,8 @@ fn signal_loop(signals: SignalSet, mut unmounter: fuser::SessionUnmounter, mnt: 
         };
         let name = sys::signal_name(sig);
         if sig == libc::SIGHUP {
-            info!("{name} received: policy reload not implemented yet");
+            info!("{name} received: reloading the policy");
+            reloader.reload();
             continue;
         }
         if stopping {
@@ -246,6 +269,43 @@ fn signal_loop(signals: SignalSet, mut unmounter: fuser::SessionUnmounter, mnt: 
                 }
             }
             Err(e) => error!("cannot unmount {}: {e}", mnt.display()),
+        }
+    }
+}
+
+/// Re-reads the policy files given at mount (SIGHUP, `agentfs policy reload`).
+struct Reloader {
+    vfs: Arc<Vfs>,
+    files: Vec<PathBuf>,
+    /// Where the outcome of each attempt is written for `agentfs policy reload` to read.
+    status: PathBuf,
+}
+
+impl Reloader {
+    fn reload(&self) {
+        let pid = std::process::id();
+        let outcome = match crate::cli::policy::compile(&self.files) {
+            Ok(Ok(rules)) => {
+                let new = rules.version();
+                let old = self.vfs.install_policy(rules, pid);
+                serde_json::json!({ "ok": true, "old": old.to_hex(), "version": new.to_hex() })
+            }
+            Ok(Err(lines)) => {
+                let errors = lines.join("\n");
+                error!("policy reload refused, the old rules stay:\n{errors}");
+                self.vfs.record_refused_reload(pid, &errors);
+                serde_json::json!({ "ok": false, "version": self.vfs.policy().version().to_hex(), "errors": lines })
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                error!("policy reload refused, the old rules stay: {msg}");
+                self.vfs.record_refused_reload(pid, &msg);
+                serde_json::json!({ "ok": false, "version": self.vfs.policy().version().to_hex(), "errors": [msg] })
+            }
+        };
+        let attempt = serde_json::json!({ "at_ns": agentfs_vfs::now_ns(), "outcome": outcome });
+        if let Err(e) = datadir::write_atomically(&self.status, attempt.to_string().as_bytes()) {
+            error!("cannot write {}: {e}", self.status.display());
         }
     }
 }

@@ -47,6 +47,20 @@ pub fn resolve_from_env(flag: Option<&Path>) -> Result<PathBuf, CliError> {
     resolve(flag, |name| std::env::var_os(name))
 }
 
+/// The outcome of the last policy reload, written by the daemon (JSON).
+pub const RELOAD_STATUS_FILE: &str = "policy-reload.json";
+
+pub fn reload_status_file(data_dir: &Path) -> PathBuf {
+    data_dir.join(RELOAD_STATUS_FILE)
+}
+
+/// Replaces `path` with `bytes` so that a reader sees the old or the new content, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 pub fn pid_file(data_dir: &Path) -> PathBuf {
     data_dir.join(PID_FILE)
 }

@@ -1,7 +1,7 @@
 //! Registered agents and their live counters (what `sys/agents/AGENT/status` shows).
 
 use agentfs_memory::{Ino, TimeNs};
-use agentfs_policy::Op;
+use agentfs_policy::{Op, RateState, Usage};
 use agentfs_signals::Gate;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -18,6 +18,10 @@ pub struct Agent {
     pub gate: Gate,
     /// The last signal written, with when it took effect.
     pub last_signal: Mutex<Option<(String, TimeNs)>>,
+    /// The last policy violation (a `kill` or `deny` decision), as shown in `status`.
+    pub last_violation: Mutex<Option<serde_json::Value>>,
+    /// The agent's write-rate token buckets. Per agent, held only for one decision.
+    pub rate: Mutex<RateState>,
     ops: [AtomicU64; Op::ALL.len()],
     errors: AtomicU64,
     /// Bytes held per memory class: working, episodic, semantic.
@@ -35,6 +39,8 @@ impl Agent {
             root,
             gate: Gate::new(now),
             last_signal: Mutex::new(None),
+            last_violation: Mutex::new(None),
+            rate: Mutex::new(RateState::default()),
             ops: Default::default(),
             errors: AtomicU64::new(0),
             bytes: Default::default(),
@@ -56,6 +62,20 @@ impl Agent {
 
     pub fn add_files(&self, class_index: usize, delta: i64) {
         self.files[class_index].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Bytes the agent holds in memory class `class_index`, and its file count over all
+    /// classes, as the policy's limits see them.
+    pub fn usage(&self, class_index: Option<usize>) -> Usage {
+        let class_bytes = class_index
+            .map(|i| self.bytes[i].load(Ordering::Relaxed).max(0) as u64)
+            .unwrap_or(0);
+        let files = self
+            .files
+            .iter()
+            .map(|f| f.load(Ordering::Relaxed).max(0) as u64)
+            .sum();
+        Usage { class_bytes, files }
     }
 
     /// The status document, one JSON object.
@@ -100,7 +120,7 @@ impl Agent {
             "pids": [],
             "last_signal": last_signal,
             "parked_calls": self.gate.parked(),
-            "last_violation": null,
+            "last_violation": self.last_violation.lock().clone(),
         })
     }
 }

@@ -86,13 +86,19 @@ impl Vfs {
             path: format!("sys/agents/{}/signal", agent.name),
             result: result.as_ref().err().map_or(0, |e| e.errno()),
             size: data.len() as u64,
+            detail: String::from_utf8_lossy(data)
+                .trim()
+                .chars()
+                .take(64)
+                .collect(),
+            ..Default::default()
         });
         result
     }
 
     /// Applies `signal` to `agent`: releases parked calls in arrival order on a thread of
     /// their own (the writer of CONT does not wait for them), or fails them on KILL.
-    fn deliver(&self, agent: &Arc<Agent>, signal: Signal) {
+    pub(crate) fn deliver(&self, agent: &Arc<Agent>, signal: Signal) {
         let now = now_ns();
         let t = agent.gate.signal(signal, now);
         *agent.last_signal.lock() = Some((signal.name().to_string(), now));

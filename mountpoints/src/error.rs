@@ -46,6 +46,28 @@ pub enum VfsError {
     NoSpace,
     #[error("{0}")]
     Store(StoreError),
+    /// Refused by a policy rule (action `deny` or `kill`).
+    #[error("{0}")]
+    Refused(Box<Refusal>),
+}
+
+/// A call the policy refused: which rule, why, and whether the agent was killed for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub rule: String,
+    pub reason: String,
+    pub killed: bool,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let action = if self.killed { "kill" } else { "deny" };
+        write!(f, "refused by policy rule `{}` ({action})", self.rule)?;
+        if !self.reason.is_empty() {
+            write!(f, ": {}", self.reason)?;
+        }
+        Ok(())
+    }
 }
 
 impl From<StoreError> for VfsError {
@@ -83,6 +105,7 @@ impl VfsError {
             VfsError::NotSupported(_) => libc::EOPNOTSUPP,
             VfsError::NoSpace => libc::ENOSPC,
             VfsError::Store(_) => libc::EIO,
+            VfsError::Refused(_) => libc::EACCES,
         }
     }
 }

@@ -17,11 +17,13 @@
 mod agent;
 mod caller;
 mod control;
+mod enforce;
 mod error;
 mod mutate;
 mod names;
 mod node;
 mod ops;
+mod reload;
 mod sysfs;
 mod vfs;
 
@@ -31,7 +33,7 @@ pub mod fuse;
 pub use agentfs_memory::{FileKind, Ino, InodeRecord, StoreError};
 pub use caller::Caller;
 pub use control::{Admission, Parked, Waiting};
-pub use error::{Result, VfsError};
+pub use error::{Refusal, Result, VfsError};
 pub use mutate::{SetAttr, TimeSet};
 pub use names::NAME_MAX;
 pub use vfs::{now_ns, Attr, DirEntry, FsStats, Opened, Vfs, ROOT_INO};

@@ -6,12 +6,13 @@
 //! through [`Txn::commit`], which puts the audit entry into the same transaction as the change.
 
 use crate::caller::Caller;
+use crate::enforce::{policy_kind, Asker};
 use crate::error::{Result, VfsError};
 use crate::node::Class;
 use crate::sysfs;
 use crate::vfs::{now_ns, Vfs, ROOT_INO};
 use agentfs_memory::{AuditEntry, Batch, Durability, FileKind, Ino, InodeRecord};
-use agentfs_policy::{Decision, Op, Request};
+use agentfs_policy::{Call, FileKind as PolicyKind, Op};
 use std::sync::Arc;
 
 /// Attribute changes of a setattr call.
@@ -134,16 +135,30 @@ pub(crate) struct Located {
     pub parent_class: Option<Class>,
     /// Is the object itself (not its parent) a fixed directory?
     pub structural: bool,
-    /// Path from the mount root, e.g. `a/mem/semantic/x`.
-    pub path: String,
+    /// Path from the mount root, e.g. `a/mem/semantic/x`, raw bytes.
+    pub path: Vec<u8>,
+    /// Kind of the existing object the call names, if it exists.
+    pub kind: Option<FileKind>,
     /// Destination of a rename or link.
     pub dest: Option<Dest>,
+}
+
+impl Located {
+    /// The path relative to the agent's root (`mem/semantic/x`), as the policy sees it.
+    fn within_agent(path: &[u8]) -> Vec<u8> {
+        match path.iter().position(|b| *b == b'/') {
+            Some(i) => path[i + 1..].to_vec(),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// The new name of a rename or link.
 #[derive(Debug)]
 pub(crate) struct Dest {
-    pub path: String,
+    pub path: Vec<u8>,
+    /// An object already has the new name (a rename replaces it).
+    pub exists: bool,
     pub class: Class,
     pub parent_class: Class,
     pub agent: Option<Arc<str>>,
@@ -152,8 +167,10 @@ pub(crate) struct Dest {
 
 /// One audit entry on its way into the store with the change it describes.
 pub(crate) struct Txn {
-    entry: AuditEntry,
+    pub(crate) entry: AuditEntry,
     committed: bool,
+    /// How to ask the policy; `None` for calls outside every agent's tree.
+    pub(crate) asker: Option<Asker>,
 }
 
 impl Txn {
@@ -199,20 +216,37 @@ impl Vfs {
     pub(crate) fn mutate(&self, caller: &Caller, m: Mutation<'_>) -> Result<Outcome> {
         let op = m.op();
         let located = self.locate(&m)?;
-        if let Some(agent) = located.agent.as_deref().and_then(|a| self.agent(a)) {
-            if agent.gate.check() == agentfs_signals::Pass::Killed {
-                return Err(VfsError::NotPermitted(
-                    "the agent is killed: an operator must write START",
-                ));
-            }
-        }
+        let agent = located.agent.as_deref().and_then(|a| self.agent(a));
         let span = tracing::debug_span!(
             "mutate",
             agent = located.agent.as_deref().unwrap_or("-"),
             op = op.name(),
-            path = %located.path
+            path = %String::from_utf8_lossy(&located.path)
         );
         let _enter = span.enter();
+        let (offset, size, data_hash) = match &m {
+            Mutation::Write { offset, data, .. } => (
+                *offset,
+                data.len() as u64,
+                Some(*blake3::hash(data).as_bytes()),
+            ),
+            Mutation::SetAttr { set, .. } => (0, set.size.unwrap_or(0), None),
+            Mutation::Symlink { target, .. } => (0, 0, Some(*blake3::hash(target).as_bytes())),
+            Mutation::SetXattr { value, .. } => (0, 0, Some(*blake3::hash(value).as_bytes())),
+            _ => (0, 0, None),
+        };
+        let asker = located.agent.as_ref().map(|name| Asker {
+            rules: self.policy.current(),
+            agent_name: name.clone(),
+            agent: agent.clone(),
+            path: Located::within_agent(&located.path),
+            target: located
+                .dest
+                .as_ref()
+                .map(|d| Located::within_agent(&d.path)),
+            uid: caller.uid,
+            pid: caller.pid,
+        });
         let mut txn = Txn {
             entry: AuditEntry {
                 time: now_ns(),
@@ -220,22 +254,33 @@ impl Vfs {
                 pid: caller.pid,
                 uid: caller.uid,
                 op: op.name().to_string(),
-                path: located.path.clone(),
-                result: 0,
-                size: match &m {
-                    Mutation::Write { data, .. } => data.len() as u64,
-                    Mutation::SetAttr { set, .. } => set.size.unwrap_or(0),
-                    _ => 0,
-                },
+                path: String::from_utf8_lossy(&located.path).into_owned(),
+                target: located
+                    .dest
+                    .as_ref()
+                    .map(|d| String::from_utf8_lossy(&d.path).into_owned())
+                    .unwrap_or_default(),
+                offset,
+                size,
+                data_hash,
                 ..Default::default()
             },
             committed: false,
+            asker,
         };
-        let result = self
-            .guard(caller, &m, &located)
-            .and_then(|()| self.ask_policy(caller, &m, op, &located))
-            .and_then(|()| self.apply(caller, &mut txn, m, &located));
-        if let Some(agent) = located.agent.as_deref().and_then(|a| self.agent(a)) {
+        let killed = agent
+            .as_ref()
+            .is_some_and(|a| a.gate.check() == agentfs_signals::Pass::Killed);
+        let result = if killed {
+            Err(VfsError::NotPermitted(
+                "the agent is killed: an operator must write START",
+            ))
+        } else {
+            self.guard(caller, &m, &located)
+                .and_then(|()| self.ask_policy(&mut txn, &m, op, &located))
+                .and_then(|()| self.apply(caller, &mut txn, m, &located))
+        };
+        if let Some(agent) = &agent {
             agent.count_op(op, result.is_ok());
         }
         match &result {
@@ -320,7 +365,7 @@ impl Vfs {
                 data,
                 append,
             } => self
-                .write_data(ino, offset, data, append, located.class)
+                .write_data(txn, ino, offset, data, append, located.class)
                 .map(Outcome::Written),
             Mutation::SetAttr { ino, set } => self.set_attr(txn, ino, set).map(Outcome::Attr),
             Mutation::SetXattr {
@@ -337,8 +382,9 @@ impl Vfs {
         }
     }
 
-    /// Mount-relative path of a node, e.g. `a/mem/semantic/x`. Takes one node lock at a time.
-    pub(crate) fn path_of(&self, ino: Ino) -> String {
+    /// Mount-relative path of a node, e.g. `a/mem/semantic/x`, as raw bytes: what the policy
+    /// matches (non-UTF-8 names stay distinct). Takes one node lock at a time.
+    pub(crate) fn path_bytes_of(&self, ino: Ino) -> Vec<u8> {
         let mut parts: Vec<Vec<u8>> = Vec::new();
         let mut cur = ino;
         for _ in 0..4096 {
@@ -356,42 +402,48 @@ impl Vfs {
             cur = parent;
         }
         parts.reverse();
-        let joined: Vec<u8> = parts.join(&b'/');
-        String::from_utf8_lossy(&joined).into_owned()
+        parts.join(&b'/')
     }
 
     fn locate_child(&self, parent: Ino, name: &[u8]) -> Result<Located> {
         if sysfs::Virtual::of(self, parent).is_some() {
             return Err(VfsError::NotPermitted("sys/ is read-only"));
         }
-        let (parent_class, agent, structural) = {
+        let (parent_class, agent, structural, kind) = {
             let node = self.node(parent)?;
             let p = node.read();
-            let child_structural = match p.dir().and_then(|d| d.get(name)) {
-                Some(child) => self
-                    .node(child)
-                    .map(|c| c.read().structural)
-                    .unwrap_or(false),
-                None => false,
-            };
-            (p.class, p.agent.clone(), child_structural)
+            let child = p
+                .dir()
+                .and_then(|d| d.get(name))
+                .and_then(|child| self.node(child).ok())
+                .map(|c| {
+                    let c = c.read();
+                    (c.structural, c.attr.kind)
+                });
+            (
+                p.class,
+                p.agent.clone(),
+                child.is_some_and(|c| c.0),
+                child.map(|c| c.1),
+            )
         };
         let agent = if parent == ROOT_INO {
             Some(Arc::from(String::from_utf8_lossy(name).as_ref()))
         } else {
             agent
         };
-        let mut path = self.path_of(parent);
+        let mut path = self.path_bytes_of(parent);
         if !path.is_empty() {
-            path.push('/');
+            path.push(b'/');
         }
-        path.push_str(&String::from_utf8_lossy(name));
+        path.extend_from_slice(name);
         Ok(Located {
             agent,
             class: parent_class.of_child(name),
             parent_class: Some(parent_class),
             structural,
             path,
+            kind,
             dest: None,
         })
     }
@@ -400,6 +452,7 @@ impl Vfs {
         let at = self.locate_child(parent, name)?;
         Ok(Dest {
             path: at.path,
+            exists: at.kind.is_some(),
             class: at.class,
             parent_class: at.parent_class.unwrap_or(at.class),
             agent: at.agent,
@@ -411,17 +464,18 @@ impl Vfs {
         if sysfs::Virtual::of(self, ino).is_some() {
             return Err(VfsError::NotPermitted("sys/ is read-only"));
         }
-        let (class, agent, structural) = {
+        let (class, agent, structural, kind) = {
             let node = self.node(ino)?;
             let n = node.read();
-            (n.class, n.agent.clone(), n.structural)
+            (n.class, n.agent.clone(), n.structural, n.attr.kind)
         };
         Ok(Located {
             agent,
             class,
             parent_class: None,
             structural,
-            path: self.path_of(ino),
+            path: self.path_bytes_of(ino),
+            kind: Some(kind),
             dest: None,
         })
     }
@@ -544,37 +598,68 @@ impl Vfs {
         Ok(())
     }
 
-    fn ask_policy(&self, caller: &Caller, m: &Mutation<'_>, op: Op, at: &Located) -> Result<()> {
-        let Some(agent) = at.agent.as_deref() else {
+    /// Decides every call that is not a write or a truncate (those are decided under the
+    /// file's lock, on its content: `enforce.rs`).
+    fn ask_policy(&self, txn: &mut Txn, m: &Mutation<'_>, op: Op, at: &Located) -> Result<()> {
+        let Some(asker) = &txn.asker else {
             return Ok(());
         };
-        let within = |p: &str| -> String {
-            p.split_once('/')
-                .map(|(_, rest)| rest.to_string())
-                .unwrap_or_default()
+        let kind = at.kind.map(policy_kind);
+        let class_index = at.class.memory_index();
+        let call = match *m {
+            Mutation::Write { .. } => return Ok(()),
+            Mutation::SetAttr { set, .. } if set.size.is_some() => return Ok(()),
+            Mutation::Create { kind, mode, .. } => Call {
+                kind: Some(policy_kind(kind)),
+                mode: Some(mode),
+                usage: Some(asker.usage(class_index, 0, 1)),
+                ..asker.call(op)
+            },
+            Mutation::Mkdir { mode, .. } => Call {
+                kind: Some(PolicyKind::Dir),
+                mode: Some(mode),
+                usage: Some(asker.usage(class_index, 0, 1)),
+                ..asker.call(op)
+            },
+            Mutation::Symlink { target, .. } => Call {
+                kind: Some(PolicyKind::Symlink),
+                data: Some(target),
+                usage: Some(asker.usage(class_index, 0, 1)),
+                ..asker.call(op)
+            },
+            Mutation::Link { .. } => Call {
+                kind,
+                usage: Some(asker.usage(class_index, 0, 1)),
+                ..asker.call(op)
+            },
+            Mutation::Rename { flags, .. } => Call {
+                kind,
+                replaces: at.dest.as_ref().is_some_and(|d| d.exists)
+                    || flags & libc::RENAME_EXCHANGE != 0,
+                ..asker.call(op)
+            },
+            Mutation::Unlink { .. } | Mutation::Rmdir { .. } => Call {
+                kind,
+                ..asker.call(op)
+            },
+            Mutation::SetAttr { set, .. } => Call {
+                kind,
+                mode: set.mode,
+                chown: set.uid.is_some() || set.gid.is_some(),
+                ..asker.call(op)
+            },
+            Mutation::SetXattr { name, value, .. } => Call {
+                kind,
+                xattr_name: Some(name),
+                data: Some(value),
+                ..asker.call(op)
+            },
+            Mutation::RemoveXattr { name, .. } => Call {
+                kind,
+                xattr_name: Some(name),
+                ..asker.call(op)
+            },
         };
-        let path = within(&at.path);
-        let target = at.dest.as_ref().map(|d| within(&d.path));
-        let data = match m {
-            Mutation::Write { data, .. } => Some(*data),
-            Mutation::Symlink { target, .. } => Some(*target),
-            Mutation::SetXattr { value, .. } => Some(*value),
-            _ => None,
-        };
-        let request = Request {
-            agent,
-            op,
-            path: &path,
-            target: target.as_deref(),
-            data,
-            uid: caller.uid,
-            pid: caller.pid,
-        };
-        match self.policy.check(&request) {
-            Decision::Allow => Ok(()),
-            Decision::Deny { .. } | Decision::Kill { .. } => {
-                Err(VfsError::AccessDenied("refused by policy"))
-            }
-        }
+        self.enforce(asker, &mut txn.entry, &call, true)
     }
 }

@@ -27,7 +27,13 @@ impl Fixture {
 
     fn load(durable: &Arc<RamStore>) -> Arc<Vfs> {
         let d: Arc<dyn Store> = durable.clone();
-        Vfs::with_stores(Path::new("/nonexistent"), d, Arc::new(RamStore::new())).expect("load")
+        Vfs::with_stores(
+            Path::new("/nonexistent"),
+            d,
+            Arc::new(RamStore::new()),
+            Arc::new(agentfs_policy::Engine::builtin()),
+        )
+        .expect("load")
     }
 
     /// Simulates a daemon restart: the durable store stays, RAM is gone.

@@ -15,7 +15,7 @@ use agentfs_memory::{
     AuditEntry, Batch, Change, FileKind, Ino, InodeRecord, LoadedState, RamStore, SqliteStore,
     Store, StoreOptions, TimeNs, CHUNK_SIZE,
 };
-use agentfs_policy::{AllowAll, PolicyHook};
+use agentfs_policy::Engine;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -51,7 +51,8 @@ pub struct Vfs {
     pub(crate) next_ino: AtomicU64,
     pub(crate) agents: RwLock<BTreeMap<Arc<str>, Arc<Agent>>>,
     pub(crate) agents_by_index: RwLock<Vec<Arc<Agent>>>,
-    pub(crate) policy: Box<dyn PolicyHook>,
+    /// The rules every mutation is decided by; swapped atomically on reload.
+    pub(crate) policy: Arc<Engine>,
     /// Audit entries of calls that committed nothing themselves (writes into the page-cache-like
     /// buffers, refused calls); they ride along with the next store commit.
     pub(crate) pending_audit: Mutex<VecDeque<AuditEntry>>,
@@ -165,10 +166,21 @@ pub fn now_ns() -> TimeNs {
 
 impl Vfs {
     /// Opens (creating if needed) the durable store in `data_dir` and loads the tree.
+    /// The built-in policy decides.
     pub fn open(data_dir: &Path) -> Result<Arc<Vfs>> {
+        Self::open_with_policy(data_dir, Arc::new(Engine::builtin()))
+    }
+
+    /// Like [`Vfs::open`], with the rules of `policy`.
+    pub fn open_with_policy(data_dir: &Path, policy: Arc<Engine>) -> Result<Arc<Vfs>> {
         std::fs::create_dir_all(data_dir).map_err(|e| VfsError::Store(e.into()))?;
         let durable = SqliteStore::open(data_dir, StoreOptions { create: true })?;
-        Self::with_stores(data_dir, Arc::new(durable), Arc::new(RamStore::new()))
+        Self::with_stores(
+            data_dir,
+            Arc::new(durable),
+            Arc::new(RamStore::new()),
+            policy,
+        )
     }
 
     /// Builds a core over the given stores (tests use two RAM stores).
@@ -176,6 +188,7 @@ impl Vfs {
         data_dir: &Path,
         durable: Arc<dyn Store>,
         volatile: Arc<dyn Store>,
+        policy: Arc<Engine>,
     ) -> Result<Arc<Vfs>> {
         let loaded = durable.load()?;
         let vfs = Vfs {
@@ -187,7 +200,7 @@ impl Vfs {
             next_ino: AtomicU64::new(FIRST_FREE_INO),
             agents: RwLock::new(BTreeMap::new()),
             agents_by_index: RwLock::new(Vec::new()),
-            policy: Box::new(AllowAll),
+            policy,
             pending_audit: Mutex::new(VecDeque::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -498,9 +511,13 @@ impl Vfs {
             return Err(VfsError::ReadOnly("policy/ is read-only"));
         }
         n.open_count += 1;
+        // Agent files bypass the kernel page cache: every read is answered by the daemon,
+        // so bytes a policy refuses are never readable from a cached page, and shared
+        // writable mmap (which would change a file without a write call) is refused by the
+        // kernel. See docs/policy.md, "The page cache".
         Ok(Opened {
             fh: 0,
-            direct_io: false,
+            direct_io: n.class.memory_index().is_some(),
         })
     }
 
@@ -540,24 +557,34 @@ impl Vfs {
         let node = self.node(ino)?;
         let n = node.read();
         self.check_visible(caller, &n)?;
-        let Body::File(file) = &n.body else {
+        if !matches!(n.body, Body::File(_)) {
             return Err(VfsError::IsDir);
-        };
+        }
         let file_size = n.attr.size;
         if offset >= file_size {
             return Ok(());
         }
         let end = file_size.min(offset.saturating_add(size as u64));
         out.resize((end - offset) as usize, 0);
+        self.fill_from_node(&n, offset, out)
+    }
+
+    /// Fills `dst` with the bytes of the file `n` from `offset` (which with `dst` must lie
+    /// within the file); holes read as zeros.
+    pub(crate) fn fill_from_node(&self, n: &Node, offset: u64, dst: &mut [u8]) -> Result<()> {
+        let Body::File(file) = &n.body else {
+            return Err(VfsError::IsDir);
+        };
         let store = self.store_for(n.class);
         let chunk = CHUNK_SIZE as u64;
+        let end = offset + dst.len() as u64;
         let mut pos = offset;
         while pos < end {
             let idx = pos / chunk;
             let in_chunk = (pos % chunk) as usize;
             let take = ((chunk - pos % chunk).min(end - pos)) as usize;
             let dst_start = (pos - offset) as usize;
-            let dst = &mut out[dst_start..dst_start + take];
+            let dst = &mut dst[dst_start..dst_start + take];
             match file.slots.get(&idx) {
                 None => dst.fill(0),
                 Some(Slot::Dirty(buf)) => {

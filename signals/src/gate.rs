@@ -109,7 +109,7 @@ impl Gate {
         let mut g = self.lock();
         let from = g.state;
         let to = match (signal, from) {
-            (Signal::Kill, _) => AgentState::Killed,
+            (Signal::Kill | Signal::Policy, _) => AgentState::Killed,
             (Signal::Stop, AgentState::Running) => AgentState::Stopped,
             (Signal::Cont, AgentState::Stopped) => AgentState::Running,
             (Signal::Start, AgentState::Killed) => AgentState::Running,

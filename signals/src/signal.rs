@@ -15,6 +15,9 @@ pub enum Signal {
     Kill,
     /// Revive a killed agent.
     Start,
+    /// Raised by the kernel itself on a policy violation; acts as KILL. Never parsed from
+    /// a control-file write.
+    Policy,
 }
 
 impl Signal {
@@ -24,6 +27,7 @@ impl Signal {
             Signal::Cont => "CONT",
             Signal::Kill => "KILL",
             Signal::Start => "START",
+            Signal::Policy => "POLICY",
         }
     }
 }

@@ -32,6 +32,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_agentfs");
 
 /// The binary under test: `$AGENTFS_BIN` if set (e.g. a release build:
 /// `AGENTFS_BIN=target/release/agentfs cargo test -p agentfs`), else [`BIN`].
+/// The policy POSIX tests and conformance tools run under: the built-in policy without its
+/// file-size limit and its ban on special files, which they exercise on purpose.
+pub const POSIX_POLICY: &str = "[builtin]\ndisable = [\"max-file-size\", \"no-special-files\"]\n";
+
 pub fn bin() -> std::ffi::OsString {
     std::env::var_os("AGENTFS_BIN").unwrap_or_else(|| BIN.into())
 }
@@ -346,6 +350,22 @@ impl Mount {
         let wd = Watchdog::new(secs);
         let root = fresh_dir("test");
         let mut m = Mount::unmounted(root.join("mnt"), root.join("data"), Some(root));
+        m._watchdog = Some(wd);
+        m.mount();
+        Some(m)
+    }
+
+    /// Like [`Mount::try_new`], mounted with `--policy` of a file holding `policy`.
+    pub fn try_new_with_policy(policy: &str) -> Option<Mount> {
+        if !can_mount() {
+            return None;
+        }
+        let wd = Watchdog::new(DEFAULT_TEST_SECS);
+        let root = fresh_dir("test");
+        let file = root.join("policy.toml");
+        fs::write(&file, policy).expect("write the policy file");
+        let mut m = Mount::unmounted(root.join("mnt"), root.join("data"), Some(root))
+            .with_args(&["--policy", file.to_str().expect("UTF-8 temp path")]);
         m._watchdog = Some(wd);
         m.mount();
         Some(m)

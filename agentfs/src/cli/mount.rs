@@ -37,6 +37,11 @@ pub struct MountArgs {
     #[arg(long, value_name = "D")]
     pub data_dir: Option<PathBuf>,
 
+    /// Policy file (repeatable), combined with the built-in policy; checked (with its
+    /// [[test]] cases) before the mount. SIGHUP or `agentfs policy reload` re-reads them
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policies: Vec<PathBuf>,
+
     /// Stay in the foreground, log to stderr, unmount on Ctrl-C or SIGTERM
     #[arg(short, long)]
     pub foreground: bool,
@@ -68,7 +73,24 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let notice = |msg: &str| eprintln!("agentfs: {msg}");
     let mnt = checks::mountpoint(&args.mountpoint, &notice)?;
     let data_dir = checks::data_dir(args.data_dir.as_deref(), &mnt)?;
+    // The daemon runs in `/`: give it absolute policy paths, and refuse a bad policy here,
+    // with every error on the terminal, before anything starts.
+    let mut args = args;
+    args.policies = absolute_paths(&args.policies)?;
+    crate::cli::policy::load(&args.policies)?;
     start_daemon(&args, &mnt, &data_dir)
+}
+
+fn absolute_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
+    paths
+        .iter()
+        .map(|p| {
+            std::path::absolute(p).map_err(|err| CliError::Os {
+                what: "resolve a policy path",
+                err,
+            })
+        })
+        .collect()
 }
 
 /// The arguments the background daemon gets (everything absolute: it runs in `/`).
@@ -87,6 +109,10 @@ fn daemon_args(args: &MountArgs, mnt: &Path, data_dir: &Path, ready_fd: i32) -> 
     if let Some(n) = args.threads {
         out.push("--threads".into());
         out.push(n.to_string().into());
+    }
+    for p in &args.policies {
+        out.push("--policy".into());
+        out.push(p.into());
     }
     out
 }
@@ -186,6 +212,7 @@ mod tests {
             threads: Some(3),
             log_level: String::from("debug"),
             ready_fd: None,
+            policies: vec![PathBuf::from("/etc/p.toml")],
         };
         let got = daemon_args(&args, Path::new("/abs/m"), Path::new("/abs/d"), 7);
         let got: Vec<&str> = got.iter().map(|s| s.to_str().unwrap()).collect();
@@ -202,7 +229,9 @@ mod tests {
                 "--log-level",
                 "debug",
                 "--threads",
-                "3"
+                "3",
+                "--policy",
+                "/etc/p.toml"
             ]
         );
     }

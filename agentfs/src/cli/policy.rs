@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use agentfs_policy::{default_policy_toml, Ruleset, Source};
 use clap::{Args, Subcommand};
 
+use crate::datadir;
 use crate::error::{reason, CliError};
+use crate::mountinfo;
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
@@ -22,6 +24,16 @@ pub enum PolicyCommand {
     Check(CheckArgs),
     /// Print the built-in default policy as TOML, to start a policy file from
     Default,
+    /// Make the daemon of a mount re-read its --policy files (as SIGHUP does) and report
+    /// the outcome: a bad file is refused with its errors and the old rules stay
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The mountpoint of the daemon to reload
+    #[arg(value_name = "MNT")]
+    pub mountpoint: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -49,12 +61,84 @@ pub fn run(args: PolicyArgs) -> Result<(), CliError> {
             print!("{}", default_policy_toml());
             Ok(())
         }
+        PolicyCommand::Reload(r) => reload(&r.mountpoint),
     }
+}
+
+/// Sends SIGHUP to the daemon serving `mnt` and waits for the outcome it writes to its
+/// data dir.
+fn reload(mnt: &Path) -> Result<(), CliError> {
+    let path = std::fs::canonicalize(mnt)
+        .map_err(|err| CliError::Reported(format!("{}: {}", mnt.display(), reason(&err))))?;
+    let mounts = mountinfo::read().map_err(|err| CliError::Os {
+        what: "read /proc/self/mountinfo",
+        err,
+    })?;
+    let data_dir = mountinfo::find(&mounts, &path)
+        .filter(|e| e.is_agentfs())
+        .and_then(|e| e.data_dir())
+        .ok_or_else(|| CliError::Reported(format!("{} is not an agentfs mount", path.display())))?;
+    let pid = datadir::holder_pid(&data_dir).ok_or_else(|| {
+        CliError::Reported(format!(
+            "no daemon holds {} (is the mount stale?)",
+            data_dir.display()
+        ))
+    })?;
+    let status = datadir::reload_status_file(&data_dir);
+    let before = std::fs::read(&status).ok();
+    // SAFETY: kill(2) with a pid we read and a valid signal number has no memory effects.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(CliError::Reported(format!(
+            "cannot signal the daemon (pid {pid}): {}",
+            reason(&err)
+        )));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = std::fs::read(&status).ok();
+        if now.is_some() && now != before {
+            return report_reload(&now.unwrap_or_default());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(CliError::Reported(format!(
+                "the daemon (pid {pid}) did not report a reload within 30 s; see {}",
+                datadir::log_file(&data_dir).display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn report_reload(status: &[u8]) -> Result<(), CliError> {
+    let v: serde_json::Value = serde_json::from_slice(status)
+        .map_err(|e| CliError::Reported(format!("unreadable reload status: {e}")))?;
+    let outcome = &v["outcome"];
+    if outcome["ok"].as_bool() == Some(true) {
+        println!(
+            "policy reloaded: {} (was {})",
+            outcome["version"].as_str().unwrap_or("?"),
+            outcome["old"].as_str().unwrap_or("?")
+        );
+        return Ok(());
+    }
+    eprintln!("policy reload refused; the old rules stay in force:");
+    for line in outcome["errors"].as_array().into_iter().flatten() {
+        eprintln!("{}", line.as_str().unwrap_or("?"));
+    }
+    Err(CliError::ReportedElsewhere)
 }
 
 /// The summary of a good policy, or its errors as `FILE:LINE:COL: message` lines. A file
 /// that cannot be read is a `CliError`.
 fn check(files: &[PathBuf]) -> Result<Result<String, Vec<String>>, CliError> {
+    Ok(compile(files)?.map(|rules| rules.summary().to_string()))
+}
+
+/// Reads and compiles policy files with the built-in policy (running their `[[test]]`
+/// cases), exactly as a mount and a reload do: the ruleset, or every error as a
+/// `FILE:LINE:COL: message` line. A file that cannot be read is a `CliError`.
+pub fn compile(files: &[PathBuf]) -> Result<Result<Ruleset, Vec<String>>, CliError> {
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for path in files {
@@ -69,9 +153,16 @@ fn check(files: &[PathBuf]) -> Result<Result<String, Vec<String>>, CliError> {
     if !errors.is_empty() {
         return Ok(Err(errors));
     }
-    Ok(match Ruleset::compile(sources) {
-        Ok(rules) => Ok(rules.summary().to_string()),
-        Err(e) => Err(e.diagnostics.iter().map(|d| d.to_string()).collect()),
+    Ok(
+        Ruleset::compile(sources)
+            .map_err(|e| e.diagnostics.iter().map(|d| d.to_string()).collect()),
+    )
+}
+
+/// [`compile`] for a mount: errors become one `CliError` listing them all.
+pub fn load(files: &[PathBuf]) -> Result<Ruleset, CliError> {
+    compile(files)?.map_err(|lines| {
+        CliError::Reported(format!("the policy is refused:\n{}", lines.join("\n")))
     })
 }
 

@@ -31,6 +31,19 @@ impl Vfs {
                 ));
             }
             txn.set_size(size);
+            if let Some(asker) = &txn.asker {
+                let chown = set.uid.is_some() || set.gid.is_some();
+                let class_index = n.class.memory_index();
+                self.decide_truncate(
+                    asker,
+                    &mut txn.entry,
+                    &n,
+                    size,
+                    set.mode,
+                    chown,
+                    class_index,
+                )?;
+            }
             self.truncate_locked(&mut n, size)?;
             n.attr.mtime = now;
         }

@@ -7,6 +7,7 @@
 //! most one partial chunk per file in RAM.
 
 use crate::error::{Result, VfsError};
+use crate::mutate::Txn;
 use crate::node::{Body, Class, FileData, Node, Slot};
 use crate::vfs::{now_ns, Vfs};
 use agentfs_memory::{AuditEntry, Batch, Change, ChunkId, Durability, Ino, Store, CHUNK_SIZE};
@@ -24,6 +25,7 @@ const CHUNK: u64 = CHUNK_SIZE as u64;
 impl Vfs {
     pub(crate) fn write_data(
         &self,
+        txn: &mut Txn,
         ino: Ino,
         offset: u64,
         data: &[u8],
@@ -44,6 +46,19 @@ impl Vfs {
             .checked_add(data.len() as u64)
             .filter(|e| *e <= MAX_FILE_SIZE)
             .ok_or(VfsError::FileTooBig)?;
+        txn.entry.offset = offset;
+        if let Some(asker) = &txn.asker {
+            // Decided under the write lock on the bytes the file will hold: no reader sees
+            // the file between the decision and the change.
+            self.decide_write(
+                asker,
+                &mut txn.entry,
+                &n,
+                offset,
+                data,
+                class.memory_index(),
+            )?;
+        }
         let Body::File(file) = &mut n.body else {
             return Err(VfsError::IsDir);
         };

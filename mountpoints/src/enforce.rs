@@ -1,0 +1,330 @@
+//! Asking the policy.
+//!
+//! The choke point builds one policy [`Call`] per mutation from the daemon's own inode table
+//! (raw-byte paths relative to the agent's root), decides it under one snapshot of the rules
+//! ([`Asker::rules`], taken once per call, so a reload never splits a decision), writes the
+//! verdict into the call's audit entry, and turns a refusal into EACCES. A `kill` verdict
+//! raises SIGPOLICY: the violation is recorded and the agent goes to KILLED.
+//!
+//! Namespace and attribute calls are decided before they are applied (`Vfs::ask_policy` in
+//! `mutate.rs`). Writes and truncates are decided under the file's write lock, on the bytes
+//! the file will hold around the change ([`Vfs::write_window`], [`Vfs::truncate_window`]):
+//! nobody can read the file between the decision and the change, and a refused change is
+//! never applied.
+
+use crate::agent::Agent;
+use crate::error::{Refusal, Result, VfsError};
+use crate::node::Node;
+use crate::vfs::{now_ns, Vfs};
+use agentfs_memory::{AuditEntry, FileKind as StoreKind};
+use agentfs_policy::{
+    Call, Content, Decision, FileKind, Op, Ruleset, SizeChange, Usage, UsageChange, Verdict,
+};
+use agentfs_signals::Signal;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// The largest zero fill (a hole, or a truncate that grows a file) passed to the scanner when
+/// a content rule can match inside zeros. Beyond it the window is short and the call is
+/// refused (rule `content-window`), never scanned less. No built-in rule matches zeros.
+pub(crate) const MAX_ZERO_FILL_SCAN: u64 = 16 << 20;
+
+/// Who asks, under which rules: everything a call's decisions share.
+pub(crate) struct Asker {
+    pub rules: Arc<Ruleset>,
+    pub agent_name: Arc<str>,
+    /// `None` while the agent is being registered.
+    pub agent: Option<Arc<Agent>>,
+    /// The object's path relative to the agent's root (`mem/semantic/x`), raw bytes.
+    pub path: Vec<u8>,
+    /// The new name of a rename or link, relative to the agent's root.
+    pub target: Option<Vec<u8>>,
+    pub uid: u32,
+    pub pid: u32,
+}
+
+impl Asker {
+    /// A call with the asker's agent, paths and identity.
+    pub fn call(&self, op: Op) -> Call<'_> {
+        Call {
+            target: self.target.as_deref(),
+            uid: self.uid,
+            pid: self.pid,
+            ..Call::new(&self.agent_name, op, &self.path)
+        }
+    }
+
+    /// The agent's usage before and after a call that changes its bytes in memory class
+    /// `class_index` by `bytes` and its file count by `files`.
+    pub fn usage(&self, class_index: Option<usize>, bytes: i64, files: i64) -> UsageChange {
+        let before = self
+            .agent
+            .as_ref()
+            .map(|a| a.usage(class_index))
+            .unwrap_or_default();
+        let after = Usage {
+            class_bytes: before.class_bytes.saturating_add_signed(bytes),
+            files: before.files.saturating_add_signed(files),
+        };
+        UsageChange { before, after }
+    }
+}
+
+/// The policy's name for a kind of node.
+pub(crate) fn policy_kind(kind: StoreKind) -> FileKind {
+    match kind {
+        StoreKind::File => FileKind::File,
+        StoreKind::Dir => FileKind::Dir,
+        StoreKind::Symlink => FileKind::Symlink,
+        StoreKind::Fifo => FileKind::Fifo,
+        StoreKind::Socket => FileKind::Socket,
+        StoreKind::CharDevice => FileKind::CharDevice,
+        StoreKind::BlockDevice => FileKind::BlockDevice,
+    }
+}
+
+/// Monotonic nanoseconds for the rate buckets (wall-clock jumps must not refill them).
+fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
+impl Vfs {
+    /// Decides `call`, records the verdict in `entry`, and answers `Ok` when it is allowed.
+    /// The write-rate buckets are charged only by the last decision of a call (`rated`).
+    pub(crate) fn enforce(
+        &self,
+        asker: &Asker,
+        entry: &mut AuditEntry,
+        call: &Call<'_>,
+        rated: bool,
+    ) -> Result<()> {
+        let verdict = match (&asker.agent, rated) {
+            (Some(agent), true) => {
+                let mut rate = agent.rate.lock();
+                asker.rules.decide_rated(call, &mut rate, monotonic_ns())
+            }
+            _ => asker.rules.decide(call),
+        };
+        record_verdict(entry, &verdict);
+        let (rule, killed) = match &verdict.decision {
+            Decision::Allow => return Ok(()),
+            Decision::Deny { rule } => (rule.clone(), false),
+            Decision::Kill { rule } => (rule.clone(), true),
+        };
+        let refusal = Refusal {
+            rule,
+            reason: verdict.reason.clone().unwrap_or_default(),
+            killed: killed && asker.agent.is_some(),
+        };
+        entry.detail = refusal.reason.clone();
+        if let Some(agent) = &asker.agent {
+            self.note_violation(agent, call, &refusal);
+        }
+        Err(VfsError::Refused(Box::new(refusal)))
+    }
+
+    /// Records a refusal in the agent's status and, for a `kill` rule, raises SIGPOLICY:
+    /// an entry of its own in the flight record, then the agent goes to KILLED (waiting
+    /// calls fail, later ones get EPERM until START).
+    fn note_violation(&self, agent: &Arc<Agent>, call: &Call<'_>, refusal: &Refusal) {
+        let now = now_ns();
+        let path = String::from_utf8_lossy(call.path).into_owned();
+        *agent.last_violation.lock() = Some(serde_json::json!({
+            "at_ns": now,
+            "rule": refusal.rule,
+            "action": if refusal.killed { "kill" } else { "deny" },
+            "op": call.op.name(),
+            "path": path,
+            "reason": refusal.reason,
+        }));
+        tracing::warn!(agent = %agent.name, rule = %refusal.rule, op = call.op.name(), %path, killed = refusal.killed, "policy violation");
+        if refusal.killed {
+            self.queue_audit(AuditEntry {
+                time: now,
+                agent: agent.name.to_string(),
+                pid: call.pid,
+                uid: call.uid,
+                op: "signal".to_string(),
+                path: format!("sys/agents/{}/signal", agent.name),
+                rule: refusal.rule.clone(),
+                detail: format!("POLICY: {}", refusal.reason),
+                ..Default::default()
+            });
+            self.deliver(agent, Signal::Policy);
+        }
+    }
+
+    /// The bytes `n` holds in `range` (clamped to its size), appended to `out`; holes read
+    /// as zeros. Called with the node's lock held.
+    pub(crate) fn read_locked(&self, n: &Node, range: Range<u64>, out: &mut Vec<u8>) -> Result<()> {
+        let end = range.end.min(n.attr.size);
+        if range.start >= end {
+            return Ok(());
+        }
+        let at = out.len();
+        out.resize(at + (end - range.start) as usize, 0);
+        self.fill_from_node(n, range.start, &mut out[at..])
+    }
+
+    /// Decides a write of `data` at `offset` into the file `n` (locked by the caller) of
+    /// memory class `class_index`, on the bytes the file will hold around it.
+    pub(crate) fn decide_write(
+        &self,
+        asker: &Asker,
+        entry: &mut AuditEntry,
+        n: &Node,
+        offset: u64,
+        data: &[u8],
+        class_index: Option<usize>,
+    ) -> Result<()> {
+        let old_size = n.attr.size;
+        let end = offset + data.len() as u64;
+        let new_size = old_size.max(end);
+        let size = SizeChange {
+            before: old_size,
+            after: new_size,
+        };
+        let usage = asker.usage(class_index, (new_size - old_size) as i64, 0);
+        let base = Call {
+            size: Some(size),
+            usage: Some(usage),
+            ..asker.call(Op::Write)
+        };
+        let w = asker.rules.window() as u64;
+        if w == 0 {
+            return self.enforce(asker, entry, &base, true);
+        }
+        let hole = offset.saturating_sub(old_size);
+        let mut bytes = Vec::new();
+        if hole > 2 * w && !asker.rules.zero_fill_can_match() {
+            // No rule matches inside zeros: the hole can only join a match with the bytes at
+            // the old end of file. Decide that seam first, then the written bytes with the
+            // zeros before them.
+            let seam = old_size..old_size + 1;
+            let lo = old_size.saturating_sub(w);
+            self.read_locked(n, lo..old_size, &mut bytes)?;
+            bytes.resize(bytes.len() + (1 + w) as usize, 0);
+            let call = Call {
+                content: Some(Content {
+                    bytes: &bytes,
+                    at: lo,
+                    changed: seam,
+                    file_size: new_size,
+                }),
+                ..base.clone()
+            };
+            self.enforce(asker, entry, &call, false)?;
+            bytes.clear();
+            bytes.resize(w as usize, 0);
+            bytes.extend_from_slice(data);
+            let call = Call {
+                content: Some(Content {
+                    bytes: &bytes,
+                    at: offset - w,
+                    changed: offset..end,
+                    file_size: new_size,
+                }),
+                ..base
+            };
+            return self.enforce(asker, entry, &call, true);
+        }
+        let changed = offset.min(old_size)..end;
+        let lo = changed.start.saturating_sub(w);
+        self.read_locked(n, lo..changed.start, &mut bytes)?;
+        if hole > MAX_ZERO_FILL_SCAN {
+            // Too long to scan: the short window makes the policy refuse (content-window).
+        } else {
+            bytes.resize(bytes.len() + hole as usize, 0);
+            bytes.extend_from_slice(data);
+            self.read_locked(n, end..end + w, &mut bytes)?;
+        }
+        let call = Call {
+            content: Some(Content {
+                bytes: &bytes,
+                at: lo,
+                changed,
+                file_size: new_size,
+            }),
+            ..base
+        };
+        self.enforce(asker, entry, &call, true)
+    }
+
+    /// Decides a truncate of the file `n` (locked by the caller) to `new_size`, with the
+    /// mode or owner change of the same setattr, on the bytes the file will hold around the
+    /// cut.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide_truncate(
+        &self,
+        asker: &Asker,
+        entry: &mut AuditEntry,
+        n: &Node,
+        new_size: u64,
+        mode: Option<u32>,
+        chown: bool,
+        class_index: Option<usize>,
+    ) -> Result<()> {
+        let old_size = n.attr.size;
+        let size = SizeChange {
+            before: old_size,
+            after: new_size,
+        };
+        let usage = asker.usage(class_index, new_size as i64 - old_size as i64, 0);
+        let base = Call {
+            size: Some(size),
+            usage: Some(usage),
+            mode,
+            chown,
+            kind: Some(policy_kind(n.attr.kind)),
+            ..asker.call(Op::Truncate)
+        };
+        let w = asker.rules.window() as u64;
+        if w == 0 {
+            return self.enforce(asker, entry, &base, true);
+        }
+        let mut bytes = Vec::new();
+        let (changed, zeros) = if new_size <= old_size {
+            (new_size..new_size, 0)
+        } else if asker.rules.zero_fill_can_match() {
+            let fill = new_size - old_size;
+            (old_size..new_size, fill.min(MAX_ZERO_FILL_SCAN + 1))
+        } else {
+            // Zeros can only join a match with the bytes at the old end of file.
+            let seam_end = (old_size + 1).min(new_size);
+            (old_size..seam_end, (new_size - old_size).min(1 + w))
+        };
+        let lo = changed.start.saturating_sub(w);
+        self.read_locked(n, lo..changed.start.min(old_size), &mut bytes)?;
+        if zeros <= MAX_ZERO_FILL_SCAN {
+            bytes.resize(bytes.len() + zeros as usize, 0);
+        }
+        let call = Call {
+            content: Some(Content {
+                bytes: &bytes,
+                at: lo,
+                changed,
+                file_size: new_size,
+            }),
+            ..base
+        };
+        self.enforce(asker, entry, &call, true)
+    }
+}
+
+/// Writes a verdict into an audit entry: outcome, deciding rule (or granting rule, then the
+/// audit rules), and the policy version.
+fn record_verdict(entry: &mut AuditEntry, v: &Verdict) {
+    entry.decision = v.outcome().to_string();
+    entry.policy = v.version.0;
+    let mut rules: Vec<&str> = Vec::new();
+    match v.refused_by() {
+        Some(rule) => rules.push(rule),
+        None => rules.extend(v.allowed_by.as_deref()),
+    }
+    rules.extend(v.audited.iter().map(|f| &*f.rule));
+    entry.rule = rules.join(",");
+}
