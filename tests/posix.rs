@@ -2338,3 +2338,45 @@ fn e34_xattrs_outside_known_namespaces_are_eopnotsupp() {
         assert_eq!(getxattr(&p, name).unwrap(), b"v");
     }
 }
+
+#[test]
+fn e35_policy_refusals_are_eacces_and_apply_nothing() {
+    let Some((m, _)) = setup() else { return };
+    let p = m.mem("a", "semantic").join("notes");
+    fs::write(&p, b"key: ").unwrap();
+    let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+    let err = f
+        .write_all(b"AKIAIOSFODNN7EXAMPLE")
+        .expect_err("a secret must be refused");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    drop(f);
+    assert_eq!(
+        fs::read(&p).unwrap(),
+        b"key: ",
+        "nothing of the write applied"
+    );
+    let signal = m.mnt.join("sys/agents/a/signal");
+    assert_eq!(fs::read_to_string(&signal).unwrap().trim(), "killed");
+}
+
+#[test]
+fn e36_a_killed_agent_gets_eperm_until_start() {
+    let Some((m, _)) = setup() else { return };
+    let dir = m.mem("a", "working");
+    let signal = m.mnt.join("sys/agents/a/signal");
+    fs::write(&signal, b"KILL\n").unwrap();
+    assert_errno(
+        "create in a killed agent",
+        File::create(dir.join("x")).map(drop),
+        libc::EPERM,
+    );
+    assert_errno(
+        "mkdir in a killed agent",
+        fs::create_dir(dir.join("d")),
+        libc::EPERM,
+    );
+    fs::write(&signal, b"START\n").unwrap();
+    assert_eq!(fs::read_to_string(&signal).unwrap().trim(), "running");
+    fs::write(dir.join("x"), b"back").unwrap();
+    assert_eq!(fs::read(dir.join("x")).unwrap(), b"back");
+}

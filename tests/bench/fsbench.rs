@@ -125,7 +125,24 @@ fn main() {
     umount(&td_root.join("data-fs"));
     let _ = fs::remove_dir_all(&td_root);
 
+    // 4. The same as 3 with an empty policy: what the default policy costs.
+    let np_root = fresh_dir("bench-nopolicy");
+    mount_tmpfs(&np_root.join("data-fs"));
+    let policy = np_root.join("allow-all.toml");
+    fs::write(&policy, ALLOW_ALL_POLICY).unwrap();
+    let np = bench_agentfs_with(
+        "agentfs tmpfs-data, empty policy",
+        np_root.join("mnt"),
+        np_root.join("data-fs/data"),
+        &class,
+        &sizes,
+        &["--policy", policy.to_str().unwrap()],
+    );
+    umount(&np_root.join("data-fs"));
+    let _ = fs::remove_dir_all(&np_root);
+
     report(&sizes, &t, &d, &td);
+    report_policy_overhead(&td, &np);
     println!(
         "fsbench: load average at the end {} (figures from a busy machine are low)",
         loadavg()
@@ -138,8 +155,23 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// No built-in rules, no content rules: every call is allowed by one glob.
+const ALLOW_ALL_POLICY: &str =
+    "[builtin]\nenabled = false\n\n[[allow]]\nname = \"all\"\npaths = [\"**\"]\n";
+
 fn bench_agentfs(name: &str, mnt: PathBuf, data: PathBuf, class: &str, s: &Sizes) -> Figures {
-    let mut m = Mount::unmounted(mnt, data, None);
+    bench_agentfs_with(name, mnt, data, class, s, &[])
+}
+
+fn bench_agentfs_with(
+    name: &str,
+    mnt: PathBuf,
+    data: PathBuf,
+    class: &str,
+    s: &Sizes,
+    args: &[&str],
+) -> Figures {
+    let mut m = Mount::unmounted(mnt, data, None).with_args(args);
     m.mount();
     m.agent("bench");
     let dir = m.mem("bench", class);
@@ -327,6 +359,29 @@ enum Goal {
     /// agentfs ≤ absolute
     AtMost(f64),
     None,
+}
+
+/// The default policy (built-in rules, 16 secret patterns scanned around every write) against
+/// an empty one, both with the data dir on a tmpfs. Target: at most 10% slower.
+fn report_policy_overhead(default: &Figures, empty: &Figures) {
+    println!("\n=== policy overhead (data dir on tmpfs; default policy vs empty policy)");
+    let line = |name: &str, with: f64, without: f64| {
+        let overhead = (without / with - 1.0) * 100.0;
+        let judge = if overhead <= 10.0 { "PASS" } else { "MISS" };
+        println!(
+            "{name:<28} default {with:>10.1}  empty {without:>10.1}  overhead {overhead:>5.1}%  target ≤ 10%  {judge}"
+        );
+    };
+    line(
+        "seq write MiB/s",
+        default.seq_write_mibs,
+        empty.seq_write_mibs,
+    );
+    line(
+        "create+4KiB+close files/s",
+        default.create_fps,
+        empty.create_fps,
+    );
 }
 
 fn report(s: &Sizes, t: &Figures, d: &Figures, td: &Figures) {
