@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{symlink, FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -2379,4 +2380,44 @@ fn e36_a_killed_agent_gets_eperm_until_start() {
     assert_eq!(fs::read_to_string(&signal).unwrap().trim(), "running");
     fs::write(dir.join("x"), b"back").unwrap();
     assert_eq!(fs::read(dir.join("x")).unwrap(), b"back");
+}
+
+/// SPEC §3: a uid mapped to an agent by the policy's `[identity]` acts as that agent: it
+/// works in its own tree, gets EACCES in another agent's, and cannot write control files.
+#[test]
+fn a_uid_mapped_by_the_policy_is_bound_to_its_agent() {
+    let policy = format!("{POSIX_POLICY}\n[identity]\n54321 = \"a\"\n");
+    let Some(m) = Mount::try_new_with_policy(&policy) else {
+        return;
+    };
+    m.agent("a");
+    m.agent("b");
+    for agent in ["a", "b"] {
+        let dir = m.mem(agent, "working");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::write(dir.join("theirs"), b"x").unwrap();
+    }
+    let as_uid = |script: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .uid(54321)
+            .gid(54321)
+            .output()
+            .unwrap()
+    };
+    let own = m.mem("a", "working").join("mine");
+    let out = as_uid(&format!("echo hi > '{}'", own.display()));
+    assert!(out.status.success(), "own tree: {out:?}");
+    assert_eq!(fs::read(&own).unwrap(), b"hi\n");
+    let other = m.mem("b", "working");
+    let out = as_uid(&format!("echo hi > '{}/mine'", other.display()));
+    assert!(!out.status.success(), "another agent's tree must be refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    let out = as_uid(&format!("cat '{}/theirs'", other.display()));
+    assert!(!out.status.success(), "reading another agent's file: {out:?}");
+    assert!(!other.join("mine").exists());
 }

@@ -412,12 +412,15 @@ impl Vfs {
 
     /// Identifies the caller of a request. Binding processes to agents comes with the signals
     /// work; until then every process is an operator.
+    /// Who is calling: a process whose uid the policy's `[identity]` maps to an agent acts as
+    /// that agent (SPEC §3); everyone else is an operator.
     pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {
+        let agent = self.policy.current().agent_for_uid(uid).map(Arc::from);
         Caller {
             uid,
             gid,
             pid,
-            agent: None,
+            agent,
         }
     }
 
