@@ -2412,12 +2412,18 @@ fn a_uid_mapped_by_the_policy_is_bound_to_its_agent() {
     assert_eq!(fs::read(&own).unwrap(), b"hi\n");
     let other = m.mem("b", "working");
     let out = as_uid(&format!("echo hi > '{}/mine'", other.display()));
-    assert!(!out.status.success(), "another agent's tree must be refused");
+    assert!(
+        !out.status.success(),
+        "another agent's tree must be refused"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
         "{out:?}"
     );
     let out = as_uid(&format!("cat '{}/theirs'", other.display()));
-    assert!(!out.status.success(), "reading another agent's file: {out:?}");
+    assert!(
+        !out.status.success(),
+        "reading another agent's file: {out:?}"
+    );
     assert!(!other.join("mine").exists());
 }

@@ -21,6 +21,7 @@ use agentfs_policy::{
     Call, Content, Decision, FileKind, Op, Ruleset, SizeChange, Usage, UsageChange, Verdict,
 };
 use agentfs_signals::Signal;
+use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -28,6 +29,10 @@ use std::sync::Arc;
 /// a content rule can match inside zeros. Beyond it the window is short and the call is
 /// refused (rule `content-window`), never scanned less. No built-in rule matches zeros.
 pub(crate) const MAX_ZERO_FILL_SCAN: u64 = 16 << 20;
+
+/// Changes larger than this have their content scan split into pieces scanned on all cores.
+const PARALLEL_SCAN_MIN: u64 = 256 << 10;
+const SCAN_PIECE: u64 = 128 << 10;
 
 /// Who asks, under which rules: everything a call's decisions share.
 pub(crate) struct Asker {
@@ -242,6 +247,9 @@ impl Vfs {
             bytes.extend_from_slice(data);
             self.read_locked(n, end..end + w, &mut bytes)?;
         }
+        if changed.end - changed.start > PARALLEL_SCAN_MIN && bytes.len() as u64 >= end - lo {
+            return self.decide_in_pieces(asker, entry, &base, &bytes, lo, changed, new_size);
+        }
         let call = Call {
             content: Some(Content {
                 bytes: &bytes,
@@ -252,6 +260,50 @@ impl Vfs {
             ..base
         };
         self.enforce(asker, entry, &call, true)
+    }
+
+    /// Decides a large change as pieces of [`SCAN_PIECE`] bytes scanned on all cores, each
+    /// with its own window (exact: no match is longer than the window). The piece that
+    /// decides (the first refused, else the first with an audit finding, else the first) is
+    /// decided again through [`Vfs::enforce`] to be recorded, rated and acted on.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_in_pieces<'a>(
+        &self,
+        asker: &Asker,
+        entry: &mut AuditEntry,
+        base: &Call<'a>,
+        bytes: &'a [u8],
+        at: u64,
+        changed: Range<u64>,
+        file_size: u64,
+    ) -> Result<()> {
+        let w = asker.rules.window() as u64;
+        let held = at..at + bytes.len() as u64;
+        let pieces: Vec<Call<'_>> = (changed.start..changed.end)
+            .step_by(SCAN_PIECE as usize)
+            .map(|start| {
+                let piece = start..(start + SCAN_PIECE).min(changed.end);
+                let lo = piece.start.saturating_sub(w).max(held.start);
+                let hi = (piece.end + w).min(held.end);
+                Call {
+                    content: Some(Content {
+                        bytes: &bytes[(lo - at) as usize..(hi - at) as usize],
+                        at: lo,
+                        changed: piece,
+                        file_size,
+                    }),
+                    ..base.clone()
+                }
+            })
+            .collect();
+        let verdicts: Vec<Verdict> = pieces.par_iter().map(|c| asker.rules.decide(c)).collect();
+        let deciding = verdicts
+            .iter()
+            .position(|v| !v.is_allowed())
+            .or_else(|| verdicts.iter().position(|v| !v.audited.is_empty()));
+        // With no deciding piece, the first one stands for the call: it carries where the
+        // change starts, which tells an append from an overwrite.
+        self.enforce(asker, entry, &pieces[deciding.unwrap_or(0)], true)
     }
 
     /// Decides a truncate of the file `n` (locked by the caller) to `new_size`, with the

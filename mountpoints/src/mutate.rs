@@ -194,6 +194,18 @@ impl Txn {
     }
 }
 
+/// BLAKE3 of a write's bytes for its audit entry; large writes are hashed on all cores.
+fn hash_of(data: &[u8]) -> [u8; 32] {
+    if data.len() >= 128 << 10 {
+        *blake3::Hasher::new()
+            .update_rayon(data)
+            .finalize()
+            .as_bytes()
+    } else {
+        *blake3::hash(data).as_bytes()
+    }
+}
+
 /// Entries beyond this many are written in a transaction of their own instead of waiting for
 /// the next commit, so a long-running writer cannot grow the queue without bound.
 const MAX_PENDING_AUDIT: usize = 4096;
@@ -225,11 +237,9 @@ impl Vfs {
         );
         let _enter = span.enter();
         let (offset, size, data_hash) = match &m {
-            Mutation::Write { offset, data, .. } => (
-                *offset,
-                data.len() as u64,
-                Some(*blake3::hash(data).as_bytes()),
-            ),
+            Mutation::Write { offset, data, .. } => {
+                (*offset, data.len() as u64, Some(hash_of(data)))
+            }
             Mutation::SetAttr { set, .. } => (0, set.size.unwrap_or(0), None),
             Mutation::Symlink { target, .. } => (0, 0, Some(*blake3::hash(target).as_bytes())),
             Mutation::SetXattr { value, .. } => (0, 0, Some(*blake3::hash(value).as_bytes())),

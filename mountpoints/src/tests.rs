@@ -603,3 +603,55 @@ fn readdirplus_pages_through_a_large_directory_exactly_once() {
     seen.sort();
     assert_eq!(seen, expected);
 }
+
+/// A large write is scanned in pieces on all cores: a secret straddling any piece boundary,
+/// or completed by the bytes already around the write, is still caught, and nothing of the
+/// refused write is applied; a large clean append to an append-only log is still an append.
+#[test]
+fn large_writes_are_scanned_in_pieces_exactly() {
+    const KEY: &[u8] = b"AKIAIOSFODNN7EXAMPLE";
+    let len = 1usize << 20;
+    for at in [
+        0,
+        (128 << 10) - 7,
+        (256 << 10) - 1,
+        (512 << 10) - 10,
+        len - KEY.len(),
+    ] {
+        let f = Fixture::new();
+        f.agent("a");
+        let ino = f.write_file("a/mem/semantic", "big", b"");
+        let mut data = vec![b'.'; len];
+        data[at..at + KEY.len()].copy_from_slice(KEY);
+        let err = f
+            .vfs
+            .write(&op(), ino, 0, &data, false)
+            .expect_err("secret");
+        assert_eq!(err.errno(), libc::EACCES, "secret at {at}");
+        assert_eq!(
+            f.vfs.getattr(&op(), ino).unwrap().size,
+            0,
+            "at {at}: applied"
+        );
+    }
+    // Completed by bytes already in the file, just before a large write.
+    let f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/semantic", "big", b"xx AKIAIOSFOD");
+    let mut data = vec![b'.'; len];
+    data[..7].copy_from_slice(b"NN7EXAM");
+    data[7..10].copy_from_slice(b"PLE");
+    let err = f
+        .vfs
+        .write(&op(), ino, 13, &data, false)
+        .expect_err("joined");
+    assert_eq!(err.errno(), libc::EACCES);
+    assert_eq!(f.read_all(ino), b"xx AKIAIOSFOD");
+    // A 1 MiB append to an episodic log is allowed.
+    let f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/episodic", "log", b"start\n");
+    let data = vec![b'-'; len];
+    f.vfs.write(&op(), ino, 6, &data, false).expect("append");
+    assert_eq!(f.vfs.getattr(&op(), ino).unwrap().size, 6 + len as u64);
+}
