@@ -8,7 +8,7 @@ use crate::error::{Result, VfsError};
 use crate::sysfs::Virtual;
 use crate::vfs::{now_ns, Vfs};
 use agentfs_memory::{AuditEntry, Ino};
-use agentfs_signals::{Pass, Refused, Signal};
+use agentfs_signals::{AgentState, BindError, Pass, Refused, Signal};
 use std::sync::Arc;
 
 /// An agent whose gate is closed, to park a call on.
@@ -52,38 +52,36 @@ impl Vfs {
         }));
     }
 
-    /// A write to a control file.
+    /// A write to a control file. Only operators (unbound processes) may write them; every
+    /// attempt, accepted or refused, is recorded.
     pub(crate) fn write_control(&self, caller: &Caller, v: &Virtual, data: &[u8]) -> Result<u32> {
         let Some(agent) = v.control_of() else {
             return Err(VfsError::NotPermitted("sys/ files are read-only"));
         };
-        if caller.agent.is_some() {
-            return Err(VfsError::NotPermitted(
-                "a bound process cannot write control files",
-            ));
-        }
-        let parsed = std::str::from_utf8(data)
-            .ok()
-            .and_then(|t| t.parse::<Signal>().ok());
-        let result = match parsed {
-            Some(signal) => {
-                self.deliver(agent, signal);
-                Ok(data.len() as u32)
+        let file = match v {
+            Virtual::Pids(_) => "pids",
+            _ => "signal",
+        };
+        let (file, result) = if caller.agent.is_some() {
+            (
+                file,
+                Err(VfsError::NotPermitted(
+                    "a bound process cannot write control files",
+                )),
+            )
+        } else {
+            match v {
+                Virtual::Pids(_) => ("pids", self.write_pids(agent, data)),
+                _ => ("signal", self.write_signal(agent, data)),
             }
-            None => Err(VfsError::Invalid(
-                "write STOP, CONT, KILL or START to a signal file",
-            )),
         };
         self.queue_audit(AuditEntry {
             time: now_ns(),
             agent: agent.name.to_string(),
             pid: caller.pid,
             uid: caller.uid,
-            op: match parsed {
-                Some(s) => format!("signal {s}"),
-                None => "signal (refused)".to_string(),
-            },
-            path: format!("sys/agents/{}/signal", agent.name),
+            op: if file == "pids" { "bind" } else { "signal" }.to_string(),
+            path: format!("sys/agents/{}/{file}", agent.name),
             result: result.as_ref().err().map_or(0, |e| e.errno()),
             size: data.len() as u64,
             detail: String::from_utf8_lossy(data)
@@ -93,7 +91,57 @@ impl Vfs {
                 .collect(),
             ..Default::default()
         });
-        result
+        result.map(|()| data.len() as u32)
+    }
+
+    fn write_signal(&self, agent: &Arc<Agent>, data: &[u8]) -> Result<()> {
+        let signal = std::str::from_utf8(data)
+            .ok()
+            .and_then(|t| t.parse::<Signal>().ok())
+            .ok_or(VfsError::Invalid(
+                "write STOP, CONT, KILL or START to a signal file",
+            ))?;
+        self.deliver(agent, signal);
+        if signal == Signal::Kill {
+            self.drop_working_memory(agent)?;
+        }
+        Ok(())
+    }
+
+    /// `echo PID > pids`: one or more decimal pids, whitespace-separated. All are checked
+    /// before any is bound, so a bad one binds nothing.
+    fn write_pids(&self, agent: &Arc<Agent>, data: &[u8]) -> Result<()> {
+        let text = std::str::from_utf8(data).map_err(|_| VfsError::Invalid("pids: not text"))?;
+        let pids: Vec<u32> = text
+            .split_ascii_whitespace()
+            .map(|w| w.parse::<u32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| VfsError::Invalid("write a decimal pid to a pids file"))?;
+        if pids.is_empty() {
+            return Err(VfsError::Invalid("write a decimal pid to a pids file"));
+        }
+        for pid in &pids {
+            if agentfs_signals::proc_info(*pid).is_err() {
+                return Err(VfsError::NoProcess);
+            }
+        }
+        for pid in pids {
+            self.bindings.bind(pid, &agent.name).map_err(|e| match e {
+                BindError::NoProcess(_) => VfsError::NoProcess,
+                BindError::BoundElsewhere { .. } => {
+                    VfsError::Busy("the process is bound to another agent")
+                }
+                BindError::Refused(_) => VfsError::NotPermitted("this process cannot be bound"),
+            })?;
+            // A process bound to a stopped or killed agent joins its state at once.
+            match agent.gate.state().0 {
+                AgentState::Stopped => self.bindings.signal_pid(pid, libc::SIGSTOP),
+                AgentState::Killed => self.bindings.signal_pid(pid, libc::SIGKILL),
+                AgentState::Running => {}
+            }
+            tracing::info!(agent = %agent.name, pid, "process bound");
+        }
+        Ok(())
     }
 
     /// Applies `signal` to `agent`: releases parked calls in arrival order on a thread of
@@ -103,6 +151,18 @@ impl Vfs {
         let t = agent.gate.signal(signal, now);
         *agent.last_signal.lock() = Some((signal.name().to_string(), now));
         tracing::info!(agent = %agent.name, %signal, from = %t.from, to = %t.to, released = t.release.len(), failed = t.fail.len(), "signal");
+        // The gate changed first: from here on no new call of the agent gets through, then
+        // its processes get the real signal.
+        let posix = match (signal, t.to) {
+            (Signal::Stop, AgentState::Stopped) => Some(libc::SIGSTOP),
+            (Signal::Cont, AgentState::Running) => Some(libc::SIGCONT),
+            (Signal::Kill | Signal::Policy, AgentState::Killed) => Some(libc::SIGKILL),
+            _ => None,
+        };
+        if let Some(sig) = posix {
+            let sent = self.bindings.signal(&agent.name, sig);
+            tracing::debug!(agent = %agent.name, sig, processes = sent, "posix signal sent");
+        }
         for call in t.fail {
             call(Err(Refused::Killed));
         }

@@ -46,6 +46,12 @@ pub enum VfsError {
     NoSpace,
     #[error("{0}")]
     Store(StoreError),
+    /// A pid written to a `pids` file names no live process.
+    #[error("no such process")]
+    NoProcess,
+    /// The object is in use by something else (a process bound to another agent).
+    #[error("busy: {0}")]
+    Busy(&'static str),
     /// Refused by a policy rule (action `deny` or `kill`).
     #[error("{0}")]
     Refused(Box<Refusal>),
@@ -106,6 +112,8 @@ impl VfsError {
             VfsError::NoSpace => libc::ENOSPC,
             VfsError::Store(_) => libc::EIO,
             VfsError::Refused(_) => libc::EACCES,
+            VfsError::NoProcess => libc::ESRCH,
+            VfsError::Busy(_) => libc::EBUSY,
         }
     }
 }

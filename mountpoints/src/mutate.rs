@@ -290,6 +290,15 @@ impl Vfs {
                 .and_then(|()| self.ask_policy(&mut txn, &m, op, &located))
                 .and_then(|()| self.apply(caller, &mut txn, m, &located))
         };
+        if let (Some(agent), Err(VfsError::Refused(r))) = (&agent, &result) {
+            if r.killed {
+                // SIGPOLICY acts as KILL: working memory goes too. Done here, with no node
+                // lock held (the decision ran under the file's lock).
+                if let Err(e) = self.drop_working_memory(agent) {
+                    tracing::error!(error = %e, "could not drop the working memory of a killed agent");
+                }
+            }
+        }
         if let Some(agent) = &agent {
             agent.count_op(op, result.is_ok());
         }

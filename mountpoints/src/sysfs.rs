@@ -4,6 +4,7 @@
 //! sys/
 //! ├── agents/AGENT/status   JSON, one object
 //! ├── agents/AGENT/signal   write STOP | CONT | KILL | START; read: the state
+//! ├── agents/AGENT/pids     write a pid to bind it (and its descendants); read: live bound pids
 //! └── policy/               the loaded policy files (filled by the policy engine)
 //! ```
 
@@ -22,6 +23,7 @@ const PER_AGENT: Ino = 16;
 const AGENT_DIR: Ino = 0;
 const AGENT_STATUS: Ino = 1;
 const AGENT_SIGNAL: Ino = 2;
+const AGENT_PIDS: Ino = 3;
 
 /// A node of the control tree.
 pub(crate) enum Virtual {
@@ -31,6 +33,7 @@ pub(crate) enum Virtual {
     AgentDir(Arc<Agent>),
     Status(Arc<Agent>),
     Signal(Arc<Agent>),
+    Pids(Arc<Agent>),
 }
 
 impl Virtual {
@@ -46,6 +49,7 @@ impl Virtual {
                     AGENT_DIR => Some(Virtual::AgentDir(agent)),
                     AGENT_STATUS => Some(Virtual::Status(agent)),
                     AGENT_SIGNAL => Some(Virtual::Signal(agent)),
+                    AGENT_PIDS => Some(Virtual::Pids(agent)),
                     _ => None,
                 }
             }
@@ -61,6 +65,7 @@ impl Virtual {
             Virtual::AgentDir(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
             Virtual::Status(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_STATUS,
             Virtual::Signal(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_SIGNAL,
+            Virtual::Pids(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_PIDS,
         }
     }
 
@@ -69,7 +74,7 @@ impl Virtual {
             Virtual::Sys => ROOT_INO,
             Virtual::Agents | Virtual::Policy => SYS_INO,
             Virtual::AgentDir(_) => SYS_AGENTS_INO,
-            Virtual::Status(a) | Virtual::Signal(a) => {
+            Virtual::Status(a) | Virtual::Signal(a) | Virtual::Pids(a) => {
                 VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR
             }
         }
@@ -77,7 +82,7 @@ impl Virtual {
 
     fn kind(&self) -> FileKind {
         match self {
-            Virtual::Status(_) | Virtual::Signal(_) => FileKind::File,
+            Virtual::Status(_) | Virtual::Signal(_) | Virtual::Pids(_) => FileKind::File,
             _ => FileKind::Dir,
         }
     }
@@ -96,7 +101,7 @@ impl Virtual {
             perm: match self {
                 _ if dir => 0o555,
                 // Operators write control files; the kernel's mode check keeps other uids out.
-                Virtual::Signal(_) => 0o644,
+                Virtual::Signal(_) | Virtual::Pids(_) => 0o644,
                 _ => 0o444,
             },
             uid: 0,
@@ -127,10 +132,13 @@ impl Virtual {
                 .map(|a| (a.name.as_bytes().to_vec(), Virtual::AgentDir(a.clone())))
                 .collect(),
             Virtual::AgentDir(a) => vec![
+                (b"pids".to_vec(), Virtual::Pids(a.clone())),
                 (b"signal".to_vec(), Virtual::Signal(a.clone())),
                 (b"status".to_vec(), Virtual::Status(a.clone())),
             ],
-            Virtual::Policy | Virtual::Status(_) | Virtual::Signal(_) => Vec::new(),
+            Virtual::Policy | Virtual::Status(_) | Virtual::Signal(_) | Virtual::Pids(_) => {
+                Vec::new()
+            }
         }
     }
 
@@ -184,20 +192,39 @@ impl Virtual {
         Ok(())
     }
 
+    /// The agent this node belongs to (`sys/agents/AGENT/…`).
+    pub(crate) fn owner(&self) -> Option<&Arc<Agent>> {
+        match self {
+            Virtual::AgentDir(a) | Virtual::Status(a) | Virtual::Signal(a) | Virtual::Pids(a) => {
+                Some(a)
+            }
+            _ => None,
+        }
+    }
+
     /// The agent whose control file this is, if it is a writable one.
     pub(crate) fn control_of(&self) -> Option<&Arc<Agent>> {
         match self {
-            Virtual::Signal(a) => Some(a),
+            Virtual::Signal(a) | Virtual::Pids(a) => Some(a),
             _ => None,
         }
     }
 
     /// The bytes of a generated file, taken at open.
-    pub(crate) fn content(&self, _vfs: &Vfs) -> Result<Vec<u8>> {
+    pub(crate) fn content(&self, vfs: &Vfs) -> Result<Vec<u8>> {
         match self {
+            Virtual::Pids(a) => Ok(vfs
+                .bindings
+                .pids_of(&a.name)
+                .iter()
+                .map(|p| format!("{p}\n"))
+                .collect::<String>()
+                .into_bytes()),
             Virtual::Status(a) => {
-                let mut out = serde_json::to_vec_pretty(&a.status_json())
-                    .map_err(|_| VfsError::Invalid("status"))?;
+                let mut status = a.status_json();
+                status["pids"] = vfs.bindings.pids_of(&a.name).into();
+                let mut out =
+                    serde_json::to_vec_pretty(&status).map_err(|_| VfsError::Invalid("status"))?;
                 out.push(b'\n');
                 Ok(out)
             }

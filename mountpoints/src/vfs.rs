@@ -16,6 +16,7 @@ use agentfs_memory::{
     Store, StoreOptions, TimeNs, CHUNK_SIZE,
 };
 use agentfs_policy::Engine;
+use agentfs_signals::Bindings;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ pub struct Vfs {
     pub(crate) agents_by_index: RwLock<Vec<Arc<Agent>>>,
     /// The rules every mutation is decided by; swapped atomically on reload.
     pub(crate) policy: Arc<Engine>,
+    /// Which processes act for which agent (`sys/agents/AGENT/pids`, `agentfs run`).
+    pub(crate) bindings: Bindings,
     /// Audit entries of calls that committed nothing themselves (writes into the page-cache-like
     /// buffers, refused calls); they ride along with the next store commit.
     pub(crate) pending_audit: Mutex<VecDeque<AuditEntry>>,
@@ -201,6 +204,7 @@ impl Vfs {
             agents: RwLock::new(BTreeMap::new()),
             agents_by_index: RwLock::new(Vec::new()),
             policy,
+            bindings: Bindings::new(),
             pending_audit: Mutex::new(VecDeque::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -412,10 +416,14 @@ impl Vfs {
 
     /// Identifies the caller of a request. Binding processes to agents comes with the signals
     /// work; until then every process is an operator.
-    /// Who is calling: a process whose uid the policy's `[identity]` maps to an agent acts as
-    /// that agent (SPEC §3); everyone else is an operator.
+    /// Who is calling (SPEC §3): a process bound to an agent (its pid or an ancestor's was
+    /// written to `sys/agents/AGENT/pids`), or whose uid the policy's `[identity]` maps to
+    /// one, acts as that agent; everyone else is an operator.
     pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {
-        let agent = self.policy.current().agent_for_uid(uid).map(Arc::from);
+        let agent = self
+            .bindings
+            .agent_of(pid)
+            .or_else(|| self.policy.current().agent_for_uid(uid).map(Arc::from));
         Caller {
             uid,
             gid,
@@ -492,6 +500,11 @@ impl Vfs {
 
     pub fn open_file(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<Opened> {
         if let Some(v) = sysfs::Virtual::of(self, ino) {
+            if let (Some(mine), Some(owner)) = (&caller.agent, v.owner()) {
+                if **mine != *owner.name {
+                    return Err(VfsError::AccessDenied("another agent's control files"));
+                }
+            }
             if flags & libc::O_ACCMODE != libc::O_RDONLY && v.control_of().is_none() {
                 return Err(VfsError::NotPermitted("sys/ files are read-only"));
             }

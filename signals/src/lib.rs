@@ -5,9 +5,11 @@
 //! when the agent is continued (in arrival order) or fails when it is killed.
 
 mod gate;
+mod procs;
 mod signal;
 
 pub use gate::{Continuation, Gate, Pass, Refused, Transition};
+pub use procs::{proc_info, BindError, Bindings, ProcInfo, CACHE_TTL};
 pub use signal::{ParseSignalError, Signal};
 
 use serde::Serialize;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 use crate::error::CliError;
 
+pub mod agents;
 pub mod mount;
 pub mod policy;
 pub mod unmount;
@@ -53,8 +54,15 @@ pub enum Command {
     /// Flush everything to disk, stop the daemon and unmount MNT
     #[command(alias = "umount")]
     Unmount(unmount::UnmountArgs),
-    /// Check policy files (errors as FILE:LINE:COL), or print the built-in default policy
+    /// Check policy files (errors as FILE:LINE:COL), print the built-in default policy, or
+    /// reload the policy of a mount
     Policy(policy::PolicyArgs),
+    /// Send STOP, CONT, KILL or START to an agent (writes sys/agents/AGENT/signal)
+    Signal(agents::SignalArgs),
+    /// List agents: state, bound processes, bytes, files, errors, last violation
+    Ps(agents::PsArgs),
+    /// Run a command bound to an agent: it and everything it spawns act as the agent
+    Run(agents::RunArgs),
 }
 
 impl Cli {
@@ -63,6 +71,9 @@ impl Cli {
             Command::Mount(args) => mount::run(args),
             Command::Unmount(args) => unmount::run(args),
             Command::Policy(args) => policy::run(args),
+            Command::Signal(args) => agents::signal(args),
+            Command::Ps(args) => agents::ps(args),
+            Command::Run(args) => agents::run(args),
         }
     }
 }

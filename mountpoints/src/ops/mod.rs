@@ -3,3 +3,4 @@
 pub(crate) mod attr;
 pub(crate) mod data;
 pub(crate) mod namespace;
+pub(crate) mod working;

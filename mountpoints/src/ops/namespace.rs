@@ -370,7 +370,7 @@ impl Vfs {
     }
 
     /// Removes a dead node from the table and from its agent's counters.
-    fn forget_node(&self, ino: Ino) {
+    pub(crate) fn forget_node(&self, ino: Ino) {
         let removed = self.nodes.write().remove(&ino);
         if let Some(node) = removed {
             let n = node.read();
