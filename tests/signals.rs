@@ -268,7 +268,7 @@ fn bound_processes_get_real_signals() {
     let (mut sh, child) = shell_with_child();
     fs::write(&pids, format!("{}\n", sh.id())).unwrap();
     let listed = fs::read_to_string(&pids).unwrap();
-    let mut want = vec![sh.id(), child];
+    let mut want = [sh.id(), child];
     want.sort_unstable();
     let want: String = want.iter().map(|p| format!("{p}\n")).collect();
     assert_eq!(listed, want, "the shell and its child are bound");
