@@ -4,11 +4,12 @@
 //! sys/
 //! ├── agents/AGENT/status   JSON, one object
 //! ├── agents/AGENT/signal   write STOP | CONT | KILL | START; read: the state
-//! └── policy/               the loaded policy files (filled by the policy engine)
+//! └── policy/               the loaded policy sources and `version` (policyview.rs)
 //! ```
 
 use crate::agent::Agent;
 use crate::error::{Result, VfsError};
+use crate::policyview::{self, AgentView};
 use crate::vfs::{DirEntry, Vfs, ROOT_INO};
 use agentfs_memory::{FileKind, Ino, InodeRecord};
 use std::sync::Arc;
@@ -22,6 +23,11 @@ const PER_AGENT: Ino = 16;
 const AGENT_DIR: Ino = 0;
 const AGENT_STATUS: Ino = 1;
 const AGENT_SIGNAL: Ino = 2;
+/// `AGENT/policy/rules` and `AGENT/policy/version` (k = 8.. is the policy views' share).
+const AGENT_RULES: Ino = 8;
+const AGENT_POLICY_VERSION: Ino = 9;
+/// `sys/policy/version`, then source `i` (0: built-in) at `SYS_POLICY_FILES + 1 + i`.
+const SYS_POLICY_FILES: Ino = VIRTUAL_BASE - (1 << 20);
 
 /// A node of the control tree.
 pub(crate) enum Virtual {
@@ -31,6 +37,11 @@ pub(crate) enum Virtual {
     AgentDir(Arc<Agent>),
     Status(Arc<Agent>),
     Signal(Arc<Agent>),
+    /// `sys/policy/NN-NAME`: policy source `i` (0: the built-in policy), and `version`.
+    PolicySource(usize),
+    PolicyVersion,
+    /// A file of `AGENT/policy/`.
+    AgentPolicy(Arc<Agent>, AgentView),
 }
 
 impl Virtual {
@@ -39,6 +50,12 @@ impl Virtual {
             SYS_INO => Some(Virtual::Sys),
             SYS_AGENTS_INO => Some(Virtual::Agents),
             SYS_POLICY_INO => Some(Virtual::Policy),
+            SYS_POLICY_FILES => Some(Virtual::PolicyVersion),
+            i if (SYS_POLICY_FILES..VIRTUAL_BASE).contains(&i) => {
+                let index = (i - SYS_POLICY_FILES - 1) as usize;
+                policyview::has_source(&vfs.policy.current(), index)
+                    .then_some(Virtual::PolicySource(index))
+            }
             i if i >= VIRTUAL_BASE => {
                 let rel = i - VIRTUAL_BASE;
                 let agent = vfs.agent_by_index(rel / PER_AGENT)?;
@@ -46,6 +63,8 @@ impl Virtual {
                     AGENT_DIR => Some(Virtual::AgentDir(agent)),
                     AGENT_STATUS => Some(Virtual::Status(agent)),
                     AGENT_SIGNAL => Some(Virtual::Signal(agent)),
+                    AGENT_RULES => Some(Virtual::AgentPolicy(agent, AgentView::Rules)),
+                    AGENT_POLICY_VERSION => Some(Virtual::AgentPolicy(agent, AgentView::Version)),
                     _ => None,
                 }
             }
@@ -53,7 +72,7 @@ impl Virtual {
         }
     }
 
-    fn ino(&self) -> Ino {
+    pub(crate) fn ino(&self) -> Ino {
         match self {
             Virtual::Sys => SYS_INO,
             Virtual::Agents => SYS_AGENTS_INO,
@@ -61,10 +80,19 @@ impl Virtual {
             Virtual::AgentDir(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
             Virtual::Status(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_STATUS,
             Virtual::Signal(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_SIGNAL,
+            Virtual::PolicySource(i) => SYS_POLICY_FILES + 1 + *i as Ino,
+            Virtual::PolicyVersion => SYS_POLICY_FILES,
+            Virtual::AgentPolicy(a, v) => {
+                let k = match v {
+                    AgentView::Rules => AGENT_RULES,
+                    AgentView::Version => AGENT_POLICY_VERSION,
+                };
+                VIRTUAL_BASE + a.index * PER_AGENT + k
+            }
         }
     }
 
-    fn parent(&self) -> Ino {
+    fn parent(&self, vfs: &Vfs) -> Ino {
         match self {
             Virtual::Sys => ROOT_INO,
             Virtual::Agents | Virtual::Policy => SYS_INO,
@@ -72,13 +100,18 @@ impl Virtual {
             Virtual::Status(a) | Virtual::Signal(a) => {
                 VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR
             }
+            Virtual::PolicySource(_) | Virtual::PolicyVersion => SYS_POLICY_INO,
+            Virtual::AgentPolicy(a, _) => vfs.policy_dir_of(a).unwrap_or(a.root),
         }
     }
 
     fn kind(&self) -> FileKind {
         match self {
             Virtual::Status(_) | Virtual::Signal(_) => FileKind::File,
-            _ => FileKind::Dir,
+            Virtual::Sys | Virtual::Agents | Virtual::Policy | Virtual::AgentDir(_) => {
+                FileKind::Dir
+            }
+            _ => FileKind::File,
         }
     }
 
@@ -130,7 +163,8 @@ impl Virtual {
                 (b"signal".to_vec(), Virtual::Signal(a.clone())),
                 (b"status".to_vec(), Virtual::Status(a.clone())),
             ],
-            Virtual::Policy | Virtual::Status(_) | Virtual::Signal(_) => Vec::new(),
+            Virtual::Policy => policyview::sys_policy_children(&vfs.policy.current()),
+            _ => Vec::new(),
         }
     }
 
@@ -163,7 +197,7 @@ impl Virtual {
         }
         let mut entries = vec![
             (b".".to_vec(), self.ino(), FileKind::Dir),
-            (b"..".to_vec(), self.parent(), FileKind::Dir),
+            (b"..".to_vec(), self.parent(vfs), FileKind::Dir),
         ];
         entries.extend(
             self.children(vfs)
@@ -192,8 +226,16 @@ impl Virtual {
         }
     }
 
+    /// For a file of `AGENT/policy/`: its agent and name (writes to it are EROFS, not EPERM).
+    pub(crate) fn agent_view(&self) -> Option<(&Arc<Agent>, &'static [u8])> {
+        match self {
+            Virtual::AgentPolicy(a, v) => Some((a, v.name())),
+            _ => None,
+        }
+    }
+
     /// The bytes of a generated file, taken at open.
-    pub(crate) fn content(&self, _vfs: &Vfs) -> Result<Vec<u8>> {
+    pub(crate) fn content(&self, vfs: &Vfs) -> Result<Vec<u8>> {
         match self {
             Virtual::Status(a) => {
                 let mut out = serde_json::to_vec_pretty(&a.status_json())
@@ -202,6 +244,11 @@ impl Virtual {
                 Ok(out)
             }
             Virtual::Signal(a) => Ok(format!("{}\n", a.gate.state().0).into_bytes()),
+            Virtual::PolicySource(i) => policyview::source_text(&vfs.policy.current(), *i)
+                .map(|t| t.as_bytes().to_vec())
+                .ok_or(VfsError::NotFound),
+            Virtual::PolicyVersion => Ok(policyview::version_line(&vfs.policy.current())),
+            Virtual::AgentPolicy(a, v) => Ok(v.content(&vfs.policy.current(), a)),
             _ => Err(VfsError::IsDir),
         }
     }

@@ -456,7 +456,14 @@ impl Vfs {
             if name.len() > crate::names::NAME_MAX {
                 return Err(VfsError::NameTooLong);
             }
-            entries.get(name).ok_or(VfsError::NotFound)?
+            if d.class == Class::Policy {
+                // `AGENT/policy/` holds nothing stored: its files are generated views.
+                let agent = d.agent.clone();
+                drop(d);
+                self.lookup_agent_view(agent.as_deref(), name)?
+            } else {
+                entries.get(name).ok_or(VfsError::NotFound)?
+            }
         };
         self.getattr(caller, child_ino)
     }
@@ -489,6 +496,12 @@ impl Vfs {
 
     pub fn open_file(&self, caller: &Caller, ino: Ino, flags: i32) -> Result<Opened> {
         if let Some(v) = sysfs::Virtual::of(self, ino) {
+            if let Some((agent, _)) = v.agent_view() {
+                crate::policyview::check_reader(caller, agent)?;
+                if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                    return Err(VfsError::ReadOnly("policy/ is read-only"));
+                }
+            }
             if flags & libc::O_ACCMODE != libc::O_RDONLY && v.control_of().is_none() {
                 return Err(VfsError::NotPermitted("sys/ files are read-only"));
             }
@@ -678,6 +691,11 @@ impl Vfs {
         let n = node.read();
         self.check_visible(caller, &n)?;
         let dir = n.dir().ok_or(VfsError::NotDir)?;
+        if n.class == Class::Policy {
+            let (parent, agent) = (n.parent, n.agent.clone());
+            drop(n);
+            return self.readdir_agent_view(ino, parent, agent.as_deref(), offset, fill);
+        }
         if offset < 1
             && fill(DirEntry {
                 ino,
