@@ -830,3 +830,199 @@ fn status_bytes_follow_truncate_unlink_and_open_orphans() {
     drop(held);
     expect(&m, "after unlink + close", &|b| b < 1000);
 }
+
+// ----- policy views: sys/policy/ and AGENT/policy/ ----------------------------------------
+
+const VIEW_POLICY: &str = "# team policy\n\
+[[deny]]\nname = \"a-no-scripts\"\nagents = [\"a\"]\npaths = [\"**/*.sh\"]\nops = [\"create\"]\n\n\
+[[deny]]\nname = \"b-no-logs\"\nagents = [\"b\"]\npaths = [\"**/*.log\"]\nops = [\"create\"]\n";
+
+fn read_text(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn reload(m: &Mount) -> std::process::Output {
+    agentfs(&["policy".as_ref(), "reload".as_ref(), m.mnt.as_os_str()])
+}
+
+#[test]
+fn sys_policy_shows_the_builtin_policy_and_the_version() {
+    let Some(m) = Mount::try_new() else { return };
+    let dir = m.mnt.join("sys/policy");
+    assert_eq!(names(&dir), vec!["00-builtin.toml", "version"]);
+    assert_eq!(
+        read_text(&dir.join("00-builtin.toml")),
+        agentfs_policy::BUILTIN_TOML
+    );
+    // `cat` of a generated file (size 0 in stat, direct I/O) gives all of it.
+    let out = Command::new("cat")
+        .arg(dir.join("00-builtin.toml"))
+        .output()
+        .expect("run cat");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        agentfs_policy::BUILTIN_TOML
+    );
+    let version = read_text(&dir.join("version"));
+    assert_eq!(
+        version,
+        format!("{}\n", agentfs_policy::Ruleset::builtin().version())
+    );
+}
+
+#[test]
+fn policy_views_show_the_files_and_follow_a_reload() {
+    let Some(m) = Mount::try_new_with_policy(VIEW_POLICY) else {
+        return;
+    };
+    let file = m.mnt.parent().expect("root").join("policy.toml");
+    m.agent("a");
+    m.agent("b");
+    let sys = m.mnt.join("sys/policy");
+    assert_eq!(
+        names(&sys),
+        vec!["00-builtin.toml", "01-policy.toml", "version"]
+    );
+    assert_eq!(read_text(&sys.join("01-policy.toml")), VIEW_POLICY);
+    let v1 = read_text(&sys.join("version"));
+    assert_eq!(v1.trim().len(), 64, "{v1:?}");
+
+    let a_pol = m.mnt.join("a/policy");
+    assert_eq!(names(&a_pol), vec!["rules", "version"]);
+    let a = read_text(&a_pol.join("rules"));
+    assert!(a.contains("a-no-scripts"), "{a}");
+    assert!(!a.contains("b-no-logs"), "{a}");
+    let b = read_text(&m.mnt.join("b/policy/rules"));
+    assert!(
+        b.contains("b-no-logs") && !b.contains("a-no-scripts"),
+        "{b}"
+    );
+    assert_eq!(read_text(&a_pol.join("version")), v1);
+
+    // A changed file, reloaded: the views follow.
+    let changed = VIEW_POLICY.replace("a-no-scripts", "a-no-shell");
+    fs::write(&file, &changed).expect("rewrite the policy");
+    let out = reload(&m);
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_text(&sys.join("01-policy.toml")), changed);
+    let v2 = read_text(&sys.join("version"));
+    assert_ne!(v2, v1);
+    let a = read_text(&a_pol.join("rules"));
+    assert!(
+        a.contains("a-no-shell") && !a.contains("a-no-scripts"),
+        "{a}"
+    );
+    assert_eq!(read_text(&a_pol.join("version")), v2);
+
+    // A bad file is refused: the views still show the rules in force.
+    fs::write(&file, "[[deny]]\nname = \"broken\"\nbogus_key = 1\n").expect("write");
+    let out = reload(&m);
+    assert!(!out.status.success(), "a bad policy was accepted");
+    assert_eq!(read_text(&sys.join("01-policy.toml")), changed);
+    assert_eq!(read_text(&sys.join("version")), v2);
+    assert!(read_text(&a_pol.join("rules")).contains("a-no-shell"));
+
+    // A file that turns the built-in policy off: 00-builtin.toml goes away.
+    let only = "[builtin]\nenabled = false\n[[allow]]\nname = \"mem\"\npaths = [\"mem/**\"]\n";
+    fs::write(&file, only).expect("write");
+    let out = reload(&m);
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names(&sys), vec!["01-policy.toml", "version"]);
+    assert_eq!(read_text(&sys.join("01-policy.toml")), only);
+}
+
+#[test]
+fn policy_views_refuse_every_change_as_root() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("x"), b"data").expect("write a/mem/semantic/x");
+    let cases = [
+        (m.mnt.join("a/policy"), "rules", libc::EROFS),
+        (m.mnt.join("a/policy"), "version", libc::EROFS),
+        (m.mnt.join("sys/policy"), "00-builtin.toml", libc::EPERM),
+        (m.mnt.join("sys/policy"), "version", libc::EPERM),
+    ];
+    for (dir, name, want) in cases {
+        let p = dir.join(name);
+        let what = |op: &str| format!("{op} {}", p.display());
+        let before = read_text(&p);
+        assert_errno(
+            &what("open O_WRONLY"),
+            fs::OpenOptions::new().write(true).open(&p),
+            want,
+        );
+        assert_errno(
+            &what("open O_RDWR|O_TRUNC"),
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .open(&p),
+            want,
+        );
+        assert_errno(
+            &what("open O_APPEND"),
+            fs::OpenOptions::new().append(true).open(&p),
+            want,
+        );
+        assert_errno(
+            &what("create a sibling of"),
+            fs::File::create(dir.join("new")),
+            want,
+        );
+        assert_errno(&what("mkdir next to"), fs::create_dir(dir.join("d")), want);
+        assert_errno(&what("unlink"), fs::remove_file(&p), want);
+        assert_errno(
+            &what("rename out"),
+            fs::rename(&p, dir.join("renamed")),
+            want,
+        );
+        assert_errno(&what("rename onto"), fs::rename(sem.join("x"), &p), want);
+        assert_errno(&what("link to"), fs::hard_link(&p, dir.join("l")), want);
+        assert_errno(
+            &what("chmod"),
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o666)),
+            want,
+        );
+        assert_errno(
+            &what("chown"),
+            std::os::unix::fs::chown(&p, Some(1000), Some(1000)),
+            want,
+        );
+        let c = cstr(&p);
+        assert_errno(
+            &what("truncate"),
+            check(unsafe { libc::truncate(c.as_ptr(), 0) }),
+            want,
+        );
+        let (k, v) = (cstr("user.k"), b"v");
+        assert_errno(
+            &what("setxattr"),
+            check(unsafe { libc::setxattr(c.as_ptr(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0) }),
+            want,
+        );
+        assert_eq!(read_text(&p), before, "{} changed", p.display());
+        let meta = fs::metadata(&p).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o444, "{}", p.display());
+    }
+    assert_eq!(fs::read(sem.join("x")).expect("read x"), b"data");
+    assert_errno(
+        "rmdir a/policy",
+        fs::remove_dir(m.mnt.join("a/policy")),
+        libc::EROFS,
+    );
+    assert_errno(
+        "chmod a/policy",
+        fs::set_permissions(m.mnt.join("a/policy"), fs::Permissions::from_mode(0o777)),
+        libc::EROFS,
+    );
+}

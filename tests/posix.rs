@@ -2427,3 +2427,18 @@ fn a_uid_mapped_by_the_policy_is_bound_to_its_agent() {
     );
     assert!(!other.join("mine").exists());
 }
+
+#[test]
+fn e37_binding_a_dead_pid_is_esrch() {
+    let Some((m, _)) = setup() else { return };
+    let pids = m.mnt.join("sys/agents/a/pids");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    assert_errno(
+        "dead pid",
+        fs::write(&pids, format!("{pid}\n")),
+        libc::ESRCH,
+    );
+    assert_errno("not a pid", fs::write(&pids, "me\n"), libc::EINVAL);
+}

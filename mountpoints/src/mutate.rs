@@ -425,8 +425,11 @@ impl Vfs {
     }
 
     fn locate_child(&self, parent: Ino, name: &[u8]) -> Result<Located> {
-        if sysfs::Virtual::of(self, parent).is_some() {
-            return Err(VfsError::NotPermitted("sys/ is read-only"));
+        if let Some(v) = sysfs::Virtual::of(self, parent) {
+            return Err(match v.agent_view() {
+                Some(_) => VfsError::ReadOnly("policy/ is read-only"),
+                None => VfsError::NotPermitted("sys/ is read-only"),
+            });
         }
         let (parent_class, agent, structural, kind) = {
             let node = self.node(parent)?;
@@ -480,8 +483,24 @@ impl Vfs {
     }
 
     fn locate_ino(&self, ino: Ino) -> Result<Located> {
-        if sysfs::Virtual::of(self, ino).is_some() {
-            return Err(VfsError::NotPermitted("sys/ is read-only"));
+        if let Some(v) = sysfs::Virtual::of(self, ino) {
+            // A file of `AGENT/policy/` is located like a stored one of class Policy, so the
+            // guard refuses it (EROFS) and the refusal is recorded for its agent.
+            let (agent, name) = v
+                .agent_view()
+                .ok_or(VfsError::NotPermitted("sys/ is read-only"))?;
+            let mut path = agent.name.as_bytes().to_vec();
+            path.extend_from_slice(b"/policy/");
+            path.extend_from_slice(name);
+            return Ok(Located {
+                agent: Some(agent.name.clone()),
+                class: Class::Policy,
+                parent_class: Some(Class::Policy),
+                structural: false,
+                path,
+                kind: Some(FileKind::File),
+                dest: None,
+            });
         }
         let (class, agent, structural, kind) = {
             let node = self.node(ino)?;

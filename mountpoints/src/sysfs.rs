@@ -5,11 +5,12 @@
 //! ├── agents/AGENT/status   JSON, one object
 //! ├── agents/AGENT/signal   write STOP | CONT | KILL | START; read: the state
 //! ├── agents/AGENT/pids     write a pid to bind it (and its descendants); read: live bound pids
-//! └── policy/               the loaded policy files (filled by the policy engine)
+//! └── policy/               the loaded policy sources and `version` (policyview.rs)
 //! ```
 
 use crate::agent::Agent;
 use crate::error::{Result, VfsError};
+use crate::policyview::{self, AgentView};
 use crate::vfs::{DirEntry, Vfs, ROOT_INO};
 use agentfs_memory::{FileKind, Ino, InodeRecord};
 use std::sync::Arc;
@@ -24,6 +25,11 @@ const AGENT_DIR: Ino = 0;
 const AGENT_STATUS: Ino = 1;
 const AGENT_SIGNAL: Ino = 2;
 const AGENT_PIDS: Ino = 3;
+/// `AGENT/policy/rules` and `AGENT/policy/version` (k = 8.. is the policy views' share).
+const AGENT_RULES: Ino = 8;
+const AGENT_POLICY_VERSION: Ino = 9;
+/// `sys/policy/version`, then source `i` (0: built-in) at `SYS_POLICY_FILES + 1 + i`.
+const SYS_POLICY_FILES: Ino = VIRTUAL_BASE - (1 << 20);
 
 /// A node of the control tree.
 pub(crate) enum Virtual {
@@ -34,6 +40,11 @@ pub(crate) enum Virtual {
     Status(Arc<Agent>),
     Signal(Arc<Agent>),
     Pids(Arc<Agent>),
+    /// `sys/policy/NN-NAME`: policy source `i` (0: the built-in policy), and `version`.
+    PolicySource(usize),
+    PolicyVersion,
+    /// A file of `AGENT/policy/`.
+    AgentPolicy(Arc<Agent>, AgentView),
 }
 
 impl Virtual {
@@ -42,6 +53,12 @@ impl Virtual {
             SYS_INO => Some(Virtual::Sys),
             SYS_AGENTS_INO => Some(Virtual::Agents),
             SYS_POLICY_INO => Some(Virtual::Policy),
+            SYS_POLICY_FILES => Some(Virtual::PolicyVersion),
+            i if (SYS_POLICY_FILES..VIRTUAL_BASE).contains(&i) => {
+                let index = (i - SYS_POLICY_FILES - 1) as usize;
+                policyview::has_source(&vfs.policy.current(), index)
+                    .then_some(Virtual::PolicySource(index))
+            }
             i if i >= VIRTUAL_BASE => {
                 let rel = i - VIRTUAL_BASE;
                 let agent = vfs.agent_by_index(rel / PER_AGENT)?;
@@ -50,6 +67,8 @@ impl Virtual {
                     AGENT_STATUS => Some(Virtual::Status(agent)),
                     AGENT_SIGNAL => Some(Virtual::Signal(agent)),
                     AGENT_PIDS => Some(Virtual::Pids(agent)),
+                    AGENT_RULES => Some(Virtual::AgentPolicy(agent, AgentView::Rules)),
+                    AGENT_POLICY_VERSION => Some(Virtual::AgentPolicy(agent, AgentView::Version)),
                     _ => None,
                 }
             }
@@ -57,7 +76,7 @@ impl Virtual {
         }
     }
 
-    fn ino(&self) -> Ino {
+    pub(crate) fn ino(&self) -> Ino {
         match self {
             Virtual::Sys => SYS_INO,
             Virtual::Agents => SYS_AGENTS_INO,
@@ -66,10 +85,19 @@ impl Virtual {
             Virtual::Status(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_STATUS,
             Virtual::Signal(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_SIGNAL,
             Virtual::Pids(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_PIDS,
+            Virtual::PolicySource(i) => SYS_POLICY_FILES + 1 + *i as Ino,
+            Virtual::PolicyVersion => SYS_POLICY_FILES,
+            Virtual::AgentPolicy(a, v) => {
+                let k = match v {
+                    AgentView::Rules => AGENT_RULES,
+                    AgentView::Version => AGENT_POLICY_VERSION,
+                };
+                VIRTUAL_BASE + a.index * PER_AGENT + k
+            }
         }
     }
 
-    fn parent(&self) -> Ino {
+    fn parent(&self, vfs: &Vfs) -> Ino {
         match self {
             Virtual::Sys => ROOT_INO,
             Virtual::Agents | Virtual::Policy => SYS_INO,
@@ -77,13 +105,18 @@ impl Virtual {
             Virtual::Status(a) | Virtual::Signal(a) | Virtual::Pids(a) => {
                 VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR
             }
+            Virtual::PolicySource(_) | Virtual::PolicyVersion => SYS_POLICY_INO,
+            Virtual::AgentPolicy(a, _) => vfs.policy_dir_of(a).unwrap_or(a.root),
         }
     }
 
     fn kind(&self) -> FileKind {
         match self {
             Virtual::Status(_) | Virtual::Signal(_) | Virtual::Pids(_) => FileKind::File,
-            _ => FileKind::Dir,
+            Virtual::Sys | Virtual::Agents | Virtual::Policy | Virtual::AgentDir(_) => {
+                FileKind::Dir
+            }
+            _ => FileKind::File,
         }
     }
 
@@ -136,9 +169,8 @@ impl Virtual {
                 (b"signal".to_vec(), Virtual::Signal(a.clone())),
                 (b"status".to_vec(), Virtual::Status(a.clone())),
             ],
-            Virtual::Policy | Virtual::Status(_) | Virtual::Signal(_) | Virtual::Pids(_) => {
-                Vec::new()
-            }
+            Virtual::Policy => policyview::sys_policy_children(&vfs.policy.current()),
+            _ => Vec::new(),
         }
     }
 
@@ -171,7 +203,7 @@ impl Virtual {
         }
         let mut entries = vec![
             (b".".to_vec(), self.ino(), FileKind::Dir),
-            (b"..".to_vec(), self.parent(), FileKind::Dir),
+            (b"..".to_vec(), self.parent(vfs), FileKind::Dir),
         ];
         entries.extend(
             self.children(vfs)
@@ -195,9 +227,11 @@ impl Virtual {
     /// The agent this node belongs to (`sys/agents/AGENT/…`).
     pub(crate) fn owner(&self) -> Option<&Arc<Agent>> {
         match self {
-            Virtual::AgentDir(a) | Virtual::Status(a) | Virtual::Signal(a) | Virtual::Pids(a) => {
-                Some(a)
-            }
+            Virtual::AgentDir(a)
+            | Virtual::Status(a)
+            | Virtual::Signal(a)
+            | Virtual::Pids(a)
+            | Virtual::AgentPolicy(a, _) => Some(a),
             _ => None,
         }
     }
@@ -206,6 +240,14 @@ impl Virtual {
     pub(crate) fn control_of(&self) -> Option<&Arc<Agent>> {
         match self {
             Virtual::Signal(a) | Virtual::Pids(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// For a file of `AGENT/policy/`: its agent and name (writes to it are EROFS, not EPERM).
+    pub(crate) fn agent_view(&self) -> Option<(&Arc<Agent>, &'static [u8])> {
+        match self {
+            Virtual::AgentPolicy(a, v) => Some((a, v.name())),
             _ => None,
         }
     }
@@ -229,6 +271,11 @@ impl Virtual {
                 Ok(out)
             }
             Virtual::Signal(a) => Ok(format!("{}\n", a.gate.state().0).into_bytes()),
+            Virtual::PolicySource(i) => policyview::source_text(&vfs.policy.current(), *i)
+                .map(|t| t.as_bytes().to_vec())
+                .ok_or(VfsError::NotFound),
+            Virtual::PolicyVersion => Ok(policyview::version_line(&vfs.policy.current())),
+            Virtual::AgentPolicy(a, v) => Ok(v.content(&vfs.policy.current(), a)),
             _ => Err(VfsError::IsDir),
         }
     }

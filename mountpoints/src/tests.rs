@@ -655,3 +655,262 @@ fn large_writes_are_scanned_in_pieces_exactly() {
     f.vfs.write(&op(), ino, 6, &data, false).expect("append");
     assert_eq!(f.vfs.getattr(&op(), ino).unwrap().size, 6 + len as u64);
 }
+
+// ----- policy views (sys/policy/, AGENT/policy/) --------------------------------------------
+
+const TEAM_POLICY: &str = "# team rules\n[[deny]]\nname = \"a-no-scripts\"\nagents = [\"a\"]\n\
+paths = [\"**/*.sh\"]\nops = [\"create\"]\n\n[[deny]]\nname = \"b-no-logs\"\nagents = [\"b\"]\n\
+paths = [\"**/*.log\"]\nops = [\"create\"]\n";
+
+fn ruleset(files: &[(&str, &str)]) -> agentfs_policy::Ruleset {
+    let sources = files
+        .iter()
+        .map(|(name, text)| agentfs_policy::Source::new(*name, *text))
+        .collect();
+    agentfs_policy::Ruleset::compile(sources).expect("policy compiles")
+}
+
+impl Fixture {
+    fn names(&self, dir: &str) -> Vec<String> {
+        let ino = self.ino(dir).expect("dir");
+        let mut names = Vec::new();
+        self.vfs
+            .readdir(&op(), ino, 0, &mut |e| {
+                names.push(String::from_utf8_lossy(&e.name).into_owned());
+                false
+            })
+            .expect("readdir");
+        names
+    }
+
+    /// The content of a generated file, as `cat` reads it (open, read until EOF, close).
+    fn cat(&self, path: &str) -> String {
+        let ino = self.ino(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let opened = self
+            .vfs
+            .open_file(&op(), ino, libc::O_RDONLY)
+            .expect("open");
+        assert!(
+            opened.direct_io,
+            "{path}: generated files are read with direct I/O"
+        );
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .vfs
+                .read(&op(), ino, opened.fh, out.len() as u64, 7)
+                .expect("read");
+            if got.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&got);
+        }
+        self.vfs.release(&op(), ino, opened.fh).expect("close");
+        String::from_utf8(out).expect("UTF-8")
+    }
+}
+
+#[test]
+fn sys_policy_shows_each_source_and_the_version() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.names("sys/policy"),
+        vec![".", "..", "00-builtin.toml", "version"]
+    );
+    assert_eq!(
+        f.cat("sys/policy/00-builtin.toml"),
+        agentfs_policy::BUILTIN_TOML
+    );
+    let version = f.vfs.policy().version().to_string();
+    assert_eq!(f.cat("sys/policy/version"), format!("{version}\n"));
+
+    // Two files with the same basename: the load-order prefix keeps the names apart.
+    let rules = ruleset(&[
+        ("/etc/agentfs/team.toml", TEAM_POLICY),
+        ("/srv/other/team.toml", "# second\n"),
+    ]);
+    let new_version = rules.version();
+    f.vfs.install_policy(rules, 1);
+    assert_eq!(
+        f.names("sys/policy"),
+        vec![
+            ".",
+            "..",
+            "00-builtin.toml",
+            "01-team.toml",
+            "02-team.toml",
+            "version"
+        ]
+    );
+    assert_eq!(f.cat("sys/policy/01-team.toml"), TEAM_POLICY);
+    assert_eq!(f.cat("sys/policy/02-team.toml"), "# second\n");
+    assert_eq!(f.cat("sys/policy/version"), format!("{new_version}\n"));
+    assert_ne!(new_version.to_string(), version);
+
+    // A file that disables the built-in policy: no 00-builtin.toml any more, and an inode
+    // of the old listing no longer names anything.
+    let builtin_ino = f.ino("sys/policy/00-builtin.toml").unwrap();
+    let second_ino = f.ino("sys/policy/02-team.toml").unwrap();
+    let only = "[builtin]\nenabled = false\n[[allow]]\nname = \"mem\"\npaths = [\"mem/**\"]\n";
+    f.vfs.install_policy(ruleset(&[("only.toml", only)]), 1);
+    assert_eq!(
+        f.names("sys/policy"),
+        vec![".", "..", "01-only.toml", "version"]
+    );
+    assert_eq!(f.cat("sys/policy/01-only.toml"), only);
+    for ino in [builtin_ino, second_ino] {
+        assert_eq!(
+            f.vfs.getattr(&op(), ino).err().map(|e| e.errno()),
+            Some(libc::ENOENT)
+        );
+    }
+}
+
+#[test]
+fn agent_policy_shows_the_rules_in_force_for_that_agent() {
+    let f = Fixture::new();
+    f.agent("a");
+    f.agent("b");
+    f.vfs
+        .install_policy(ruleset(&[("team.toml", TEAM_POLICY)]), 1);
+    assert_eq!(f.names("a/policy"), vec![".", "..", "rules", "version"]);
+    let a = f.cat("a/policy/rules");
+    assert!(a.contains("a-no-scripts"), "{a}");
+    assert!(!a.contains("b-no-logs"), "{a}");
+    assert!(
+        a.contains("own-memory"),
+        "the built-in rules apply too: {a}"
+    );
+    let b = f.cat("b/policy/rules");
+    assert!(
+        b.contains("b-no-logs") && !b.contains("a-no-scripts"),
+        "{b}"
+    );
+    let version = f.vfs.policy().version();
+    assert_eq!(f.cat("a/policy/version"), format!("{version}\n"));
+    assert!(a.contains(&version.to_string()), "{a}");
+    // `..` is the agent's root; the files are read-only regular files.
+    let rules = f.ino("a/policy/rules").unwrap();
+    let attr = f.vfs.getattr(&op(), rules).unwrap();
+    assert_eq!((attr.kind, attr.perm), (FileKind::File, 0o444));
+    assert_eq!(
+        f.vfs
+            .lookup(&op(), f.ino("a/policy").unwrap(), b"nope")
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::ENOENT)
+    );
+    // Survives a restart (nothing of it is stored).
+    let mut f = f;
+    f.restart();
+    assert_eq!(f.names("a/policy"), vec![".", "..", "rules", "version"]);
+    // Another agent's view is not readable by a bound process.
+    let mallory = Caller {
+        agent: Some(Arc::from("b")),
+        ..Caller::kernel()
+    };
+    let rules = f.ino("a/policy/rules").unwrap();
+    assert_eq!(
+        f.vfs
+            .open_file(&mallory, rules, libc::O_RDONLY)
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EACCES)
+    );
+}
+
+#[test]
+fn policy_views_refuse_every_change_for_everyone() {
+    let f = Fixture::new();
+    f.agent("a");
+    f.vfs
+        .install_policy(ruleset(&[("team.toml", TEAM_POLICY)]), 1);
+    let sem = f.ino("a/mem/semantic").unwrap();
+    let file = f.write_file("a/mem/semantic", "x", b"data");
+    let cases = [
+        ("a/policy", "rules", libc::EROFS),
+        ("a/policy", "version", libc::EROFS),
+        ("sys/policy", "00-builtin.toml", libc::EPERM),
+        ("sys/policy", "01-team.toml", libc::EPERM),
+        ("sys/policy", "version", libc::EPERM),
+    ];
+    for (dir, name, want) in cases {
+        let path = format!("{dir}/{name}");
+        let d = f.ino(dir).unwrap();
+        let ino = f.ino(&path).unwrap();
+        let n = name.as_bytes();
+        let chmod = SetAttr {
+            mode: Some(0o666),
+            ..SetAttr::default()
+        };
+        let chown = SetAttr {
+            uid: Some(1000),
+            ..SetAttr::default()
+        };
+        let truncate = SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        };
+        let got: Vec<(&str, Option<i32>)> = vec![
+            (
+                "open O_WRONLY",
+                f.vfs.open_file(&op(), ino, libc::O_WRONLY).err(),
+            ),
+            (
+                "open O_RDWR",
+                f.vfs.open_file(&op(), ino, libc::O_RDWR).err(),
+            ),
+            ("write", f.vfs.write(&op(), ino, 0, b"x", false).err()),
+            (
+                "create",
+                f.vfs.create(&op(), d, b"new", 0o644, libc::O_WRONLY).err(),
+            ),
+            (
+                "create over",
+                f.vfs.mknod(&op(), d, n, FileKind::File, 0o644, 0).err(),
+            ),
+            ("mkdir", f.vfs.mkdir(&op(), d, b"dir", 0o755).err()),
+            ("symlink", f.vfs.symlink(&op(), d, b"l", b"x").err()),
+            ("unlink", f.vfs.unlink(&op(), d, n).err()),
+            ("rename out", f.vfs.rename(&op(), d, n, sem, b"y", 0).err()),
+            ("rename in", f.vfs.rename(&op(), sem, b"x", d, n, 0).err()),
+            ("link out", f.vfs.link(&op(), ino, sem, b"z").err()),
+            ("link in", f.vfs.link(&op(), file, d, b"z").err()),
+            ("chmod", f.vfs.setattr(&op(), ino, chmod).err()),
+            ("chown", f.vfs.setattr(&op(), ino, chown).err()),
+            ("truncate", f.vfs.setattr(&op(), ino, truncate).err()),
+            ("fallocate", f.vfs.fallocate(&op(), ino, 0, 10, 0).err()),
+            (
+                "setxattr",
+                f.vfs.setxattr(&op(), ino, b"user.k", b"v", 0).err(),
+            ),
+            (
+                "removexattr",
+                f.vfs.removexattr(&op(), ino, b"user.k").err(),
+            ),
+        ]
+        .into_iter()
+        .map(|(what, e)| (what, e.map(|e| e.errno())))
+        .collect();
+        for (what, errno) in got {
+            assert_eq!(errno, Some(want), "{what} {path}");
+        }
+        assert!(f.ino(&path).is_ok(), "{path} vanished");
+    }
+    // The directories themselves.
+    let a = f.ino("a").unwrap();
+    assert_eq!(
+        f.vfs.rmdir(&op(), a, b"policy").err().map(|e| e.errno()),
+        Some(libc::EROFS)
+    );
+    let pol = f.ino("a/policy").unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o777),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        f.vfs.setattr(&op(), pol, chmod).err().map(|e| e.errno()),
+        Some(libc::EROFS)
+    );
+    assert_eq!(f.read_all(file), b"data");
+}

@@ -467,7 +467,14 @@ impl Vfs {
             if name.len() > crate::names::NAME_MAX {
                 return Err(VfsError::NameTooLong);
             }
-            entries.get(name).ok_or(VfsError::NotFound)?
+            if d.class == Class::Policy {
+                // `AGENT/policy/` holds nothing stored: its files are generated views.
+                let agent = d.agent.clone();
+                drop(d);
+                self.lookup_agent_view(agent.as_deref(), name)?
+            } else {
+                entries.get(name).ok_or(VfsError::NotFound)?
+            }
         };
         self.getattr(caller, child_ino)
     }
@@ -503,6 +510,12 @@ impl Vfs {
             if let (Some(mine), Some(owner)) = (&caller.agent, v.owner()) {
                 if **mine != *owner.name {
                     return Err(VfsError::AccessDenied("another agent's control files"));
+                }
+            }
+            if let Some((agent, _)) = v.agent_view() {
+                crate::policyview::check_reader(caller, agent)?;
+                if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                    return Err(VfsError::ReadOnly("policy/ is read-only"));
                 }
             }
             if flags & libc::O_ACCMODE != libc::O_RDONLY && v.control_of().is_none() {
@@ -694,6 +707,11 @@ impl Vfs {
         let n = node.read();
         self.check_visible(caller, &n)?;
         let dir = n.dir().ok_or(VfsError::NotDir)?;
+        if n.class == Class::Policy {
+            let (parent, agent) = (n.parent, n.agent.clone());
+            drop(n);
+            return self.readdir_agent_view(ino, parent, agent.as_deref(), offset, fill);
+        }
         if offset < 1
             && fill(DirEntry {
                 ino,

@@ -219,6 +219,12 @@ impl Ruleset {
         &self.sources
     }
 
+    /// Whether the built-in policy is part of this ruleset (no file said
+    /// `[builtin] enabled = false`).
+    pub fn builtin_enabled(&self) -> bool {
+        self.builtin.enabled
+    }
+
     /// The agent a uid is mapped to by an `[identity]` table.
     pub fn agent_for_uid(&self, uid: u32) -> Option<&str> {
         self.identity.get(&uid).map(|a| &**a)

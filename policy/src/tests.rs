@@ -734,3 +734,16 @@ fn render_for_lists_the_agents_rules() {
         "{s}"
     );
 }
+
+#[test]
+fn sources_and_builtin_use_are_reported() {
+    let r = Ruleset::builtin();
+    assert!(r.builtin_enabled());
+    assert!(r.sources().is_empty());
+    let r = rules("[builtin]\nenabled = false\n[[allow]]\nname = \"mem\"\npaths = [\"mem/**\"]\n");
+    assert!(!r.builtin_enabled());
+    assert_eq!(r.sources().len(), 1);
+    assert!(r.sources()[0]
+        .text
+        .starts_with("[builtin]\nenabled = false\n"));
+}
