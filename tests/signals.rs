@@ -86,7 +86,10 @@ fn signal_file_accepts_what_shells_write_and_refuses_the_rest() {
         assert_eq!(state(&m, "a"), want, "after {text:?}");
     }
     // (An empty write never reaches the file system: `fs::write(f, "")` only truncates.)
-    for bad in ["HUP\n", "STOP STOP", "POLICY\n", "stop\n\n"] {
+    let random: String = (0..4096u32)
+        .map(|i| char::from(b'A' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    for bad in ["HUP\n", "STOP STOP", "POLICY\n", "stop\n\n", "-1", &random] {
         let err = fs::write(signal_file(&m, "a"), bad).expect_err(bad);
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{bad:?}");
         assert_eq!(state(&m, "a"), "running", "{bad:?} changed the state");
@@ -312,8 +315,15 @@ fn pids_refuses_dead_pids_and_garbage() {
         fs::write(&pids, format!("{dead_pid}\n")),
         libc::ESRCH,
     );
-    for bad in ["x\n", " \n", "-5", "12abc"] {
-        assert_errno(bad, fs::write(&pids, bad), libc::EINVAL);
+    let random: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for bad in [&b"x\n"[..], b" \n", b"-5", b"12abc", &random] {
+        assert_errno(
+            &String::from_utf8_lossy(&bad[..bad.len().min(8)]),
+            fs::write(&pids, bad),
+            libc::EINVAL,
+        );
     }
     assert_eq!(fs::read_to_string(&pids).unwrap(), "");
 }
@@ -334,11 +344,17 @@ fn agentfs_run_binds_the_command() {
          if echo STOP > {sig} 2>/dev/null; then exit 13; fi
          if cat {bstatus} >/dev/null 2>&1; then exit 14; fi
          sh -c 'echo grandchild > {own}/gc' || exit 15
+         if ls {other} >/dev/null 2>&1; then exit 16; fi
+         if echo $$ > {pids} 2>/dev/null; then exit 17; fi
+         [ \"$AGENTFS_AGENT\" = a ] || exit 18
+         [ \"$AGENTFS_MOUNT\" = {mnt} ] || exit 19
          exit 7",
         own = m.mem("a", "semantic").display(),
         other = m.mem("b", "semantic").display(),
         sig = signal_file(&m, "a").display(),
         bstatus = m.mnt.join("sys/agents/b/status").display(),
+        pids = m.mnt.join("sys/agents/a/pids").display(),
+        mnt = m.mnt.display(),
     );
     let out = Command::new(bin())
         .args(["run", "--agent", "a", "--mount"])

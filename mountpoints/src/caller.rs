@@ -2,6 +2,10 @@
 
 use std::sync::Arc;
 
+/// The agent of a caller whose process cannot be identified: no agent has this name (agent
+/// names are never empty), so it matches no tree.
+pub const UNIDENTIFIED: &str = "";
+
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub uid: u32,

@@ -419,11 +419,18 @@ impl Vfs {
     /// Who is calling (SPEC §3): a process bound to an agent (its pid or an ancestor's was
     /// written to `sys/agents/AGENT/pids`), or whose uid the policy's `[identity]` maps to
     /// one, acts as that agent; everyone else is an operator.
+    ///
+    /// A request from a process the daemon cannot see (pid 0: another pid namespace) cannot
+    /// be told apart from a bound one, so while any process is bound it acts as nobody: no
+    /// agent's tree, no control file.
     pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {
-        let agent = self
-            .bindings
-            .agent_of(pid)
-            .or_else(|| self.policy.current().agent_for_uid(uid).map(Arc::from));
+        let agent = if pid == 0 && !self.bindings.is_empty() {
+            Some(Arc::from(crate::caller::UNIDENTIFIED))
+        } else {
+            self.bindings
+                .agent_of(pid)
+                .or_else(|| self.policy.current().agent_for_uid(uid).map(Arc::from))
+        };
         Caller {
             uid,
             gid,

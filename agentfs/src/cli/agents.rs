@@ -14,7 +14,8 @@ use crate::mountinfo;
 /// Which mount a verb talks to.
 #[derive(Debug, Args)]
 pub struct MountSel {
-    /// The agentfs mountpoint [default: $AGENTFS_MOUNT, else the only agentfs mount]
+    /// The agentfs mountpoint [default: $AGENTFS_MOUNT, else /agents if it is an agentfs
+    /// mount, else the only agentfs mount]
     #[arg(long = "mount", short = 'm', value_name = "MNT")]
     pub mount: Option<PathBuf>,
 }
@@ -35,6 +36,9 @@ impl MountSel {
             err,
         })?;
         let ours: Vec<_> = mounts.iter().filter(|m| m.is_agentfs()).collect();
+        if ours.iter().any(|m| m.mount_point == Path::new("/agents")) {
+            return Ok(PathBuf::from("/agents"));
+        }
         match ours.as_slice() {
             [one] => Ok(one.mount_point.clone()),
             [] => Err(CliError::Reported(
@@ -191,6 +195,8 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         .ok_or_else(|| CliError::Reported("no command given".into()))?;
     let mut child = Command::new(program)
         .args(rest)
+        .env("AGENTFS_AGENT", &args.agent)
+        .env("AGENTFS_MOUNT", &mnt)
         .spawn()
         .map_err(|err| CliError::Reported(format!("cannot run {program}: {}", reason(&err))))?;
     let status = child.wait().map_err(|err| CliError::Os {
