@@ -11,6 +11,8 @@
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use agentfs_memory::StoreError;
 use agentfs_vfs::fuse::{self, MountOptions};
@@ -142,6 +144,13 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
             return Err(CliError::Mount { path: mnt, err });
         }
     };
+    if let Err(e) = vfs.record_event("mount", &mnt.display().to_string()) {
+        error!("could not record the mount in the flight recorder: {e}");
+    }
+    let flusher = AuditFlusher::start(vfs.clone()).map_err(|err| CliError::Os {
+        what: "start the audit flush thread",
+        err,
+    })?;
     let unmounter = session.unmount_callable();
     let signal_mnt = mnt.clone();
     std::thread::Builder::new()
@@ -164,12 +173,57 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
         Ok(()) => info!("{} unmounted; flushing the store", mnt.display()),
         Err(e) => error!("the FUSE session failed: {e}; flushing the store"),
     }
+    flusher.stop();
+    if let Err(e) = vfs.record_event("unmount", &mnt.display().to_string()) {
+        error!("could not record the unmount in the flight recorder: {e}");
+    }
     vfs.shutdown()
         .map_err(|e| CliError::Shutdown(e.to_string()))?;
     drop(pid_file);
     served.map_err(CliError::Session)?;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// Commits queued audit entries (of calls that committed nothing themselves, e.g. in working
+/// memory) every [`AUDIT_FLUSH`], so that readers of the flight recorder see them promptly.
+struct AuditFlusher {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+const AUDIT_FLUSH: Duration = Duration::from_millis(100);
+
+impl AuditFlusher {
+    fn start(vfs: Arc<Vfs>) -> std::io::Result<AuditFlusher> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(String::from("agentfs-audit"))
+            .spawn(move || {
+                let (lock, cv) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !*stopped {
+                    let (guard, _) = cv
+                        .wait_timeout(stopped, AUDIT_FLUSH)
+                        .unwrap_or_else(|p| p.into_inner());
+                    stopped = guard;
+                    if let Err(e) = vfs.flush_audit() {
+                        error!("could not commit queued audit entries: {e}");
+                    }
+                }
+            })?;
+        Ok(AuditFlusher { stop, thread })
+    }
+
+    fn stop(self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        if self.thread.join().is_err() {
+            error!("the audit flush thread panicked");
+        }
+    }
 }
 
 /// A panic is a bug in the daemon, and its in-memory state can no longer be trusted: stop

@@ -21,6 +21,7 @@ mod mutate;
 mod names;
 mod node;
 mod ops;
+mod record;
 mod sysfs;
 mod vfs;
 
