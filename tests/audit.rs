@@ -1,5 +1,6 @@
 //! The flight recorder through the real binary: `agentfs audit verify` on a chain written by a
-//! real mount (clean, while mounted, and after each kind of tampering), `agentfs audit tail`.
+//! real mount (clean, while mounted, and after each kind of tampering), `agentfs audit tail`,
+//! and the virtual files `sys/audit` and `sys/agents/AGENT/audit`.
 
 mod common;
 
@@ -8,7 +9,7 @@ use agentfs_memory::{AuditEntry, AuditLog};
 use common::*;
 use rusqlite::{params, Connection};
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -306,5 +307,68 @@ fn tail_prints_json_lines_and_follows() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(got, "audit tail -f did not show the new entry");
+    m.unmount();
+}
+
+fn read_all(p: &Path) -> String {
+    let mut s = String::new();
+    fs::File::open(p)
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+        .read_to_string(&mut s)
+        .unwrap();
+    s
+}
+
+#[test]
+fn sys_audit_files_are_json_lines_that_grow() {
+    let Some(mut m) = Mount::try_new() else {
+        return;
+    };
+    work(&m, "a", 4);
+    work(&m, "b", 4);
+    let all_path = m.mnt.join("sys/audit");
+    let a_path = m.mnt.join("sys/agents/a/audit");
+    // Entries reach the database a few milliseconds after the call returned.
+    assert!(wait_until(Duration::from_secs(5), || read_all(&a_path)
+        .contains("a/mem/semantic/fact3")));
+    let all = read_all(&all_path);
+    let parsed: Vec<serde_json::Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(parsed.iter().any(|v| v["agent"] == "a"));
+    assert!(parsed.iter().any(|v| v["agent"] == "b"));
+    let a = read_all(&a_path);
+    assert!(!a.is_empty());
+    for l in a.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["agent"], "a", "{l}");
+    }
+    // Its size is the length of its content, and grows with new entries (what tail -f needs).
+    let before = fs::metadata(&a_path).unwrap().len();
+    assert_eq!(before, a.len() as u64);
+    fs::write(m.mem("a", "working").join("grow"), b"x").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::metadata(&a_path)
+            .map(|md| md.len() > before)
+            .unwrap_or(false)),
+        "sys/agents/a/audit did not grow"
+    );
+    // tail -f sees the new entry.
+    let mut child = Command::new("tail")
+        .arg("-f")
+        .arg("-n")
+        .arg("1")
+        .arg(&a_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    fs::write(m.mem("a", "working").join("tailed"), b"x").unwrap();
+    let got = line_appears(stdout, "a/mem/working/tailed", Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(got, "tail -f sys/agents/a/audit missed the entry");
     m.unmount();
 }

@@ -15,6 +15,7 @@
 //! ```
 
 mod agent;
+mod auditfs;
 mod caller;
 mod error;
 mod mutate;

@@ -3,10 +3,13 @@
 //! ```text
 //! sys/
 //! ├── agents/AGENT/status   JSON, one object
+//! ├── agents/AGENT/audit    this agent's flight record, JSON lines (grows; see auditfs.rs)
+//! ├── audit                 the whole flight record, JSON lines (grows)
 //! └── policy/               the loaded policy files (filled by the policy engine)
 //! ```
 
 use crate::agent::Agent;
+use crate::caller::Caller;
 use crate::error::{Result, VfsError};
 use crate::vfs::{DirEntry, Vfs, ROOT_INO};
 use agentfs_memory::{FileKind, Ino, InodeRecord};
@@ -15,11 +18,13 @@ use std::sync::Arc;
 pub const SYS_INO: Ino = 2;
 pub const SYS_AGENTS_INO: Ino = 3;
 pub const SYS_POLICY_INO: Ino = 4;
+pub const SYS_AUDIT_INO: Ino = 5;
 /// Per-agent virtual inodes: `VIRTUAL_BASE + index * 16 + k`, far above any stored inode.
 const VIRTUAL_BASE: Ino = 1 << 48;
 const PER_AGENT: Ino = 16;
 const AGENT_DIR: Ino = 0;
 const AGENT_STATUS: Ino = 1;
+const AGENT_AUDIT: Ino = 2;
 
 /// A node of the control tree.
 pub(crate) enum Virtual {
@@ -28,6 +33,10 @@ pub(crate) enum Virtual {
     Policy,
     AgentDir(Arc<Agent>),
     Status(Arc<Agent>),
+    /// `sys/audit`.
+    Audit,
+    /// `sys/agents/AGENT/audit`.
+    AgentAudit(Arc<Agent>),
 }
 
 impl Virtual {
@@ -36,12 +45,14 @@ impl Virtual {
             SYS_INO => Some(Virtual::Sys),
             SYS_AGENTS_INO => Some(Virtual::Agents),
             SYS_POLICY_INO => Some(Virtual::Policy),
+            SYS_AUDIT_INO => Some(Virtual::Audit),
             i if i >= VIRTUAL_BASE => {
                 let rel = i - VIRTUAL_BASE;
                 let agent = vfs.agent_by_index(rel / PER_AGENT)?;
                 match rel % PER_AGENT {
                     AGENT_DIR => Some(Virtual::AgentDir(agent)),
                     AGENT_STATUS => Some(Virtual::Status(agent)),
+                    AGENT_AUDIT => Some(Virtual::AgentAudit(agent)),
                     _ => None,
                 }
             }
@@ -56,21 +67,25 @@ impl Virtual {
             Virtual::Policy => SYS_POLICY_INO,
             Virtual::AgentDir(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
             Virtual::Status(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_STATUS,
+            Virtual::Audit => SYS_AUDIT_INO,
+            Virtual::AgentAudit(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_AUDIT,
         }
     }
 
     fn parent(&self) -> Ino {
         match self {
             Virtual::Sys => ROOT_INO,
-            Virtual::Agents | Virtual::Policy => SYS_INO,
+            Virtual::Agents | Virtual::Policy | Virtual::Audit => SYS_INO,
             Virtual::AgentDir(_) => SYS_AGENTS_INO,
-            Virtual::Status(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
+            Virtual::Status(a) | Virtual::AgentAudit(a) => {
+                VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR
+            }
         }
     }
 
     fn kind(&self) -> FileKind {
         match self {
-            Virtual::Status(_) => FileKind::File,
+            Virtual::Status(_) | Virtual::Audit | Virtual::AgentAudit(_) => FileKind::File,
             _ => FileKind::Dir,
         }
     }
@@ -91,8 +106,13 @@ impl Virtual {
             gid: 0,
             nlink,
             // Generated files have no size known in advance; like /proc they report 0 and
-            // are read with direct I/O until EOF.
-            size: 0,
+            // are read with direct I/O until EOF. The audit files report their current
+            // length, which grows (what `tail -f` watches).
+            size: self.audit_agent().map_or(0, |agent| {
+                vfs.audit_views
+                    .len(vfs.durable.as_ref(), agent)
+                    .unwrap_or(0)
+            }),
             atime: vfs.started,
             mtime: vfs.started,
             ctime: vfs.started,
@@ -107,6 +127,7 @@ impl Virtual {
             Virtual::Sys => vec![
                 (b"agents".to_vec(), Virtual::Agents),
                 (b"policy".to_vec(), Virtual::Policy),
+                (b"audit".to_vec(), Virtual::Audit),
             ],
             Virtual::Agents => vfs
                 .agents_by_index
@@ -114,8 +135,13 @@ impl Virtual {
                 .iter()
                 .map(|a| (a.name.as_bytes().to_vec(), Virtual::AgentDir(a.clone())))
                 .collect(),
-            Virtual::AgentDir(a) => vec![(b"status".to_vec(), Virtual::Status(a.clone()))],
-            Virtual::Policy | Virtual::Status(_) => Vec::new(),
+            Virtual::AgentDir(a) => vec![
+                (b"status".to_vec(), Virtual::Status(a.clone())),
+                (b"audit".to_vec(), Virtual::AgentAudit(a.clone())),
+            ],
+            Virtual::Policy | Virtual::Status(_) | Virtual::Audit | Virtual::AgentAudit(_) => {
+                Vec::new()
+            }
         }
     }
 
@@ -169,9 +195,47 @@ impl Virtual {
         Ok(())
     }
 
+    /// For an audit file, whose entries it shows: `Some(None)` for all, `Some(Some(agent))`.
+    fn audit_agent(&self) -> Option<Option<&str>> {
+        match self {
+            Virtual::Audit => Some(None),
+            Virtual::AgentAudit(a) => Some(Some(&a.name)),
+            _ => None,
+        }
+    }
+
+    /// Who may open it: a bound agent reads its own audit file, not the whole record nor
+    /// another agent's.
+    pub(crate) fn may_open(&self, caller: &Caller) -> Result<()> {
+        match (&caller.agent, self) {
+            (Some(_), Virtual::Audit) => Err(VfsError::AccessDenied("the whole flight record")),
+            (Some(mine), Virtual::AgentAudit(a)) if **mine != *a.name => {
+                Err(VfsError::AccessDenied("another agent's flight record"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads of a file that is not a snapshot (the audit files): `None` for the others.
+    pub(crate) fn read_live(
+        &self,
+        vfs: &Vfs,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<()>> {
+        let agent = self.audit_agent()?;
+        Some(
+            vfs.audit_views
+                .read(vfs.durable.as_ref(), agent, offset, size, out),
+        )
+    }
+
     /// The bytes of a generated file, taken at open.
     pub(crate) fn content(&self, _vfs: &Vfs) -> Result<Vec<u8>> {
         match self {
+            // Read live (`read_live`), not from a snapshot.
+            Virtual::Audit | Virtual::AgentAudit(_) => Ok(Vec::new()),
             Virtual::Status(a) => {
                 let mut out = serde_json::to_vec_pretty(&a.status_json())
                     .map_err(|_| VfsError::Invalid("status"))?;
