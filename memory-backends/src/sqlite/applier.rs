@@ -486,6 +486,7 @@ pub(super) fn apply_group(
             .map_err(sql)?;
         // Every batch was validated before it was appended: chunks it names were in the index.
         let holds = |_: &_| true;
+        let mut insert_audit = tables::audit_insert_stmt(&tx).map_err(sql)?;
         for r in records {
             for (id, loc) in &r.blobs {
                 tables::insert_blob(&tx, id, *loc).map_err(sql)?;
@@ -510,9 +511,10 @@ pub(super) fn apply_group(
                         ))))
                     }
                 };
-                tables::insert_audit(&tx, &link, entry).map_err(sql)?;
+                tables::insert_audit(&mut insert_audit, &link, entry).map_err(sql)?;
             }
         }
+        drop(insert_audit);
         tables::set_applied_seq(&tx, last).map_err(sql)?;
         tx.commit().map_err(sql)
         // On any error `tx` is dropped here, which rolls back.

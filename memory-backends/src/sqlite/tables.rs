@@ -8,7 +8,7 @@ use super::schema::{APPLIED_SEQ_KEY, SYNC_SEQ_KEY};
 use crate::audit::ChainHead;
 use crate::checks::{check_meta_key, is_reserved_meta, missing_chunk};
 use crate::{AuditEntry, Change, ChunkId, FileKind, InodeRecord, LoadedState, StoreError};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use std::path::Path;
 
 /// Records where a chunk's bytes are.
@@ -134,14 +134,23 @@ pub(super) fn apply(
     Ok(())
 }
 
-/// Appends audit row `link.seq` with its chain hashes.
-pub(super) fn insert_audit(conn: &Connection, link: &Link, a: &AuditEntry) -> rusqlite::Result<()> {
+/// The statement [`insert_audit`] runs; prepared once per applier transaction.
+pub(super) fn audit_insert_stmt(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> {
     conn.prepare_cached(
         "INSERT INTO audit(seq, time, agent, pid, uid, op, path, result, size, target, \
          \"offset\", data_hash, decision, rule, policy, detail, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-    )?
-    .execute(params![
+    )
+}
+
+/// Appends audit row `link.seq` with its chain hashes, with a statement from
+/// [`audit_insert_stmt`].
+pub(super) fn insert_audit(
+    stmt: &mut CachedStatement<'_>,
+    link: &Link,
+    a: &AuditEntry,
+) -> rusqlite::Result<()> {
+    stmt.execute(params![
         link.seq as i64,
         a.time,
         a.agent,
