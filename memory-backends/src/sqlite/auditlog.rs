@@ -326,19 +326,27 @@ impl AuditLog {
         }
     }
 
+    /// Whether a daemon has the data dir: `/proc/locks` lists a `flock` on its lock file
+    /// (read, not probed: taking the lock even briefly could make a daemon starting at that
+    /// moment fail). Without `/proc/locks`, whether the pid in the lock file is alive.
     fn daemon_running(&self) -> bool {
-        use std::os::unix::io::AsRawFd;
-        let Ok(f) = std::fs::File::open(self.dir.join(LOCK_FILE_NAME)) else {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.dir.join(LOCK_FILE_NAME);
+        let Ok(meta) = std::fs::metadata(&path) else {
             return false;
         };
-        // SAFETY: `f` is an open descriptor for the duration of the calls.
-        unsafe {
-            if libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 {
-                libc::flock(f.as_raw_fd(), libc::LOCK_UN);
-                false
-            } else {
-                true
-            }
+        if let Ok(locks) = std::fs::read_to_string("/proc/locks") {
+            let ino = format!(":{}", meta.ino());
+            return locks.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&"FLOCK")
+                    && f.get(5).is_some_and(|dev_ino| dev_ino.ends_with(&ino))
+            });
+        }
+        match std::fs::read_to_string(&path).map(|t| t.trim().parse::<i32>()) {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            Ok(Ok(pid)) if pid > 0 => unsafe { libc::kill(pid, 0) == 0 },
+            _ => false,
         }
     }
 
