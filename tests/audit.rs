@@ -372,3 +372,68 @@ fn sys_audit_files_are_json_lines_that_grow() {
     assert!(got, "tail -f sys/agents/a/audit missed the entry");
     m.unmount();
 }
+
+#[test]
+fn kill9_during_a_write_storm_leaves_a_chain_that_verifies() {
+    let Some(mut m) = Mount::try_new_with_budget(300) else {
+        return;
+    };
+    m.agent("a");
+    let dir = m.mem("a", "semantic");
+    let synced = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (s2, p2, d2) = (synced.clone(), progress.clone(), dir.clone());
+    let writer = std::thread::spawn(move || {
+        // Runs until the daemon dies under it.
+        for i in 0u64.. {
+            let name = format!("s{i:05}");
+            let r = fs::File::create(d2.join(&name)).and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(&pattern(i, 1 + (i as usize * 7919) % 20_000))?;
+                f.sync_all()
+            });
+            if r.is_err() {
+                return;
+            }
+            s2.lock().unwrap().push(format!("a/mem/semantic/{name}"));
+            p2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(120), || progress
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 200
+            || writer.is_finished()),
+        "the writer made no progress"
+    );
+    assert!(!writer.is_finished(), "the writer stopped before the kill");
+    m.kill9_keep_stale();
+    assert!(wait_until(Duration::from_secs(30), || writer.is_finished()));
+    writer.join().unwrap();
+    detach(&m.mnt).unwrap();
+    m.mark_unmounted();
+    // The chain verifies before the remount (offline), and after it.
+    assert_verifies(&m.data);
+    m.mount();
+    assert_verifies(&m.data);
+    m.unmount();
+    assert_verifies(&m.data);
+    // Every file whose fsync returned is described by an entry.
+    let recs = AuditLog::open(&m.data)
+        .unwrap()
+        .after(0, Some("a"), usize::MAX)
+        .unwrap();
+    let created: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter(|r| r.entry.op == "create")
+        .map(|r| r.entry.path.as_str())
+        .collect();
+    let synced = synced.lock().unwrap();
+    assert!(synced.len() >= 200);
+    for p in synced.iter() {
+        assert!(
+            created.contains(p.as_str()),
+            "no create entry for fsync'd {p}"
+        );
+    }
+}

@@ -349,3 +349,33 @@ fn a_missing_head_is_reported() {
     assert_eq!(p.kind, ProblemKind::HeadMissing, "{p}");
     assert!(SqliteStore::open(tmp.path(), StoreOptions { create: false }).is_err());
 }
+
+#[test]
+fn verify_reads_the_unapplied_journal_of_a_crashed_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = open_sqlite(tmp.path());
+        fill(&store, 1, 10);
+        store.wait_applied().unwrap();
+        store.set_applier_paused(true);
+        fill(&store, 11, 15);
+        store.sync().unwrap();
+        // Dropped paused: a crash with 15 entries pinned but only in the journal.
+    }
+    assert_eq!(read_audit_head(tmp.path()).unwrap().unwrap().seq, 25);
+    let report = verify(tmp.path());
+    assert_eq!(report.problem, None, "{report:?}");
+    assert_eq!((report.entries, report.in_journal), (25, 15));
+    // Without the journal, the table really is cut short.
+    let journal = tmp.path().join("journal");
+    let saved = tmp.path().join("journal.saved");
+    std::fs::rename(&journal, &saved).unwrap();
+    let p = problem(tmp.path());
+    assert_eq!((p.kind, p.seq), (ProblemKind::Truncated, 11), "{p}");
+    std::fs::rename(&saved, &journal).unwrap();
+    // The replay at open applies them, and the chain is the same.
+    drop(open_sqlite(tmp.path()));
+    let report = verify(tmp.path());
+    assert_eq!(report.problem, None, "{report:?}");
+    assert_eq!((report.entries, report.in_journal), (25, 0));
+}

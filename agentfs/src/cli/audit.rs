@@ -119,6 +119,15 @@ fn verify(args: VerifyArgs) -> Result<(), CliError> {
                 ),
                 None => "no entries, no head".to_string(),
             };
+            let head = if report.in_journal > 0 {
+                format!(
+                    "{head}; the last {} entries are still in the journal (the store was not \
+                     closed cleanly; the next mount applies them)",
+                    report.in_journal
+                )
+            } else {
+                head
+            };
             println!(
                 "audit chain ok: {} entries, last {} ({}…); {head}; {:.2} s",
                 report.entries,

@@ -139,6 +139,9 @@ pub struct VerifyReport {
     /// Good entries after the pinned head (committed since the last durable point; a cut of
     /// these alone would not be detected).
     pub unpinned: u64,
+    /// Entries (included in `entries`) that are only in the journal: the store was not closed
+    /// cleanly and the next open applies them to the table.
+    pub in_journal: u64,
     pub problem: Option<Problem>,
 }
 
@@ -291,9 +294,22 @@ impl AuditLog {
                 Some(h) if h.seq > report.last.seq => {
                     // A running daemon pins the head before its applier has copied the rows
                     // into SQLite: wait for them a little.
-                    if self.daemon_running() && started.elapsed() < CATCH_UP {
+                    let running = self.daemon_running();
+                    if running && started.elapsed() < CATCH_UP {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
+                    }
+                    // After an unclean shutdown the rest is in the journal, replayed at the
+                    // next open: check it there.
+                    if !running {
+                        if let Some(problem) = self.walk_journal(&mut report)? {
+                            report.problem = Some(problem);
+                            return Ok(report);
+                        }
+                        if report.last.seq >= h.seq {
+                            report.unpinned = report.last.seq - h.seq;
+                            return Ok(report);
+                        }
                     }
                     report.problem = Some(Problem {
                         kind: ProblemKind::Truncated,
@@ -348,6 +364,84 @@ impl AuditLog {
             Ok(Ok(pid)) if pid > 0 => unsafe { libc::kill(pid, 0) == 0 },
             _ => false,
         }
+    }
+
+    /// Extends `report` with the audit entries of journal records SQLite has not applied yet
+    /// (an unclean shutdown), chaining them as the replay will. They are entries the store
+    /// acknowledged; only their numbering and chaining is done at replay, so what is checked
+    /// is that they continue the table and reach the head.
+    fn walk_journal(&self, report: &mut VerifyReport) -> Result<Option<Problem>, StoreError> {
+        let applied: u64 = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [super::schema::APPLIED_SEQ_KEY],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?
+            .map_or(Ok(0), |v| v.trim().parse())
+            .map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "{}: store.applied_seq is not a number",
+                    self.db.display()
+                ))
+            })?;
+        let mut chain = report.last;
+        let mut in_journal = 0u64;
+        super::journal::Journal::scan(&self.dir.join(super::JOURNAL_DIR), applied, &mut |group| {
+            for r in group {
+                for c in &r.batch.changes {
+                    if let crate::Change::Audit(e) = c {
+                        chain.advance(&crate::audit::canonical_body(e));
+                        in_journal += 1;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if in_journal == 0 {
+            return Ok(None);
+        }
+        if let Some(h) = report.head {
+            if (report.last.seq + 1..=chain.seq).contains(&h.seq) {
+                // The head falls inside the journal's entries: recompute up to it.
+                let mut at = report.last;
+                let mut hash_at_head = None;
+                super::journal::Journal::scan(
+                    &self.dir.join(super::JOURNAL_DIR),
+                    applied,
+                    &mut |group| {
+                        for r in group {
+                            for c in &r.batch.changes {
+                                if let crate::Change::Audit(e) = c {
+                                    at.advance(&crate::audit::canonical_body(e));
+                                    if at.seq == h.seq {
+                                        hash_at_head = Some(at.hash);
+                                    }
+                                }
+                            }
+                        }
+                        Ok(())
+                    },
+                )?;
+                if hash_at_head != Some(h.hash) {
+                    return Ok(Some(Problem {
+                        kind: ProblemKind::Altered,
+                        seq: h.seq,
+                        detail: format!(
+                            "entry {} (in the journal, not yet applied) does not match the \
+                             pinned head: the chain was rewritten",
+                            h.seq
+                        ),
+                    }));
+                }
+            }
+        }
+        report.entries += in_journal;
+        report.last = chain;
+        report.in_journal = in_journal;
+        Ok(None)
     }
 
     /// Checks every row after `report.last`, extending it; returns the first problem.

@@ -319,6 +319,39 @@ impl Journal {
         self.dir.join(segment_name(n))
     }
 
+    /// Reads, without changing anything, the valid records after `applied_seq` that a
+    /// reopen would replay (what an unclean shutdown left unapplied), in order, in groups.
+    /// For readers of a data dir that do not own it (`audit verify`).
+    pub(super) fn scan(
+        dir: &Path,
+        applied_seq: u64,
+        apply: &mut dyn FnMut(&[Record]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(errors::io(e, dir)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| errors::io(e, dir))?;
+            if let Some(n) = entry.file_name().to_str().and_then(parse_segment_name) {
+                found.push(n);
+            }
+        }
+        found.sort_unstable();
+        let mut replay = Replay {
+            expected: applied_seq + 1,
+            group: Vec::new(),
+            replayed: 0,
+            apply,
+        };
+        for (i, &n) in found.iter().enumerate() {
+            replay.segment(&dir.join(segment_name(n)), i + 1 == found.len())?;
+        }
+        replay.flush()
+    }
+
     /// Locks the journal for one append. Hold it while taking the pending blob rows and
     /// queueing the record, so that records reach the applier in sequence order and no record
     /// can name a chunk whose blob row is in a later record.
