@@ -7,7 +7,7 @@ use super::head;
 use super::lock::LOCK_FILE as LOCK_FILE_NAME;
 use super::schema::{SCHEMA_VERSION, VERSION_KEY};
 use super::DB_FILE;
-use crate::audit::{entry_hash, AuditRecord, ChainHead, GENESIS};
+use crate::audit::{entry_hash, link_hash, AuditRecord, ChainHead, GENESIS};
 use crate::{AuditEntry, StoreError};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 use std::fmt;
@@ -81,6 +81,60 @@ fn record_of(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
         prev_hash: hash32(r.get(16)?, 16)?.ok_or_else(|| missing(16))?,
         hash: hash32(r.get(17)?, 17)?.ok_or_else(|| missing(17))?,
     })
+}
+
+/// The stored hash of a row selected with [`RECORD_COLUMNS`] if the row links to `prev` and
+/// its content gives that hash; `None` if not, or if anything does not read back (the slow
+/// path then tells what is wrong). Encodes into `body` from borrowed values: no allocation.
+fn fast_check(r: &Row<'_>, seq: u64, prev: &[u8; 32], body: &mut Vec<u8>) -> Option<[u8; 32]> {
+    use rusqlite::types::ValueRef;
+    let blob32 = |i: usize| -> Option<Option<&[u8]>> {
+        match r.get_ref(i).ok()? {
+            ValueRef::Null => Some(None),
+            ValueRef::Blob(b) if b.len() == 32 => Some(Some(b)),
+            _ => None,
+        }
+    };
+    let int = |i: usize| match r.get_ref(i).ok()? {
+        ValueRef::Integer(v) => Some(v),
+        _ => None,
+    };
+    let text = |i: usize| match r.get_ref(i).ok()? {
+        ValueRef::Text(t) => Some(t),
+        _ => None,
+    };
+    let put = |body: &mut Vec<u8>, t: &[u8]| {
+        body.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        body.extend_from_slice(t);
+    };
+    if blob32(16)?? != &prev[..] {
+        return None;
+    }
+    let stored = blob32(17)??;
+    body.clear();
+    body.extend_from_slice(&int(1)?.to_le_bytes());
+    put(body, text(2)?);
+    body.extend_from_slice(&u32::try_from(int(3)?).ok()?.to_le_bytes());
+    body.extend_from_slice(&u32::try_from(int(4)?).ok()?.to_le_bytes());
+    put(body, text(5)?);
+    put(body, text(6)?);
+    body.extend_from_slice(&i32::try_from(int(7)?).ok()?.to_le_bytes());
+    body.extend_from_slice(&int(8)?.to_le_bytes());
+    put(body, text(9)?);
+    body.extend_from_slice(&int(10)?.to_le_bytes());
+    match blob32(11)? {
+        Some(h) => {
+            body.push(1);
+            body.extend_from_slice(h);
+        }
+        None => body.push(0),
+    }
+    put(body, text(12)?);
+    put(body, text(13)?);
+    body.extend_from_slice(blob32(14)?.unwrap_or(&[0; 32]));
+    put(body, text(15)?);
+    let hash = link_hash(prev, seq, body);
+    (hash[..] == *stored).then_some(hash)
 }
 
 /// What kind of damage `verify` found.
@@ -460,6 +514,7 @@ impl AuditLog {
         let mut rows = stmt
             .query([report.last.seq as i64])
             .map_err(|e| self.sql(e))?;
+        let mut body = Vec::with_capacity(512);
         while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
             let expected = report.last.seq + 1;
             let seq = row.get::<_, i64>(0).map_err(|e| self.sql(e))? as u64;
@@ -482,22 +537,31 @@ impl AuditLog {
                     },
                 }));
             }
-            let rec = match record_of(row) {
-                Ok(r) => r,
-                Err(e) => {
-                    return Ok(Some(Problem {
-                        kind: ProblemKind::Altered,
-                        seq,
-                        detail: format!("entry {seq} was altered: it does not read back ({e})"),
-                    }))
+            let prev = report.last.hash;
+            // Fast path: encode straight from the row's borrowed values, no allocation.
+            let hash = match fast_check(row, seq, &prev, &mut body) {
+                Some(hash) => hash,
+                None => {
+                    let rec = match record_of(row) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return Ok(Some(Problem {
+                                kind: ProblemKind::Altered,
+                                seq,
+                                detail: format!(
+                                    "entry {seq} was altered: it does not read back ({e})"
+                                ),
+                            }))
+                        }
+                    };
+                    if rec.prev_hash != prev || !rec.self_valid() {
+                        return self.classify(&rec, prev).map(Some);
+                    }
+                    rec.hash
                 }
             };
-            let prev = report.last.hash;
-            if rec.prev_hash != prev || !rec.self_valid() {
-                return self.classify(&rec, prev).map(Some);
-            }
             if let Some(h) = report.head {
-                if h.seq == seq && h.hash != rec.hash {
+                if h.seq == seq && h.hash != hash {
                     return Ok(Some(Problem {
                         kind: ProblemKind::Altered,
                         seq,
@@ -508,10 +572,7 @@ impl AuditLog {
                     }));
                 }
             }
-            report.last = ChainHead {
-                seq,
-                hash: rec.hash,
-            };
+            report.last = ChainHead { seq, hash };
             report.entries += 1;
             if seq & 8191 == 0 {
                 progress(seq, total.max(seq));
