@@ -70,6 +70,8 @@ fn assert_broken(data: &Path, seq: u64, kind: &str) {
     assert_eq!(out.status.code(), Some(1), "verify should fail: {err}");
     let want = format!("entry {seq} ({kind})");
     assert!(err.contains(&want), "want {want:?} in: {err}");
+    // Checked: the tampered copy is not needed for inspection.
+    let _ = fs::remove_dir_all(data);
 }
 
 /// A copy of a (cleanly closed) data dir, to tamper with.
@@ -196,18 +198,21 @@ fn verify_passes_mounted_and_offline_and_names_each_tampering() {
     db(&d)
         .execute("DELETE FROM audit WHERE seq > ?1", [(n - 10) as i64])
         .unwrap();
-    assert_broken(&d, n - 9, "truncated");
-    // ... and the daemon refuses to mount it rather than pin the cut chain.
-    let mut cut = Mount::unmounted(fresh_dir("audit-cut-mnt"), d.clone(), None);
+    // The daemon refuses to mount it rather than pin the cut chain.
+    let cut_mnt = fresh_dir("audit-cut-mnt");
+    let mut cut = Mount::unmounted(cut_mnt.clone(), d.clone(), None);
     let out = run_with_timeout(&mut cut.mount_command(), CMD_TIMEOUT).unwrap();
+    if is_mounted(&cut.mnt) {
+        cut.mark_mounted();
+    }
     assert!(
         !out.status.success(),
         "mounting a truncated chain must fail"
     );
     assert!(stderr(&out).contains("audit.head"), "{}", stderr(&out));
-    if is_mounted(&cut.mnt) {
-        cut.mark_mounted();
-    }
+    drop(cut);
+    let _ = fs::remove_dir_all(&cut_mnt);
+    assert_broken(&d, n - 9, "truncated");
 
     // The original still verifies, and a remount continues its chain.
     m.mount();
