@@ -368,13 +368,21 @@ impl AuditLog {
                     report.problem = Some(Problem {
                         kind: ProblemKind::Truncated,
                         seq: report.last.seq + 1,
-                        detail: format!(
-                            "the tail was truncated: entries {} to {} are missing (the pinned \
-                             head is entry {})",
-                            report.last.seq + 1,
-                            h.seq,
-                            h.seq
-                        ),
+                        detail: if h.seq == report.last.seq + 1 {
+                            format!(
+                                "the tail was truncated: entry {} is missing (the pinned head \
+                                 is entry {})",
+                                h.seq, h.seq
+                            )
+                        } else {
+                            format!(
+                                "the tail was truncated: entries {} to {} are missing (the \
+                                 pinned head is entry {})",
+                                report.last.seq + 1,
+                                h.seq,
+                                h.seq
+                            )
+                        },
                     });
                 }
                 Some(h) => report.unpinned = report.last.seq - h.seq,
