@@ -11,7 +11,8 @@
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use agentfs_memory::StoreError;
 use agentfs_policy::Engine;
@@ -154,10 +155,17 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
             return Err(CliError::Mount { path: mnt, err });
         }
     };
+    if let Err(e) = vfs.record_event("mount", &mnt.display().to_string()) {
+        error!("could not record the mount in the flight recorder: {e}");
+    }
+    let flusher = AuditFlusher::start(vfs.clone()).map_err(|err| CliError::Os {
+        what: "start the audit flush thread",
+        err,
+    })?;
     let unmounter = session.unmount_callable();
     let signal_mnt = mnt.clone();
     let reloader = Reloader {
-        vfs: vfs.clone(),
+        vfs: Arc::downgrade(&vfs),
         files: args.policies.clone(),
         status: datadir::reload_status_file(&data_dir),
     };
@@ -181,12 +189,57 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
         Ok(()) => info!("{} unmounted; flushing the store", mnt.display()),
         Err(e) => error!("the FUSE session failed: {e}; flushing the store"),
     }
+    flusher.stop();
+    if let Err(e) = vfs.record_event("unmount", &mnt.display().to_string()) {
+        error!("could not record the unmount in the flight recorder: {e}");
+    }
     vfs.shutdown()
         .map_err(|e| CliError::Shutdown(e.to_string()))?;
     drop(pid_file);
     served.map_err(CliError::Session)?;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// Commits queued audit entries (of calls that committed nothing themselves, e.g. in working
+/// memory) every [`AUDIT_FLUSH`], so that readers of the flight recorder see them promptly.
+struct AuditFlusher {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+const AUDIT_FLUSH: Duration = Duration::from_millis(100);
+
+impl AuditFlusher {
+    fn start(vfs: Arc<Vfs>) -> std::io::Result<AuditFlusher> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(String::from("agentfs-audit"))
+            .spawn(move || {
+                let (lock, cv) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !*stopped {
+                    let (guard, _) = cv
+                        .wait_timeout(stopped, AUDIT_FLUSH)
+                        .unwrap_or_else(|p| p.into_inner());
+                    stopped = guard;
+                    if let Err(e) = vfs.flush_audit() {
+                        error!("could not commit queued audit entries: {e}");
+                    }
+                }
+            })?;
+        Ok(AuditFlusher { stop, thread })
+    }
+
+    fn stop(self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        if self.thread.join().is_err() {
+            error!("the audit flush thread panicked");
+        }
+    }
 }
 
 /// A panic is a bug in the daemon, and its in-memory state can no longer be trusted: stop
@@ -275,7 +328,9 @@ fn signal_loop(
 
 /// Re-reads the policy files given at mount (SIGHUP, `agentfs policy reload`).
 struct Reloader {
-    vfs: Arc<Vfs>,
+    /// Weak: the store must close (and its applier drain) when `serve` drops the core,
+    /// though the signal thread lives on until the process exits.
+    vfs: std::sync::Weak<Vfs>,
     files: Vec<PathBuf>,
     /// Where the outcome of each attempt is written for `agentfs policy reload` to read.
     status: PathBuf,
@@ -283,24 +338,27 @@ struct Reloader {
 
 impl Reloader {
     fn reload(&self) {
+        let Some(vfs) = self.vfs.upgrade() else {
+            return;
+        };
         let pid = std::process::id();
         let outcome = match crate::cli::policy::compile(&self.files) {
             Ok(Ok(rules)) => {
                 let new = rules.version();
-                let old = self.vfs.install_policy(rules, pid);
+                let old = vfs.install_policy(rules, pid);
                 serde_json::json!({ "ok": true, "old": old.to_hex(), "version": new.to_hex() })
             }
             Ok(Err(lines)) => {
                 let errors = lines.join("\n");
                 error!("policy reload refused, the old rules stay:\n{errors}");
-                self.vfs.record_refused_reload(pid, &errors);
-                serde_json::json!({ "ok": false, "version": self.vfs.policy().version().to_hex(), "errors": lines })
+                vfs.record_refused_reload(pid, &errors);
+                serde_json::json!({ "ok": false, "version": vfs.policy().version().to_hex(), "errors": lines })
             }
             Err(e) => {
                 let msg = e.to_string();
                 error!("policy reload refused, the old rules stay: {msg}");
-                self.vfs.record_refused_reload(pid, &msg);
-                serde_json::json!({ "ok": false, "version": self.vfs.policy().version().to_hex(), "errors": [msg] })
+                vfs.record_refused_reload(pid, &msg);
+                serde_json::json!({ "ok": false, "version": vfs.policy().version().to_hex(), "errors": [msg] })
             }
         };
         let attempt = serde_json::json!({ "at_ns": agentfs_vfs::now_ns(), "outcome": outcome });

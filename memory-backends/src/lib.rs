@@ -12,15 +12,20 @@
 //! [`SqliteStore`] keeps metadata in one SQLite database (WAL) and chunk bytes in append-only
 //! pack files beside it (see `docs/storage.md` for why the bytes are not SQLite blobs).
 
+pub mod audit;
 mod checks;
 mod error;
 mod ram;
 mod sqlite;
 mod types;
 
+pub use audit::{AuditRecord, ChainHead};
 pub use error::StoreError;
 pub use ram::RamStore;
-pub use sqlite::{SqliteStore, StoreOptions};
+pub use sqlite::{
+    read_audit_head, AuditLog, Problem, ProblemKind, SqliteStore, StoreOptions, VerifyReport,
+    AUDIT_HEAD_FILE,
+};
 pub use types::*;
 
 /// Size of one content chunk. Files are cut at multiples of this offset; the last chunk of a
@@ -61,4 +66,16 @@ pub trait Store: Send + Sync {
 
     /// Bytes of chunk data held (for `statfs` and `status`).
     fn chunk_bytes(&self) -> u64;
+
+    /// Up to `limit` flight-recorder entries with seq above `after`, in seq order (only
+    /// `agent`'s when given). A store that keeps no entries returns none. Entries a commit
+    /// acknowledged may show up a few milliseconds later (the durable store's applier).
+    fn audit_after(
+        &self,
+        _after: u64,
+        _agent: Option<&str>,
+        _limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(Vec::new())
+    }
 }

@@ -16,6 +16,7 @@
 //! bytes put twice for one slot) lingers until the store is dropped. That leak is bounded by
 //! the writes the core abandons and is accepted for a store that lives as long as one mount.
 
+use crate::audit::{canonical_body, AuditRecord, ChainHead};
 use crate::checks::{check_batch, check_chunk_len, is_reserved_meta, missing_chunk};
 use crate::{Batch, Change, ChunkId, Durability, Ino, InodeRecord, LoadedState, Store, StoreError};
 use parking_lot::{Mutex, RwLock};
@@ -43,8 +44,10 @@ struct Tables {
     meta: BTreeMap<String, String>,
     /// How many chunk-map slots name each chunk; absent means zero.
     refs: HashMap<ChunkId, u64>,
-    /// Audit entries are not kept in working memory, only counted.
-    audit_entries: u64,
+    /// Audit entries committed, chained like the durable store's (tests use a RamStore as the
+    /// durable store; as working memory it never receives entries).
+    audit: Vec<AuditRecord>,
+    chain: ChainHead,
 }
 
 /// Store that keeps everything in RAM. See the module docs for when chunk bytes are freed.
@@ -70,9 +73,9 @@ impl RamStore {
         }
     }
 
-    /// Number of audit entries committed (they are counted, not kept).
+    /// Number of audit entries committed.
     pub fn audit_count(&self) -> u64 {
-        self.tables.lock().audit_entries
+        self.tables.lock().audit.len() as u64
     }
 
     /// Number of distinct chunks held.
@@ -204,7 +207,16 @@ impl Tables {
             Change::SetMeta { key, value } => {
                 self.meta.insert(key, value);
             }
-            Change::Audit(_) => self.audit_entries += 1,
+            Change::Audit(entry) => {
+                let prev_hash = self.chain.hash;
+                let (seq, hash) = self.chain.advance(&canonical_body(&entry));
+                self.audit.push(AuditRecord {
+                    seq,
+                    entry,
+                    prev_hash,
+                    hash,
+                });
+            }
         }
     }
 }
@@ -303,5 +315,22 @@ impl Store for RamStore {
 
     fn chunk_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn audit_after(
+        &self,
+        after: u64,
+        agent: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let t = self.tables.lock();
+        // Entries are numbered from 1 without gaps: entry `seq` is at index `seq - 1`.
+        let start = (after.min(t.audit.len() as u64)) as usize;
+        Ok(t.audit[start..]
+            .iter()
+            .filter(|r| agent.is_none_or(|a| r.entry.agent == a))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }

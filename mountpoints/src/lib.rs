@@ -15,6 +15,7 @@
 //! ```
 
 mod agent;
+mod auditfs;
 mod caller;
 mod control;
 mod enforce;
@@ -24,6 +25,7 @@ mod names;
 mod node;
 mod ops;
 mod policyview;
+mod record;
 mod reload;
 mod sysfs;
 mod vfs;

@@ -5,10 +5,13 @@
 //! ├── agents/AGENT/status   JSON, one object
 //! ├── agents/AGENT/signal   write STOP | CONT | KILL | START; read: the state
 //! ├── agents/AGENT/pids     write a pid to bind it (and its descendants); read: live bound pids
+//! ├── agents/AGENT/audit    this agent's flight record, JSON lines (grows; see auditfs.rs)
+//! ├── audit                 the whole flight record, JSON lines (grows)
 //! └── policy/               the loaded policy sources and `version` (policyview.rs)
 //! ```
 
 use crate::agent::Agent;
+use crate::caller::Caller;
 use crate::error::{Result, VfsError};
 use crate::policyview::{self, AgentView};
 use crate::vfs::{DirEntry, Vfs, ROOT_INO};
@@ -18,6 +21,7 @@ use std::sync::Arc;
 pub const SYS_INO: Ino = 2;
 pub const SYS_AGENTS_INO: Ino = 3;
 pub const SYS_POLICY_INO: Ino = 4;
+pub const SYS_AUDIT_INO: Ino = 5;
 /// Per-agent virtual inodes: `VIRTUAL_BASE + index * 16 + k`, far above any stored inode.
 const VIRTUAL_BASE: Ino = 1 << 48;
 const PER_AGENT: Ino = 16;
@@ -30,6 +34,7 @@ const AGENT_RULES: Ino = 8;
 const AGENT_POLICY_VERSION: Ino = 9;
 /// `sys/policy/version`, then source `i` (0: built-in) at `SYS_POLICY_FILES + 1 + i`.
 const SYS_POLICY_FILES: Ino = VIRTUAL_BASE - (1 << 20);
+const AGENT_AUDIT: Ino = 5;
 
 /// A node of the control tree.
 pub(crate) enum Virtual {
@@ -45,6 +50,10 @@ pub(crate) enum Virtual {
     PolicyVersion,
     /// A file of `AGENT/policy/`.
     AgentPolicy(Arc<Agent>, AgentView),
+    /// `sys/audit`.
+    Audit,
+    /// `sys/agents/AGENT/audit`.
+    AgentAudit(Arc<Agent>),
 }
 
 impl Virtual {
@@ -59,6 +68,7 @@ impl Virtual {
                 policyview::has_source(&vfs.policy.current(), index)
                     .then_some(Virtual::PolicySource(index))
             }
+            SYS_AUDIT_INO => Some(Virtual::Audit),
             i if i >= VIRTUAL_BASE => {
                 let rel = i - VIRTUAL_BASE;
                 let agent = vfs.agent_by_index(rel / PER_AGENT)?;
@@ -69,6 +79,7 @@ impl Virtual {
                     AGENT_PIDS => Some(Virtual::Pids(agent)),
                     AGENT_RULES => Some(Virtual::AgentPolicy(agent, AgentView::Rules)),
                     AGENT_POLICY_VERSION => Some(Virtual::AgentPolicy(agent, AgentView::Version)),
+                    AGENT_AUDIT => Some(Virtual::AgentAudit(agent)),
                     _ => None,
                 }
             }
@@ -94,15 +105,17 @@ impl Virtual {
                 };
                 VIRTUAL_BASE + a.index * PER_AGENT + k
             }
+            Virtual::Audit => SYS_AUDIT_INO,
+            Virtual::AgentAudit(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_AUDIT,
         }
     }
 
     fn parent(&self, vfs: &Vfs) -> Ino {
         match self {
             Virtual::Sys => ROOT_INO,
-            Virtual::Agents | Virtual::Policy => SYS_INO,
+            Virtual::Agents | Virtual::Policy | Virtual::Audit => SYS_INO,
             Virtual::AgentDir(_) => SYS_AGENTS_INO,
-            Virtual::Status(a) | Virtual::Signal(a) | Virtual::Pids(a) => {
+            Virtual::Status(a) | Virtual::Signal(a) | Virtual::Pids(a) | Virtual::AgentAudit(a) => {
                 VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR
             }
             Virtual::PolicySource(_) | Virtual::PolicyVersion => SYS_POLICY_INO,
@@ -141,8 +154,13 @@ impl Virtual {
             gid: 0,
             nlink,
             // Generated files have no size known in advance; like /proc they report 0 and
-            // are read with direct I/O until EOF.
-            size: 0,
+            // are read with direct I/O until EOF. The audit files report their current
+            // length, which grows (what `tail -f` watches).
+            size: self.audit_agent().map_or(0, |agent| {
+                vfs.audit_views
+                    .len(vfs.durable.as_ref(), agent)
+                    .unwrap_or(0)
+            }),
             atime: vfs.started,
             mtime: vfs.started,
             ctime: vfs.started,
@@ -157,6 +175,7 @@ impl Virtual {
             Virtual::Sys => vec![
                 (b"agents".to_vec(), Virtual::Agents),
                 (b"policy".to_vec(), Virtual::Policy),
+                (b"audit".to_vec(), Virtual::Audit),
             ],
             Virtual::Agents => vfs
                 .agents_by_index
@@ -168,6 +187,7 @@ impl Virtual {
                 (b"pids".to_vec(), Virtual::Pids(a.clone())),
                 (b"signal".to_vec(), Virtual::Signal(a.clone())),
                 (b"status".to_vec(), Virtual::Status(a.clone())),
+                (b"audit".to_vec(), Virtual::AgentAudit(a.clone())),
             ],
             Virtual::Policy => policyview::sys_policy_children(&vfs.policy.current()),
             _ => Vec::new(),
@@ -224,6 +244,42 @@ impl Virtual {
         Ok(())
     }
 
+    /// For an audit file, whose entries it shows: `Some(None)` for all, `Some(Some(agent))`.
+    fn audit_agent(&self) -> Option<Option<&str>> {
+        match self {
+            Virtual::Audit => Some(None),
+            Virtual::AgentAudit(a) => Some(Some(&a.name)),
+            _ => None,
+        }
+    }
+
+    /// Who may open it: a bound agent reads its own audit file, not the whole record nor
+    /// another agent's.
+    pub(crate) fn may_open(&self, caller: &Caller) -> Result<()> {
+        match (&caller.agent, self) {
+            (Some(_), Virtual::Audit) => Err(VfsError::AccessDenied("the whole flight record")),
+            (Some(mine), Virtual::AgentAudit(a)) if **mine != *a.name => {
+                Err(VfsError::AccessDenied("another agent's flight record"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads of a file that is not a snapshot (the audit files): `None` for the others.
+    pub(crate) fn read_live(
+        &self,
+        vfs: &Vfs,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<()>> {
+        let agent = self.audit_agent()?;
+        Some(
+            vfs.audit_views
+                .read(vfs.durable.as_ref(), agent, offset, size, out),
+        )
+    }
+
     /// The agent this node belongs to (`sys/agents/AGENT/…`).
     pub(crate) fn owner(&self) -> Option<&Arc<Agent>> {
         match self {
@@ -231,7 +287,8 @@ impl Virtual {
             | Virtual::Status(a)
             | Virtual::Signal(a)
             | Virtual::Pids(a)
-            | Virtual::AgentPolicy(a, _) => Some(a),
+            | Virtual::AgentPolicy(a, _)
+            | Virtual::AgentAudit(a) => Some(a),
             _ => None,
         }
     }
@@ -255,6 +312,8 @@ impl Virtual {
     /// The bytes of a generated file, taken at open.
     pub(crate) fn content(&self, vfs: &Vfs) -> Result<Vec<u8>> {
         match self {
+            // Read live (`read_live`), not from a snapshot.
+            Virtual::Audit | Virtual::AgentAudit(_) => Ok(Vec::new()),
             Virtual::Pids(a) => Ok(vfs
                 .bindings
                 .pids_of(&a.name)

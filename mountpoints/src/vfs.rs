@@ -63,6 +63,8 @@ pub struct Vfs {
     pub(crate) next_fh: AtomicU64,
     /// When this daemon started: the times of the virtual `sys/` nodes.
     pub(crate) started: TimeNs,
+    /// Indexes of the growing audit files `sys/audit`, `sys/agents/A/audit` (auditfs.rs).
+    pub(crate) audit_views: crate::auditfs::AuditViews,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -209,6 +211,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             started: now_ns(),
+            audit_views: Default::default(),
         };
         vfs.load(loaded)?;
         Ok(Arc::new(vfs))
@@ -528,6 +531,7 @@ impl Vfs {
             if flags & libc::O_ACCMODE != libc::O_RDONLY && v.control_of().is_none() {
                 return Err(VfsError::NotPermitted("sys/ files are read-only"));
             }
+            v.may_open(caller)?;
             let data = v.content(self)?;
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             self.handles.lock().insert(fh, VirtualHandle { data });
@@ -582,6 +586,11 @@ impl Vfs {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         out.clear();
+        if let Some(r) =
+            sysfs::Virtual::of(self, ino).and_then(|v| v.read_live(self, offset, size, out))
+        {
+            return r;
+        }
         if sysfs::Virtual::of(self, ino).is_some() {
             let handles = self.handles.lock();
             let h = handles.get(&fh).ok_or(VfsError::BadHandle)?;

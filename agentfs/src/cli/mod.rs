@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use crate::error::CliError;
 
 pub mod agents;
+pub mod audit;
 pub mod mount;
 pub mod policy;
 pub mod unmount;
@@ -25,6 +26,8 @@ Examples:
   mkdir /tmp/agents/a                    register agent \"a\"
   echo hi > /tmp/agents/a/mem/semantic/x
   cat /tmp/agents/sys/agents/a/status
+  agentfs audit verify                   check the flight recorder's hash chain
+  agentfs audit tail -f --agent a        follow agent a's recorded operations
   agentfs unmount /tmp/agents            flush, stop the daemon, unmount
 
 Data dir: --data-dir, else $AGENTFS_DATA_DIR, else $XDG_DATA_HOME/agentfs,
@@ -63,6 +66,8 @@ pub enum Command {
     Ps(agents::PsArgs),
     /// Run a command bound to an agent: it and everything it spawns act as the agent
     Run(agents::RunArgs),
+    /// The flight recorder: verify its hash chain, or tail its entries
+    Audit(audit::AuditArgs),
 }
 
 impl Cli {
@@ -74,6 +79,7 @@ impl Cli {
             Command::Signal(args) => agents::signal(args),
             Command::Ps(args) => agents::ps(args),
             Command::Run(args) => agents::run(args),
+            Command::Audit(args) => audit::run(args),
         }
     }
 }
@@ -142,6 +148,9 @@ mod tests {
             &["mount", "/m", "extra"],
             &["unmount"],
             &["frobnicate"],
+            &["audit"],
+            &["audit", "tail", "-n", "x"],
+            &["audit", "verify", "extra"],
         ] {
             let err = parse(bad).expect_err(&format!("{bad:?} should be refused"));
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
@@ -162,6 +171,28 @@ mod tests {
             .to_string();
         assert!(!help.contains("ready-fd"), "{help}");
         assert!(help.contains("--data-dir"), "{help}");
+    }
+
+    #[test]
+    fn audit_tail_options() {
+        let cli = parse(&["audit", "tail", "-f", "--agent", "a", "--json", "-n", "5"]).unwrap();
+        let Command::Audit(audit::AuditArgs {
+            command: audit::AuditCommand::Tail(t),
+        }) = cli.command
+        else {
+            panic!("not audit tail")
+        };
+        assert!(t.follow && t.json);
+        assert_eq!(t.agent.as_deref(), Some("a"));
+        assert_eq!(t.lines, 5);
+        let cli = parse(&["audit", "verify", "--data-dir", "/d"]).unwrap();
+        let Command::Audit(audit::AuditArgs {
+            command: audit::AuditCommand::Verify(v),
+        }) = cli.command
+        else {
+            panic!("not audit verify")
+        };
+        assert_eq!(v.data_dir, Some(PathBuf::from("/d")));
     }
 
     #[test]

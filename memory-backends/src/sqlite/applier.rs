@@ -19,9 +19,11 @@
 //! catches up: this bounds both the memory of the queue and the replay time after a crash.
 
 use super::errors;
-use super::journal::{Journal, Record};
+use super::head::HeadPin;
+use super::journal::{Journal, Link, Record};
 use super::tables;
-use crate::StoreError;
+use crate::audit::{canonical_body, ChainHead};
+use crate::{Change, StoreError};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, TransactionBehavior};
 use std::collections::VecDeque;
@@ -123,6 +125,9 @@ struct Ctx {
     conn: Arc<Mutex<Connection>>,
     journal: Arc<Journal>,
     db: PathBuf,
+    pin: Arc<HeadPin>,
+    /// The audit chain as of the last record applied.
+    chain: Mutex<ChainHead>,
 }
 
 /// Handle on the applier thread; dropping it applies what is queued and joins the thread.
@@ -139,6 +144,8 @@ impl Applier {
         journal: Arc<Journal>,
         db: PathBuf,
         applied: u64,
+        pin: Arc<HeadPin>,
+        chain: ChainHead,
     ) -> Result<Applier, StoreError> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
@@ -161,6 +168,8 @@ impl Applier {
             conn,
             journal,
             db,
+            pin,
+            chain: Mutex::new(chain),
         };
         let thread = std::thread::Builder::new()
             .name("agentfs-applier".into())
@@ -266,6 +275,10 @@ impl Applier {
             .error
             .as_ref()
             .map(|e| e.message.clone())
+    }
+
+    pub(super) fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Acquire)
     }
 
     pub(super) fn set_paused(&self, paused: bool) {
@@ -376,7 +389,7 @@ impl Ctx {
         // When this transaction completes a closed segment, make it durable so the segment
         // can be deleted after it.
         let durable = self.journal.closes_segment(last);
-        let result = apply_group(&mut self.conn.lock(), group, &self.db, durable);
+        let result = apply_group(&mut self.conn.lock(), group, &self.db, durable, None);
         let s = &*self.shared;
         match result {
             Ok(()) => {
@@ -392,8 +405,23 @@ impl Ctx {
                     s.failing.store(false, Ordering::Release);
                 }
                 s.status_cv.notify_all();
+                let head = {
+                    let mut chain = self.chain.lock();
+                    if let Some(l) = group.iter().rev().find_map(|r| r.links.last()) {
+                        *chain = ChainHead {
+                            seq: l.seq,
+                            hash: l.hash,
+                        };
+                    }
+                    *chain
+                };
                 if durable {
                     self.journal.delete_applied(last);
+                    // SQLite holds every row up to `head` durably: pin it (best effort; the
+                    // next sync or close pins it again).
+                    if let Err(e) = self.pin.advance(head, false) {
+                        tracing::warn!(error = %e, "could not write the audit chain head");
+                    }
                 }
                 self.journal.kick_writeback();
                 Ok(())
@@ -433,11 +461,16 @@ fn take(q: &mut Queue, group: &mut Vec<Record>) {
 /// With `durable`, the transaction runs under `synchronous=FULL`: in WAL mode that fsyncs the
 /// WAL at commit, making it and every earlier transaction durable. Shared with the replay at
 /// open.
+///
+/// Audit entries are inserted with the chain links their record carries; records read back at
+/// recovery carry none, and get them from `chain` (the head of what SQLite holds), which is
+/// advanced past them.
 pub(super) fn apply_group(
     conn: &mut Connection,
     records: &[Record],
     db: &Path,
     durable: bool,
+    mut chain: Option<&mut ChainHead>,
 ) -> Result<(), StoreError> {
     let Some(last) = records.last().map(|r| r.seq) else {
         return Ok(());
@@ -453,14 +486,35 @@ pub(super) fn apply_group(
             .map_err(sql)?;
         // Every batch was validated before it was appended: chunks it names were in the index.
         let holds = |_: &_| true;
+        let mut insert_audit = tables::audit_insert_stmt(&tx).map_err(sql)?;
         for r in records {
             for (id, loc) in &r.blobs {
                 tables::insert_blob(&tx, id, *loc).map_err(sql)?;
             }
+            let mut links = r.links.iter();
             for change in &r.batch.changes {
-                tables::apply(&tx, change, &holds, db)?;
+                let Change::Audit(entry) = change else {
+                    tables::apply(&tx, change, &holds, db)?;
+                    continue;
+                };
+                let link = match (links.next(), chain.as_deref_mut()) {
+                    (Some(link), _) => *link,
+                    (None, Some(head)) => {
+                        let prev = head.hash;
+                        let (seq, hash) = head.advance(&canonical_body(entry));
+                        Link { seq, prev, hash }
+                    }
+                    (None, None) => {
+                        return Err(StoreError::Io(io::Error::other(format!(
+                            "journal record {} reached the applier without its audit links",
+                            r.seq
+                        ))))
+                    }
+                };
+                tables::insert_audit(&mut insert_audit, &link, entry).map_err(sql)?;
             }
         }
+        drop(insert_audit);
         tables::set_applied_seq(&tx, last).map_err(sql)?;
         tx.commit().map_err(sql)
         // On any error `tx` is dropped here, which rolls back.

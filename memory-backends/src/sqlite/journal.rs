@@ -38,6 +38,7 @@
 
 use super::errors;
 use super::packs::{sync_dir, Loc};
+use crate::audit::ChainHead;
 use crate::{Batch, ChunkId, StoreError};
 use parking_lot::{Mutex, MutexGuard};
 use std::fs::{self, File, OpenOptions};
@@ -69,10 +70,22 @@ pub(super) const FRAME_HEADER: usize = 20;
 /// Records replayed per SQLite transaction at open.
 const REPLAY_GROUP: usize = 8192;
 
+/// The place of one audit entry in the hash chain (see `crate::audit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Link {
+    pub seq: u64,
+    pub prev: [u8; 32],
+    pub hash: [u8; 32],
+}
+
 /// One committed batch, as queued for the applier and as read back at recovery.
 pub(super) struct Record {
     pub seq: u64,
     pub batch: Batch,
+    /// One per `Change::Audit` of the batch, in order: assigned under the journal lock at
+    /// append. Empty for records read back at recovery (the replay recomputes them, in the same
+    /// order from the same chain state, so they come out identical).
+    pub links: Vec<Link>,
     /// Blob rows of the chunks this record is the first to commit.
     pub blobs: Vec<(ChunkId, Loc)>,
     /// Size of the record in the journal, for the applier's backlog accounting.
@@ -91,6 +104,9 @@ pub(super) struct Active {
     first_seq: u64,
     /// Sequence number the next record gets.
     next_seq: u64,
+    /// The audit chain as of the last record appended: seq and hash of its last entry.
+    /// Advanced under this lock only, so entries are numbered and chained in journal order.
+    pub(super) chain: ChainHead,
 }
 
 impl Active {
@@ -286,6 +302,7 @@ impl Journal {
                     end: SEGMENT_HEADER,
                     first_seq: next_seq,
                     next_seq,
+                    chain: ChainHead::default(),
                 }),
                 closed: Mutex::new(Vec::new()),
                 durable_seq: AtomicU64::new(next_seq - 1),
@@ -300,6 +317,39 @@ impl Journal {
 
     fn path(&self, n: u32) -> PathBuf {
         self.dir.join(segment_name(n))
+    }
+
+    /// Reads, without changing anything, the valid records after `applied_seq` that a
+    /// reopen would replay (what an unclean shutdown left unapplied), in order, in groups.
+    /// For readers of a data dir that do not own it (`audit verify`).
+    pub(super) fn scan(
+        dir: &Path,
+        applied_seq: u64,
+        apply: &mut dyn FnMut(&[Record]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(errors::io(e, dir)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| errors::io(e, dir))?;
+            if let Some(n) = entry.file_name().to_str().and_then(parse_segment_name) {
+                found.push(n);
+            }
+        }
+        found.sort_unstable();
+        let mut replay = Replay {
+            expected: applied_seq + 1,
+            group: Vec::new(),
+            replayed: 0,
+            apply,
+        };
+        for (i, &n) in found.iter().enumerate() {
+            replay.segment(&dir.join(segment_name(n)), i + 1 == found.len())?;
+        }
+        replay.flush()
     }
 
     /// Locks the journal for one append. Hold it while taking the pending blob rows and
@@ -381,6 +431,7 @@ impl Journal {
             end: SEGMENT_HEADER,
             first_seq: active.next_seq,
             next_seq: active.next_seq,
+            chain: active.chain,
         };
         Ok(())
     }
@@ -410,18 +461,19 @@ impl Journal {
 
     /// Makes every record appended so far durable: one `fdatasync` of the current segment
     /// (closed segments were synced when they were closed). Free when nothing new was appended.
-    pub(super) fn sync(&self) -> Result<(), StoreError> {
+    /// Returns the audit chain head as of the last record now durable.
+    pub(super) fn sync(&self) -> Result<ChainHead, StoreError> {
         let _serial = self.sync_lock.lock();
-        let (target, file, no) = {
+        let (target, file, no, chain) = {
             let a = self.active.lock();
-            (a.last_seq(), Arc::clone(&a.file), a.no)
+            (a.last_seq(), Arc::clone(&a.file), a.no, a.chain)
         };
         if self.durable_seq.load(Ordering::Acquire) >= target {
-            return Ok(());
+            return Ok(chain);
         }
         self.fdatasync(&file, no)?;
         self.durable_seq.fetch_max(target, Ordering::AcqRel);
-        Ok(())
+        Ok(chain)
     }
 
     /// True when a closed segment would be entirely applied once records up to `seq` are.
@@ -613,6 +665,7 @@ impl Replay<'_> {
                     self.group.push(Record {
                         seq,
                         batch,
+                        links: Vec::new(),
                         blobs,
                         bytes: len,
                     });
@@ -843,6 +896,7 @@ mod tests {
                 out.extend(g.iter().map(|r| Record {
                     seq: r.seq,
                     batch: r.batch.clone(),
+                    links: r.links.clone(),
                     blobs: r.blobs.clone(),
                     bytes: r.bytes,
                 }));

@@ -11,17 +11,25 @@
 //! * `errors`: SQLite/I/O errors to [`StoreError`].
 
 mod applier;
+mod auditlog;
 mod errors;
+mod head;
 mod journal;
 mod lock;
 mod packs;
 mod schema;
 mod tables;
 
+use crate::audit::{canonical_body, AuditRecord, ChainHead};
 use crate::checks::{check_batch, check_chunk_len, missing_chunk};
+use crate::Change;
 use crate::{Batch, ChunkId, Durability, LoadedState, Store, StoreError};
 use applier::Applier;
-use journal::{Journal, Record, SEGMENT_LIMIT};
+use head::HeadPin;
+use journal::{Journal, Link, Record, SEGMENT_LIMIT};
+
+pub use auditlog::{AuditLog, Problem, ProblemKind, VerifyReport};
+pub use head::{read as read_audit_head, HEAD_FILE as AUDIT_HEAD_FILE};
 use lock::DirLock;
 use packs::{Loc, Packs, PACK_LIMIT};
 use parking_lot::{Mutex, RwLock};
@@ -90,6 +98,12 @@ pub struct SqliteStore {
     packs: Packs,
     /// Sum of `len` over `index.locs`.
     chunk_bytes: AtomicU64,
+    /// Writes `audit.head`.
+    pin: Arc<HeadPin>,
+    /// Read-only connection for `audit_after` (opened at first use), so that readers of the
+    /// flight recorder never wait on the applier's connection.
+    reader: Mutex<Option<AuditLog>>,
+    dir: PathBuf,
     /// Last field, so it is released only after the connection has closed.
     _lock: DirLock,
 }
@@ -144,17 +158,30 @@ impl SqliteStore {
         // packs must resume past every byte any row points at.
         let started = Instant::now();
         let applied = tables::applied_seq(&conn, &db_path)?;
+        // The chain as SQLite holds it; the replay extends it record by record.
+        let mut chain = tables::audit_last(&conn, &db_path)?;
         let cell = std::cell::RefCell::new(conn);
         let recovery = Journal::open(
             dir.join(JOURNAL_DIR),
             limits.segment,
             applied,
             &mut |group: &[Record]| {
-                applier::apply_group(&mut cell.borrow_mut(), group, &db_path, false)
+                applier::apply_group(
+                    &mut cell.borrow_mut(),
+                    group,
+                    &db_path,
+                    false,
+                    Some(&mut chain),
+                )
             },
             &mut || applier::durable_checkpoint(&mut cell.borrow_mut(), &db_path),
         )?;
         let conn = cell.into_inner();
+        check_head(dir, &conn, &db_path, chain)?;
+        // Everything in SQLite is durable now (a replay ended with a durable checkpoint; a
+        // clean close made it durable): pin it.
+        head::write(dir, chain, true)?;
+        recovery.journal.lock().chain = chain;
         if recovery.replayed > 0 {
             tracing::info!(
                 records = recovery.replayed,
@@ -194,11 +221,14 @@ impl SqliteStore {
             }
         }
         let conn = Arc::new(Mutex::new(conn));
+        let pin = Arc::new(HeadPin::new(dir, chain.seq));
         let applier = Applier::start(
             Arc::clone(&conn),
             Arc::clone(&journal),
             db_path.clone(),
             applied,
+            Arc::clone(&pin),
+            chain,
         )?;
         Ok(SqliteStore {
             db_path,
@@ -211,6 +241,9 @@ impl SqliteStore {
             }),
             packs,
             chunk_bytes: AtomicU64::new(bytes),
+            pin,
+            reader: Mutex::new(None),
+            dir: dir.to_path_buf(),
             _lock: lock,
         })
     }
@@ -328,18 +361,41 @@ impl Store for SqliteStore {
         if !batch.is_empty() || !self.index.read().pending.is_empty() {
             self.applier.admit()?;
             let frame = journal::start_record(&batch)?;
+            // The canonical encoding of each audit entry, outside the lock; under it only the
+            // seq is added and the chain hashed (one BLAKE3 of ~100 bytes per entry).
+            let bodies: Vec<Vec<u8>> = batch
+                .changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Audit(a) => Some(canonical_body(a)),
+                    _ => None,
+                })
+                .collect();
             let mut active = self.journal.lock();
             let pending = std::mem::take(&mut self.index.write().pending);
             if batch.is_empty() && pending.is_empty() {
                 // Another commit took the pending rows meanwhile: nothing to append.
             } else {
+                let mut chain = active.chain;
+                let links: Vec<Link> = bodies
+                    .iter()
+                    .map(|body| {
+                        let prev = chain.hash;
+                        let (seq, hash) = chain.advance(body);
+                        Link { seq, prev, hash }
+                    })
+                    .collect();
                 match self.journal.append(&mut active, frame, &pending) {
-                    Ok((seq, bytes)) => self.applier.push(Record {
-                        seq,
-                        batch,
-                        blobs: pending,
-                        bytes,
-                    }),
+                    Ok((seq, bytes)) => {
+                        active.chain = chain;
+                        self.applier.push(Record {
+                            seq,
+                            batch,
+                            links,
+                            blobs: pending,
+                            bytes,
+                        })
+                    }
                     Err(e) => {
                         // Nothing was appended: keep the rows for the next commit. Done under
                         // the journal lock, so no later record can miss them.
@@ -361,7 +417,26 @@ impl Store for SqliteStore {
     /// commit is on the disk, so is the commit: a reopen replays it.
     fn sync(&self) -> Result<(), StoreError> {
         self.packs.sync()?;
-        self.journal.sync()
+        let head = self.journal.sync()?;
+        // Every entry up to `head` is on the disk (in the journal): pin it. The head file is
+        // not fsynced here: after a power loss it may be older, never newer, than the chain.
+        self.pin.advance(head, false)
+    }
+
+    fn audit_after(
+        &self,
+        after: u64,
+        agent: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut reader = self.reader.lock();
+        if reader.is_none() {
+            *reader = Some(AuditLog::open(&self.dir)?);
+        }
+        match reader.as_ref() {
+            Some(log) => log.after(after, agent, limit),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Everything committed so far. Waits for the applier (a few milliseconds at most, normally)
@@ -382,6 +457,58 @@ impl std::fmt::Debug for SqliteStore {
             .field("db", &self.db_path)
             .field("applied_lag", &self.applied_lag())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SqliteStore {
+    /// A clean close pins the whole chain durably (the applier, dropped next, then copies the
+    /// journal into SQLite).
+    fn drop(&mut self) {
+        if self.applier.is_paused() {
+            return; // a test's simulated crash
+        }
+        let pinned = self
+            .packs
+            .sync()
+            .and_then(|()| self.journal.sync())
+            .and_then(|head| self.pin.advance(head, true));
+        if let Err(e) = pinned {
+            tracing::warn!(error = %e, "could not pin the audit chain head at close");
+        }
+    }
+}
+
+/// Refuses to open a store whose audit table ends before, or differs at, the pinned head: its
+/// tail was cut off or its chain rewritten while no daemon ran. Opening would pin the damaged
+/// chain and erase the evidence.
+fn check_head(dir: &Path, conn: &Connection, db: &Path, last: ChainHead) -> Result<(), StoreError> {
+    let refuse = |what: String| {
+        StoreError::Corrupt(format!(
+            "{}: {what}; run `agentfs audit verify --data-dir {}` (the store stays closed so \
+             the evidence is kept)",
+            dir.join(head::HEAD_FILE).display(),
+            dir.display()
+        ))
+    };
+    match head::read(dir)? {
+        None if last.seq > 0 => Err(refuse(format!(
+            "the audit chain head is missing although the audit table holds {} entries",
+            last.seq
+        ))),
+        None => Ok(()),
+        Some(h) if h.seq > last.seq => Err(refuse(format!(
+            "the audit table ends at entry {} but the pinned head is entry {}: its tail was \
+             cut off",
+            last.seq, h.seq
+        ))),
+        Some(h) if h.seq == 0 => Ok(()),
+        Some(h) => match tables::audit_hash_at(conn, h.seq, db)? {
+            Some(hash) if hash[..] == h.hash[..] => Ok(()),
+            _ => Err(refuse(format!(
+                "audit entry {} does not match the pinned head: the chain was rewritten",
+                h.seq
+            ))),
+        },
     }
 }
 

@@ -5,13 +5,14 @@
 //! type; values below 2^63 (all real ones) therefore keep their order.
 
 use super::errors;
-use crate::StoreError;
+use crate::audit::ChainHead;
+use crate::{AuditEntry, StoreError};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
 use std::time::Duration;
 
 /// Version written by this code. Bump it (and add a migration) on any schema change.
-pub(super) const SCHEMA_VERSION: u32 = 2;
+pub(super) const SCHEMA_VERSION: u32 = 3;
 
 /// Meta key holding the schema version.
 pub(super) const VERSION_KEY: &str = "schema_version";
@@ -82,7 +83,9 @@ CREATE TABLE IF NOT EXISTS audit(
     decision TEXT NOT NULL DEFAULT '',
     rule TEXT NOT NULL DEFAULT '',
     policy BLOB,
-    detail TEXT NOT NULL DEFAULT ''
+    detail TEXT NOT NULL DEFAULT '',
+    prev_hash BLOB,
+    hash BLOB
 );
 "#;
 
@@ -99,6 +102,13 @@ ALTER TABLE audit ADD COLUMN policy BLOB;
 ALTER TABLE audit ADD COLUMN detail TEXT NOT NULL DEFAULT '';
 UPDATE meta SET value = '2' WHERE key = 'schema_version';
 COMMIT;
+"#;
+
+/// Version 3 chains the audit rows: `prev_hash` and `hash` (see `crate::audit`). Existing
+/// rows are chained in seq order by [`migrate_2_to_3`].
+const ADD_CHAIN_COLUMNS: &str = r#"
+ALTER TABLE audit ADD COLUMN prev_hash BLOB;
+ALTER TABLE audit ADD COLUMN hash BLOB;
 "#;
 
 /// Connection settings; see `docs/storage.md`.
@@ -185,9 +195,12 @@ pub(super) fn init_or_check(conn: &Connection, db: &Path, create: bool) -> Resul
              ({SCHEMA_VERSION}); run a newer agentfs",
             db.display()
         ))),
-        Ok(1) => conn
-            .execute_batch(MIGRATE_1_TO_2)
-            .map_err(|e| errors::sql_at_open(e, db)),
+        Ok(1) => {
+            conn.execute_batch(MIGRATE_1_TO_2)
+                .map_err(|e| errors::sql_at_open(e, db))?;
+            migrate_2_to_3(conn, db)
+        }
+        Ok(2) => migrate_2_to_3(conn, db),
         Ok(v) => Err(StoreError::Corrupt(format!(
             "{}: schema version {v} is older than {SCHEMA_VERSION} and no migration exists",
             db.display()
@@ -197,4 +210,47 @@ pub(super) fn init_or_check(conn: &Connection, db: &Path, create: bool) -> Resul
             db.display()
         ))),
     }
+}
+
+/// Adds the chain columns and chains every existing row, in seq order, in one transaction. The
+/// head file is written (durably) before the version is bumped, so a crash in between re-runs
+/// the migration, which computes the same chain again.
+fn migrate_2_to_3(conn: &Connection, db: &Path) -> Result<(), StoreError> {
+    let sql = |e| errors::sql_at_open(e, db);
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+    let result = (|| {
+        conn.execute_batch(ADD_CHAIN_COLUMNS).map_err(sql)?;
+        let mut head = ChainHead::default();
+        {
+            let mut read = conn
+                .prepare(&format!(
+                    "SELECT {} FROM audit ORDER BY seq",
+                    super::auditlog::ENTRY_COLUMNS
+                ))
+                .map_err(sql)?;
+            let mut update = conn
+                .prepare("UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3")
+                .map_err(sql)?;
+            let mut rows = read.query([]).map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                let (seq, entry): (u64, AuditEntry) =
+                    super::auditlog::entry_of(row).map_err(sql)?;
+                let prev = head.hash;
+                let hash = crate::audit::entry_hash(&prev, seq, &entry);
+                head = ChainHead { seq, hash };
+                update
+                    .execute(rusqlite::params![&prev[..], &hash[..], seq as i64])
+                    .map_err(sql)?;
+            }
+        }
+        let dir = db.parent().unwrap_or(Path::new("."));
+        super::head::write(dir, head, true)?;
+        conn.execute("UPDATE meta SET value = '3' WHERE key = ?1", [VERSION_KEY])
+            .map_err(sql)?;
+        conn.execute_batch("COMMIT").map_err(sql)
+    })();
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
 }

@@ -2,11 +2,13 @@
 //! table on the way out. All statements are cached (`prepare_cached`), so a commit parses no SQL.
 
 use super::errors;
+use super::journal::Link;
 use super::packs::Loc;
 use super::schema::{APPLIED_SEQ_KEY, SYNC_SEQ_KEY};
+use crate::audit::ChainHead;
 use crate::checks::{check_meta_key, is_reserved_meta, missing_chunk};
-use crate::{Change, ChunkId, FileKind, InodeRecord, LoadedState, StoreError};
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::{AuditEntry, Change, ChunkId, FileKind, InodeRecord, LoadedState, StoreError};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use std::path::Path;
 
 /// Records where a chunk's bytes are.
@@ -122,35 +124,95 @@ pub(super) fn apply(
                 .and_then(|mut s| s.execute(params![key, value]))
                 .map_err(sql)?;
         }
-        Change::Audit(a) => {
-            conn.prepare_cached(
-                "INSERT INTO audit(time, agent, pid, uid, op, path, result, size, target, \
-                 \"offset\", data_hash, decision, rule, policy, detail) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    a.time,
-                    a.agent,
-                    a.pid,
-                    a.uid,
-                    a.op,
-                    a.path,
-                    a.result,
-                    a.size as i64,
-                    a.target,
-                    a.offset as i64,
-                    a.data_hash.as_ref().map(|h| &h[..]),
-                    a.decision,
-                    a.rule,
-                    (a.policy != [0; 32]).then_some(&a.policy[..]),
-                    a.detail
-                ])
-            })
-            .map_err(sql)?;
+        Change::Audit(_) => {
+            // Audit rows need their place in the chain: `insert_audit`, called by the applier.
+            return Err(StoreError::Io(std::io::Error::other(
+                "an audit entry reached the row code without its chain link",
+            )));
         }
     }
     Ok(())
+}
+
+/// The statement [`insert_audit`] runs; prepared once per applier transaction.
+pub(super) fn audit_insert_stmt(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> {
+    conn.prepare_cached(
+        "INSERT INTO audit(seq, time, agent, pid, uid, op, path, result, size, target, \
+         \"offset\", data_hash, decision, rule, policy, detail, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )
+}
+
+/// Appends audit row `link.seq` with its chain hashes, with a statement from
+/// [`audit_insert_stmt`].
+pub(super) fn insert_audit(
+    stmt: &mut CachedStatement<'_>,
+    link: &Link,
+    a: &AuditEntry,
+) -> rusqlite::Result<()> {
+    stmt.execute(params![
+        link.seq as i64,
+        a.time,
+        a.agent,
+        a.pid,
+        a.uid,
+        a.op,
+        a.path,
+        a.result,
+        a.size as i64,
+        a.target,
+        a.offset as i64,
+        a.data_hash.as_ref().map(|h| &h[..]),
+        a.decision,
+        a.rule,
+        (a.policy != [0; 32]).then_some(&a.policy[..]),
+        a.detail,
+        &link.prev[..],
+        &link.hash[..],
+    ])?;
+    Ok(())
+}
+
+/// The last audit row's seq and hash (the empty chain's head when there is none). A row
+/// without a hash (a database migrated from before the chain, mid-migration) is `Corrupt`.
+pub(super) fn audit_last(conn: &Connection, db: &Path) -> Result<ChainHead, StoreError> {
+    let row: Option<(i64, Option<Vec<u8>>)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| errors::sql(e, db))?;
+    match row {
+        None => Ok(ChainHead::default()),
+        Some((seq, Some(hash))) if hash.len() == 32 => {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&hash);
+            Ok(ChainHead {
+                seq: seq as u64,
+                hash: h,
+            })
+        }
+        Some((seq, _)) => Err(StoreError::Corrupt(format!(
+            "{}: audit row {seq} has no valid chain hash",
+            db.display()
+        ))),
+    }
+}
+
+/// The stored hash of audit row `seq`, if there is such a row.
+pub(super) fn audit_hash_at(
+    conn: &Connection,
+    seq: u64,
+    db: &Path,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    conn.query_row("SELECT hash FROM audit WHERE seq = ?1", [seq as i64], |r| {
+        r.get::<_, Option<Vec<u8>>>(0)
+    })
+    .optional()
+    .map(Option::flatten)
+    .map_err(|e| errors::sql(e, db))
 }
 
 /// Changes a row so that the transaction is never empty: SQLite skips the commit (and so the

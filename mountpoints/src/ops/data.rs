@@ -32,6 +32,10 @@ impl Vfs {
         append: bool,
         class: Class,
     ) -> Result<u32> {
+        if data.is_empty() {
+            // POSIX: a zero-length write changes nothing, wherever it points.
+            return Ok(0);
+        }
         let node = self.node(ino)?;
         let store = self.store_for(class).clone();
         let mut n = node.write();

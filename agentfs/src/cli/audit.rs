@@ -1,0 +1,284 @@
+//! `agentfs audit verify` and `agentfs audit tail`: the flight recorder, read from the data
+//! dir's database (read-only; works while a daemon has the dir mounted, and offline).
+//! See docs/audit.md.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agentfs_memory::audit::hex;
+use agentfs_memory::{AuditLog, AuditRecord, StoreError};
+use clap::{Args, Subcommand};
+
+use crate::datadir;
+use crate::error::CliError;
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain and the pinned head; on damage name the first bad entry and
+    /// what happened to it (altered, dropped, reordered, inserted, truncated); exit 0 only
+    /// when the whole chain holds
+    Verify(VerifyArgs),
+    /// Print the last entries (a table on a terminal, JSON lines otherwise or with --json);
+    /// -f keeps printing new ones
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Data dir (default: $AGENTFS_DATA_DIR, $XDG_DATA_HOME/agentfs, ~/.local/share/agentfs)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Keep running and print entries as they are recorded
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only this agent's entries
+    #[arg(long, value_name = "AGENT")]
+    pub agent: Option<String>,
+    /// JSON lines (the default when stdout is not a terminal)
+    #[arg(long)]
+    pub json: bool,
+    /// How many of the last entries to print first
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+    pub lines: u64,
+    /// Data dir (default: $AGENTFS_DATA_DIR, $XDG_DATA_HOME/agentfs, ~/.local/share/agentfs)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub fn run(args: AuditArgs) -> Result<(), CliError> {
+    match args.command {
+        AuditCommand::Verify(v) => verify(v),
+        AuditCommand::Tail(t) => tail(t),
+    }
+}
+
+fn open(flag: Option<&Path>) -> Result<(PathBuf, AuditLog), CliError> {
+    let dir = datadir::resolve_from_env(flag)?;
+    let log = AuditLog::open(&dir).map_err(|e| store_error(&dir, e))?;
+    Ok((dir, log))
+}
+
+fn store_error(dir: &Path, e: StoreError) -> CliError {
+    CliError::Open {
+        data_dir: dir.to_path_buf(),
+        msg: e.to_string(),
+    }
+}
+
+fn verify(args: VerifyArgs) -> Result<(), CliError> {
+    let (dir, log) = open(args.data_dir.as_deref())?;
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_draw = Instant::now();
+    let mut progress = |done: u64, total: u64| {
+        if tty && (last_draw.elapsed() >= Duration::from_millis(100) || done == total) {
+            last_draw = Instant::now();
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            eprint!("\rverifying: {done}/{total} entries ({pct}%)");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let report = log
+        .verify(&mut progress)
+        .map_err(|e| store_error(&dir, e))?;
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    match report.problem {
+        Some(p) => Err(CliError::Reported(format!(
+            "audit chain broken at entry {} ({}): {}",
+            p.seq,
+            p.kind.as_str(),
+            p.detail
+        ))),
+        None => {
+            let head = match report.head {
+                Some(h) => format!(
+                    "pinned head: entry {} ({}…){}",
+                    h.seq,
+                    &hex(&h.hash)[..16],
+                    if report.unpinned > 0 {
+                        format!(
+                            "; {} newer entries not yet pinned (since the last durable commit)",
+                            report.unpinned
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+                None => "no entries, no head".to_string(),
+            };
+            let head = if report.in_journal > 0 {
+                format!(
+                    "{head}; the last {} entries are still in the journal (the store was not \
+                     closed cleanly; the next mount applies them)",
+                    report.in_journal
+                )
+            } else {
+                head
+            };
+            println!(
+                "audit chain ok: {} entries, last {} ({}…); {head}; {:.2} s",
+                report.entries,
+                report.last.seq,
+                &hex(&report.last.hash)[..16],
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Page size when reading entries.
+const PAGE: usize = 4096;
+
+fn tail(args: TailArgs) -> Result<(), CliError> {
+    let (dir, log) = open(args.data_dir.as_deref())?;
+    let table = !args.json && std::io::stdout().is_terminal();
+    let agent = args.agent.as_deref();
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if table {
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<23}  {:<12}  {:>7}  {:<10}  {:>6}  {:<8}  PATH",
+            "SEQ", "TIME (UTC)", "AGENT", "PID", "OP", "RESULT", "DECISION"
+        );
+    }
+    // The last N: walk back from the end in pages until N are found (or the start).
+    let last = log.last_seq().map_err(|e| store_error(&dir, e))?;
+    let mut after =
+        start_of_last(&log, last, agent, args.lines).map_err(|e| store_error(&dir, e))?;
+    loop {
+        let batch = log
+            .after(after, agent, PAGE)
+            .map_err(|e| store_error(&dir, e))?;
+        for rec in &batch {
+            let line = if table { row(rec) } else { rec.to_json() };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(()); // stdout closed (`| head`): done
+            }
+            after = rec.seq;
+        }
+        if batch.len() == PAGE {
+            continue;
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        if out.flush().is_err() {
+            return Ok(());
+        }
+        // Entries show up in the database a few milliseconds after they are recorded.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The seq after which the last `n` entries (of `agent`, when given) start.
+fn start_of_last(
+    log: &AuditLog,
+    last: u64,
+    agent: Option<&str>,
+    n: u64,
+) -> Result<u64, StoreError> {
+    if n == 0 {
+        return Ok(last);
+    }
+    if agent.is_none() {
+        return Ok(last.saturating_sub(n));
+    }
+    // Walk back in windows until n of the agent's entries lie after the start.
+    let mut window = n.saturating_mul(4).max(1024);
+    loop {
+        let from = last.saturating_sub(window);
+        let found = log.after(from, agent, usize::MAX)?;
+        if found.len() as u64 >= n || from == 0 {
+            let skip = found.len().saturating_sub(n as usize);
+            return Ok(match skip.checked_sub(1) {
+                Some(i) => found[i].seq,
+                None => from,
+            });
+        }
+        window = window.saturating_mul(4);
+    }
+}
+
+/// One entry as a table row.
+fn row(rec: &AuditRecord) -> String {
+    let e = &rec.entry;
+    let secs = e.time.div_euclid(1_000_000_000);
+    let millis = e.time.rem_euclid(1_000_000_000) / 1_000_000;
+    let (y, mo, d, h, mi, s) = civil(secs);
+    let time = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{millis:03}");
+    let mut path = e.path.clone();
+    if !e.target.is_empty() {
+        path.push_str(" -> ");
+        path.push_str(&e.target);
+    }
+    if e.size > 0 || e.offset > 0 {
+        path.push_str(&format!(" [{}@{}]", e.size, e.offset));
+    }
+    if !e.detail.is_empty() {
+        path.push_str(&format!(" ({})", e.detail));
+    }
+    format!(
+        "{:>8}  {time:<23}  {:<12}  {:>7}  {:<10}  {:>6}  {:<8}  {path}",
+        rec.seq,
+        e.agent,
+        e.pid,
+        e.op,
+        e.result,
+        if e.decision.is_empty() {
+            "-"
+        } else {
+            &e.decision
+        },
+    )
+}
+
+/// Seconds since the epoch to UTC (year, month, day, hour, minute, second).
+fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-from-civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil(1_700_000_000), (2023, 11, 14, 22, 13, 20));
+        assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0, 0));
+    }
+}
