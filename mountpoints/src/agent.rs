@@ -22,6 +22,9 @@ pub struct Agent {
     pub last_violation: Mutex<Option<serde_json::Value>>,
     /// The agent's write-rate token buckets. Per agent, held only for one decision.
     pub rate: Mutex<RateState>,
+    /// Held for a whole mutation while a quota or file-count limit applies to the agent, so
+    /// that its usage is checked and changed as one step (see `Vfs::mutate`).
+    pub limits: Mutex<()>,
     ops: [AtomicU64; Op::ALL.len()],
     errors: AtomicU64,
     /// Bytes held per memory class: working, episodic, semantic.
@@ -41,6 +44,7 @@ impl Agent {
             last_signal: Mutex::new(None),
             last_violation: Mutex::new(None),
             rate: Mutex::new(RateState::default()),
+            limits: Mutex::new(()),
             ops: Default::default(),
             errors: AtomicU64::new(0),
             bytes: Default::default(),

@@ -147,13 +147,14 @@ impl Vfs {
     /// Applies `signal` to `agent`: releases parked calls in arrival order on a thread of
     /// their own (the writer of CONT does not wait for them), or fails them on KILL.
     pub(crate) fn deliver(&self, agent: &Arc<Agent>, signal: Signal) {
-        let now = now_ns();
-        let t = agent.gate.signal(signal, now);
-        *agent.last_signal.lock() = Some((signal.name().to_string(), now));
-        tracing::info!(agent = %agent.name, %signal, from = %t.from, to = %t.to, released = t.release.len(), failed = t.fail.len(), "signal");
-        // The gate changed first: from here on no new call of the agent gets through, then
-        // its processes get the real signal.
-        let posix = match (signal, t.to) {
+        let to = self.deliver_gate(agent, signal);
+        self.signal_processes(agent, signal, to);
+    }
+
+    /// The real POSIX signal `signal` means for the agent's bound processes, now that its
+    /// gate is in state `to`. Call it with no node lock held (it reads /proc).
+    pub(crate) fn signal_processes(&self, agent: &Agent, signal: Signal, to: AgentState) {
+        let posix = match (signal, to) {
             (Signal::Stop, AgentState::Stopped) => Some(libc::SIGSTOP),
             (Signal::Cont, AgentState::Running) => Some(libc::SIGCONT),
             (Signal::Kill | Signal::Policy, AgentState::Killed) => Some(libc::SIGKILL),
@@ -163,6 +164,15 @@ impl Vfs {
             let sent = self.bindings.signal(&agent.name, sig);
             tracing::debug!(agent = %agent.name, sig, processes = sent, "posix signal sent");
         }
+    }
+
+    /// The gate's part of a signal: the state change, and parked calls released or failed.
+    /// Returns the new state.
+    pub(crate) fn deliver_gate(&self, agent: &Arc<Agent>, signal: Signal) -> AgentState {
+        let now = now_ns();
+        let t = agent.gate.signal(signal, now);
+        *agent.last_signal.lock() = Some((signal.name().to_string(), now));
+        tracing::info!(agent = %agent.name, %signal, from = %t.from, to = %t.to, released = t.release.len(), failed = t.fail.len(), "signal");
         for call in t.fail {
             call(Err(Refused::Killed));
         }
@@ -179,6 +189,7 @@ impl Vfs {
                 tracing::error!(error = %e, "could not start a thread to resume parked calls");
             }
         }
+        t.to
     }
 }
 

@@ -44,6 +44,9 @@ pub(crate) struct Asker {
     pub path: Vec<u8>,
     /// The new name of a rename or link, relative to the agent's root.
     pub target: Option<Vec<u8>>,
+    /// The object's other names when it is a hard-linked file: a change through one name is
+    /// decided for every name, so a file's rules follow all its paths.
+    pub aliases: Vec<Vec<u8>>,
     pub uid: u32,
     pub pid: u32,
 }
@@ -107,27 +110,49 @@ impl Vfs {
         call: &Call<'_>,
         rated: bool,
     ) -> Result<()> {
-        let verdict = match (&asker.agent, rated) {
+        let mut verdict = match (&asker.agent, rated) {
             (Some(agent), true) => {
                 let mut rate = agent.rate.lock();
                 asker.rules.decide_rated(call, &mut rate, monotonic_ns())
             }
             _ => asker.rules.decide(call),
         };
+        if verdict.is_allowed() {
+            for alias in &asker.aliases {
+                let v = asker.rules.decide(&Call {
+                    path: alias,
+                    ..call.clone()
+                });
+                if !v.is_allowed() {
+                    verdict = v;
+                    break;
+                }
+            }
+        }
         record_verdict(entry, &verdict);
         let (rule, killed) = match &verdict.decision {
             Decision::Allow => return Ok(()),
             Decision::Deny { rule } => (rule.clone(), false),
             Decision::Kill { rule } => (rule.clone(), true),
         };
+        let mut reason = verdict.reason.clone().unwrap_or_default();
+        // A refused name must not be persisted or shown either: it may be the secret.
+        for field in [&mut entry.agent, &mut entry.path, &mut entry.target] {
+            let redacted = redact(&asker.rules, field);
+            if redacted != *field {
+                reason = reason.replace(field.as_str(), &redacted);
+                *field = redacted;
+            }
+        }
         let refusal = Refusal {
             rule,
-            reason: verdict.reason.clone().unwrap_or_default(),
+            reason,
             killed: killed && asker.agent.is_some(),
         };
         entry.detail = refusal.reason.clone();
         if let Some(agent) = &asker.agent {
-            self.note_violation(agent, call, &refusal);
+            let path = redact(&asker.rules, &String::from_utf8_lossy(call.path));
+            self.note_violation(agent, call, &path, &refusal);
         }
         Err(VfsError::Refused(Box::new(refusal)))
     }
@@ -135,9 +160,8 @@ impl Vfs {
     /// Records a refusal in the agent's status and, for a `kill` rule, raises SIGPOLICY:
     /// an entry of its own in the flight record, then the agent goes to KILLED (waiting
     /// calls fail, later ones get EPERM until START).
-    fn note_violation(&self, agent: &Arc<Agent>, call: &Call<'_>, refusal: &Refusal) {
+    fn note_violation(&self, agent: &Arc<Agent>, call: &Call<'_>, path: &str, refusal: &Refusal) {
         let now = now_ns();
-        let path = String::from_utf8_lossy(call.path).into_owned();
         *agent.last_violation.lock() = Some(serde_json::json!({
             "at_ns": now,
             "rule": refusal.rule,
@@ -146,7 +170,7 @@ impl Vfs {
             "path": path,
             "reason": refusal.reason,
         }));
-        tracing::warn!(agent = %agent.name, rule = %refusal.rule, op = call.op.name(), %path, killed = refusal.killed, "policy violation");
+        tracing::warn!(agent = %agent.name, rule = %refusal.rule, op = call.op.name(), path, killed = refusal.killed, "policy violation");
         if refusal.killed {
             self.queue_audit(AuditEntry {
                 time: now,
@@ -159,7 +183,10 @@ impl Vfs {
                 detail: format!("POLICY: {}", refusal.reason),
                 ..Default::default()
             });
-            self.deliver(agent, Signal::Policy);
+            // The gate only: the call holds the file's lock here, and signalling processes
+            // reads /proc, which can wait on a process faulting on this mount. `mutate` sends
+            // the real SIGKILL once no lock is held.
+            self.deliver_gate(agent, Signal::Policy);
         }
     }
 
@@ -365,6 +392,26 @@ impl Vfs {
         };
         self.enforce(asker, entry, &call, true)
     }
+}
+
+/// `path` with every component that holds a match of a content rule replaced by
+/// `[redacted BLAKE3-PREFIX]`: what is recorded about a refused name, which may be a secret.
+/// The hash prefix still lets an investigator tell two refused names apart.
+pub(crate) fn redact(rules: &Ruleset, path: &str) -> String {
+    if path.is_empty() || !rules.holds_forbidden(path.as_bytes()) {
+        return path.to_string();
+    }
+    path.split('/')
+        .map(|c| {
+            if rules.holds_forbidden(c.as_bytes()) {
+                let h = blake3::hash(c.as_bytes()).to_hex();
+                format!("[redacted {}]", &h[..16])
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Writes a verdict into an audit entry: outcome, deciding rule (or granting rule, then the

@@ -256,6 +256,13 @@ impl Vfs {
                 .map(|d| Located::within_agent(&d.path)),
             uid: caller.uid,
             pid: caller.pid,
+            aliases: match &m {
+                Mutation::Write { ino, .. }
+                | Mutation::SetAttr { ino, .. }
+                | Mutation::SetXattr { ino, .. }
+                | Mutation::RemoveXattr { ino, .. } => self.other_names(*ino),
+                _ => Vec::new(),
+            },
         });
         let mut txn = Txn {
             entry: AuditEntry {
@@ -278,6 +285,15 @@ impl Vfs {
             committed: false,
             asker,
         };
+        // Usage limits: check and change the agent's usage as one step. Taken before any other
+        // lock (lock order: agent limits → ns → nodes); per agent, and only when a quota or
+        // file-count rule applies to it.
+        let _limits = match (&agent, &txn.asker) {
+            (Some(a), Some(asker)) if asker.rules.has_usage_limits(&a.name) => {
+                Some(a.limits.lock())
+            }
+            _ => None,
+        };
         let killed = agent
             .as_ref()
             .is_some_and(|a| a.gate.check() == agentfs_signals::Pass::Killed);
@@ -288,12 +304,19 @@ impl Vfs {
         } else {
             self.guard(caller, &m, &located)
                 .and_then(|()| self.ask_policy(&mut txn, &m, op, &located))
+                .and_then(|()| self.guard_episodic(&m, &located))
                 .and_then(|()| self.apply(caller, &mut txn, m, &located))
         };
         if let (Some(agent), Err(VfsError::Refused(r))) = (&agent, &result) {
             if r.killed {
-                // SIGPOLICY acts as KILL: working memory goes too. Done here, with no node
-                // lock held (the decision ran under the file's lock).
+                // SIGPOLICY acts as KILL: bound processes get SIGKILL and working memory goes
+                // too. Done here, with no node lock held (the decision ran under the file's
+                // lock).
+                self.signal_processes(
+                    agent,
+                    agentfs_signals::Signal::Policy,
+                    agentfs_signals::AgentState::Killed,
+                );
                 if let Err(e) = self.drop_working_memory(agent) {
                     tracing::error!(error = %e, "could not drop the working memory of a killed agent");
                 }
@@ -311,6 +334,15 @@ impl Vfs {
             Err(e) => {
                 tracing::debug!(error = %e, "refused");
                 txn.entry.result = crate::errno_hint(e);
+                // Whatever refused it, a name that matches a content rule is not recorded.
+                let rules = self.policy.current();
+                for field in [
+                    &mut txn.entry.agent,
+                    &mut txn.entry.path,
+                    &mut txn.entry.target,
+                ] {
+                    *field = crate::enforce::redact(&rules, field);
+                }
                 self.queue_audit(txn.entry);
             }
         }
@@ -399,6 +431,72 @@ impl Vfs {
                 .set_xattr(txn, ino, name, None, 0)
                 .map(|()| Outcome::Done),
         }
+    }
+
+    /// The names of a hard-linked file other than the one its node records, relative to the
+    /// agent's root. Files with one name cost nothing.
+    fn other_names(&self, ino: Ino) -> Vec<Vec<u8>> {
+        let Ok(node) = self.node(ino) else {
+            return Vec::new();
+        };
+        let (nlink, kind, primary) = {
+            let n = node.read();
+            (n.attr.nlink, n.attr.kind, (n.parent, n.name.clone()))
+        };
+        if nlink <= 1 || kind == FileKind::Dir {
+            return Vec::new();
+        }
+        self.names_in_class(ino)
+            .into_iter()
+            .filter(|(dir, name, _)| (*dir, name) != (primary.0, &primary.1))
+            .map(|(_, _, path)| path)
+            .collect()
+    }
+
+    /// Every entry naming `ino` in its memory class (links never leave it): directory, name
+    /// and path relative to the agent's root. Walks the class one directory lock at a time:
+    /// call it with no node lock held.
+    pub(crate) fn names_in_class(&self, ino: Ino) -> Vec<(Ino, Vec<u8>, Vec<u8>)> {
+        let Ok(node) = self.node(ino) else {
+            return Vec::new();
+        };
+        let (class, agent) = {
+            let n = node.read();
+            (n.class, n.agent.clone())
+        };
+        let class_name: &[u8] = match class {
+            Class::Working => b"working",
+            Class::Episodic => b"episodic",
+            Class::Semantic => b"semantic",
+            _ => return Vec::new(),
+        };
+        let Some(agent) = agent.as_deref().and_then(|a| self.agent(a)) else {
+            return Vec::new();
+        };
+        let child =
+            |dir: Ino, name: &[u8]| -> Option<Ino> { self.node(dir).ok()?.read().dir()?.get(name) };
+        let Some(root) = child(agent.root, b"mem").and_then(|m| child(m, class_name)) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        let mut dirs: Vec<(Ino, Vec<u8>)> = vec![(root, [&b"mem/"[..], class_name].concat())];
+        while let Some((dir, path)) = dirs.pop() {
+            let Ok(d) = self.node(dir) else { continue };
+            let entries: Vec<(Vec<u8>, Ino)> = d
+                .read()
+                .dir()
+                .map(|e| e.names().map(|(n, i)| (n.to_vec(), i)).collect())
+                .unwrap_or_default();
+            for (name, child_ino) in entries {
+                let child_path = [&path[..], b"/", &name].concat();
+                if child_ino == ino {
+                    found.push((dir, name, child_path));
+                } else if self.node(child_ino).is_ok_and(|c| c.read().is_dir()) {
+                    dirs.push((child_ino, child_path));
+                }
+            }
+        }
+        found
     }
 
     /// Mount-relative path of a node, e.g. `a/mem/semantic/x`, as raw bytes: what the policy
@@ -617,23 +715,28 @@ impl Vfs {
                 return Err(VfsError::CrossDevice);
             }
         }
-        if at.class == Class::Episodic {
-            match m {
-                Mutation::Unlink { .. }
-                | Mutation::Rmdir { .. }
-                | Mutation::Rename { .. }
-                | Mutation::Link { .. } => {
-                    return Err(VfsError::NotPermitted("mem/episodic is append-only"))
-                }
-                Mutation::SetAttr { set, .. }
-                    if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() =>
-                {
-                    return Err(VfsError::NotPermitted("mem/episodic is append-only"))
-                }
-                _ => {}
-            }
-        }
         Ok(())
+    }
+
+    /// Episodic memory is append-only for everyone, whatever the policy says. Checked after
+    /// the policy, so that a policy's append-only rule on these paths (the built-in
+    /// `episodic-append-only`) answers first: a violation, not just EPERM.
+    fn guard_episodic(&self, m: &Mutation<'_>, at: &Located) -> Result<()> {
+        if at.class != Class::Episodic {
+            return Ok(());
+        }
+        match m {
+            Mutation::Unlink { .. }
+            | Mutation::Rmdir { .. }
+            | Mutation::Rename { .. }
+            | Mutation::Link { .. } => Err(VfsError::NotPermitted("mem/episodic is append-only")),
+            Mutation::SetAttr { set, .. }
+                if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() =>
+            {
+                Err(VfsError::NotPermitted("mem/episodic is append-only"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Decides every call that is not a write or a truncate (those are decided under the

@@ -12,6 +12,7 @@ use std::sync::Arc;
 struct Fixture {
     durable: Arc<RamStore>,
     vfs: Arc<Vfs>,
+    policy: Arc<agentfs_policy::Engine>,
 }
 
 fn op() -> Caller {
@@ -19,19 +20,37 @@ fn op() -> Caller {
 }
 
 impl Fixture {
+    /// Under the built-in policy.
     fn new() -> Self {
-        let durable = Arc::new(RamStore::new());
-        let vfs = Self::load(&durable);
-        Fixture { durable, vfs }
+        Self::with_engine(agentfs_policy::Engine::builtin())
     }
 
-    fn load(durable: &Arc<RamStore>) -> Arc<Vfs> {
+    /// Under the built-in policy and a policy file holding `toml`.
+    fn with_policy(toml: &str) -> Self {
+        let engine =
+            agentfs_policy::Engine::load(vec![agentfs_policy::Source::new("p.toml", toml)])
+                .expect("policy");
+        Self::with_engine(engine)
+    }
+
+    fn with_engine(engine: agentfs_policy::Engine) -> Self {
+        let durable = Arc::new(RamStore::new());
+        let policy = Arc::new(engine);
+        let vfs = Self::load(&durable, &policy);
+        Fixture {
+            durable,
+            vfs,
+            policy,
+        }
+    }
+
+    fn load(durable: &Arc<RamStore>, policy: &Arc<agentfs_policy::Engine>) -> Arc<Vfs> {
         let d: Arc<dyn Store> = durable.clone();
         Vfs::with_stores(
             Path::new("/nonexistent"),
             d,
             Arc::new(RamStore::new()),
-            Arc::new(agentfs_policy::Engine::builtin()),
+            policy.clone(),
         )
         .expect("load")
     }
@@ -39,7 +58,7 @@ impl Fixture {
     /// Simulates a daemon restart: the durable store stays, RAM is gone.
     fn restart(&mut self) {
         self.vfs.shutdown().expect("shutdown");
-        self.vfs = Self::load(&self.durable);
+        self.vfs = Self::load(&self.durable, &self.policy);
     }
 
     fn ino(&self, path: &str) -> Result<Ino, VfsError> {
@@ -202,9 +221,26 @@ fn durable_classes_survive_restart_and_working_does_not() {
     assert_eq!(status["bytes"]["working"], 0);
 }
 
+/// Under the built-in policy, rewriting history is a violation: EACCES, and the agent is
+/// killed.
+#[test]
+fn rewriting_episodic_memory_violates_the_builtin_policy() {
+    let f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/episodic", "log", b"one\n");
+    let err = f
+        .vfs
+        .write(&op(), ino, 0, b"X", false)
+        .expect_err("overwrite");
+    assert_eq!(err.errno(), libc::EACCES, "{err}");
+    assert_eq!(f.vfs.agent_status("a").unwrap()["state"], "killed");
+    assert_eq!(f.read_all(ino), b"one\n");
+}
+
+/// Without the policy's rule, the tree's own rule still keeps episodic memory append-only.
 #[test]
 fn episodic_is_append_only() {
-    let f = Fixture::new();
+    let f = Fixture::with_policy("[builtin]\ndisable = [\"episodic-append-only\"]\n");
     f.agent("a");
     let ino = f.write_file("a/mem/episodic", "log", b"one\n");
     let dir = f.ino("a/mem/episodic").unwrap();

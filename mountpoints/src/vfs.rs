@@ -2,8 +2,9 @@
 //! Mutations live in `mutate.rs` (the choke point) and `ops/`.
 //!
 //! Lock order (never take them the other way round):
-//! `ns` (namespace mutex) → `nodes` (table) → node locks, a parent before its children →
-//! `pending_audit` → store internals. Calls that do not change the namespace (read, write,
+//! an agent's `limits` (only while a quota or file-count rule applies to it) → `ns`
+//! (namespace mutex) → `nodes` (table) → node locks, a parent before its children → an
+//! agent's `rate` → `pending_audit` → store internals. Calls that do not change the namespace (read, write,
 //! getattr, readdir) never take `ns`, so reads of different files never wait on each other.
 
 use crate::agent::Agent;

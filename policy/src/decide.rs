@@ -540,6 +540,22 @@ impl Ruleset {
         }
     }
 
+    /// Whether a quota or `max_files` limit applies to `agent`: the core then decides that
+    /// agent's calls one at a time, so that concurrent calls cannot each pass a limit only
+    /// one of them fits.
+    pub fn has_usage_limits(&self, agent: &str) -> bool {
+        self.limits.iter().any(|l| {
+            (l.max_files.is_some() || l.quota.iter().any(Option::is_some))
+                && self.rules[l.rule].agents.applies(agent)
+        })
+    }
+
+    /// Whether `bytes` hold a match of any content rule, whatever its scope and agents. The
+    /// core redacts such bytes (a refused file name) from what it records and logs.
+    pub fn holds_forbidden(&self, bytes: &[u8]) -> bool {
+        !self.content.scan_value(scan::IN_ALL, bytes).is_empty()
+    }
+
     fn scan_name(&self, call: &Call<'_>, name: &[u8], found: &mut Vec<Finding>) {
         let hits = self.content.scan_value(scan::IN_NAME, name);
         self.content_hits(call, scan::IN_NAME, hits, found);

@@ -747,3 +747,10 @@ fn sources_and_builtin_use_are_reported() {
         .text
         .starts_with("[builtin]\nenabled = false\n"));
 }
+
+#[test]
+fn holds_forbidden_finds_any_content_rule_match() {
+    let rules = Ruleset::builtin();
+    assert!(rules.holds_forbidden(b"id-AKIAIOSFODNN7EXAMPLE.txt"));
+    assert!(!rules.holds_forbidden(b"notes.txt"));
+}

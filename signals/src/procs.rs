@@ -211,6 +211,11 @@ impl Bindings {
 
     /// Live processes acting for `agent`: the bound ones and all their descendants, sorted.
     pub fn pids_of(&self, agent: &str) -> Vec<u32> {
+        // Reading `/proc/PID/stat` can block while that process is stuck in a page fault on
+        // this very mount: never scan when no process is bound at all.
+        if self.is_empty() {
+            return Vec::new();
+        }
         let mut out: Vec<u32> = all_pids()
             .into_iter()
             .filter(|pid| self.agent_of_uncached(*pid).as_deref() == Some(agent))

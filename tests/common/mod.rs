@@ -30,12 +30,15 @@ use std::time::{Duration, Instant};
 /// The binary cargo built for this test target.
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentfs");
 
+/// The policy POSIX tests and conformance tools run under: the built-in policy without its
+/// file-size limit and its ban on special files, which they exercise on purpose, and without
+/// its append-only rule for `mem/episodic`, so that the tree's own rule (EPERM, errno rows
+/// e12–e14) is what they see.
+pub const POSIX_POLICY: &str =
+    "[builtin]\ndisable = [\"max-file-size\", \"no-special-files\", \"episodic-append-only\"]\n";
+
 /// The binary under test: `$AGENTFS_BIN` if set (e.g. a release build:
 /// `AGENTFS_BIN=target/release/agentfs cargo test -p agentfs`), else [`BIN`].
-/// The policy POSIX tests and conformance tools run under: the built-in policy without its
-/// file-size limit and its ban on special files, which they exercise on purpose.
-pub const POSIX_POLICY: &str = "[builtin]\ndisable = [\"max-file-size\", \"no-special-files\"]\n";
-
 pub fn bin() -> std::ffi::OsString {
     std::env::var_os("AGENTFS_BIN").unwrap_or_else(|| BIN.into())
 }

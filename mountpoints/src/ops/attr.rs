@@ -25,11 +25,6 @@ impl Vfs {
                 FileKind::Dir => return Err(VfsError::IsDir),
                 _ => return Err(VfsError::Invalid("only regular files can be truncated")),
             }
-            if n.class == Class::Episodic && size != n.attr.size {
-                return Err(VfsError::NotPermitted(
-                    "mem/episodic is append-only: no truncation",
-                ));
-            }
             txn.set_size(size);
             if let Some(asker) = &txn.asker {
                 let chown = set.uid.is_some() || set.gid.is_some();
@@ -43,6 +38,12 @@ impl Vfs {
                     chown,
                     class_index,
                 )?;
+            }
+            // After the policy, as for writes (ops/data.rs).
+            if n.class == Class::Episodic && size != n.attr.size {
+                return Err(VfsError::NotPermitted(
+                    "mem/episodic is append-only: no truncation",
+                ));
             }
             self.truncate_locked(&mut n, size)?;
             n.attr.mtime = now;

@@ -41,11 +41,6 @@ impl Vfs {
         let mut n = node.write();
         let old_size = n.attr.size;
         let offset = if append { old_size } else { offset };
-        if n.class == Class::Episodic && offset != old_size {
-            return Err(VfsError::NotPermitted(
-                "mem/episodic is append-only: writes go at the end",
-            ));
-        }
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= MAX_FILE_SIZE)
@@ -62,6 +57,13 @@ impl Vfs {
                 data,
                 class.memory_index(),
             )?;
+        }
+        // After the policy: its append-only rule (a violation) answers first; this fixed
+        // rule holds whatever the policy says.
+        if n.class == Class::Episodic && offset != old_size {
+            return Err(VfsError::NotPermitted(
+                "mem/episodic is append-only: writes go at the end",
+            ));
         }
         let Body::File(file) = &mut n.body else {
             return Err(VfsError::IsDir);

@@ -348,10 +348,23 @@ impl Vfs {
             d.remove(name);
         }
         c.attr = attr;
+        let renamed = !gone && (c.parent, c.name.as_slice()) == (parent, name);
         drop(c);
         drop(dir_w);
         if gone {
             self.forget_node(child_ino);
+        }
+        if renamed {
+            // The node recorded the name just removed, and the file lives on under another:
+            // record that one, so paths (and the policy's decisions) follow a real name.
+            // Still under `ns`: no other name can come or go meanwhile.
+            if let Some((dir, other, _)) = self.names_in_class(child_ino).into_iter().next() {
+                if let Ok(node) = self.node(child_ino) {
+                    let mut n = node.write();
+                    n.parent = dir;
+                    n.name = other;
+                }
+            }
         }
         Ok(())
     }
