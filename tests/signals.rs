@@ -46,16 +46,6 @@ fn append_in_background(path: &Path, data: &'static [u8]) -> mpsc::Receiver<std:
     rx
 }
 
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
 /// `sh -c 'sleep 300 & echo $!; wait'`: the shell and its child's pid.
 fn shell_with_child() -> (Child, u32) {
     let mut sh = Command::new("sh")
@@ -421,4 +411,50 @@ fn agentfs_signal_and_ps() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["state"].to_string())
         .collect();
     assert_eq!(states, ["\"stopped\"", "\"running\""]);
+}
+
+/// Processes inside execve(2) talk to the mount (closing their close-on-exec files on it,
+/// loading a binary stored in it) while `/proc/PID/stat` blocks for them: looking such a
+/// caller up must not wait on it, or the exec and the daemon's worker wait on each other.
+#[test]
+fn processes_in_execve_do_not_deadlock_identity_lookups() {
+    let Some(m) = Mount::try_new_with_policy(
+        "[builtin]\nenabled = false\n\n[[allow]]\nname = \"all\"\npaths = [\"**\"]\n",
+    ) else {
+        return;
+    };
+    m.agent("a");
+    // With a process bound, every request's caller is looked up in /proc.
+    let (mut sh, _) = shell_with_child();
+    fs::write(m.mnt.join("sys/agents/a/pids"), format!("{}\n", sh.id())).unwrap();
+    let tool = m.mem("a", "working").join("tool");
+    fs::copy("/bin/true", &tool).unwrap();
+    fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // Files this process holds open are closed by every child's execve.
+    let _held: Vec<fs::File> = (0..4)
+        .map(|i| fs::File::create(m.mem("a", "working").join(format!("held{i}"))).unwrap())
+        .collect();
+    for _ in 0..20 {
+        let out = run_with_timeout(Command::new("/bin/true").stdin(Stdio::null()), CMD_TIMEOUT)
+            .expect("spawning a child while files on the mount are open");
+        assert!(out.status.success());
+    }
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args(["run", "--agent", "a", "--mount"])
+            .arg(&m.mnt)
+            .arg("--")
+            .arg("sh")
+            .arg("-c")
+            .arg(format!("exec {}", tool.display())),
+        CMD_TIMEOUT,
+    )
+    .expect("a bound process executing a binary stored on the mount");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sh.kill().unwrap();
+    sh.wait().unwrap();
 }

@@ -484,19 +484,19 @@ impl Filesystem for AgentFs {
 
     fn flush(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let result = self.vfs.flush(&self.caller(req), ino.0);
+        let result = self.vfs.flush(ino.0);
         reply_empty(reply, result)
     }
 
     fn release(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -504,19 +504,19 @@ impl Filesystem for AgentFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.vfs.release(&self.caller(req), ino.0, fh.0);
+        let result = self.vfs.release(ino.0, fh.0);
         reply_empty(reply, result)
     }
 
     fn fsync(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.vfs.fsync(&self.caller(req), ino.0);
+        let result = self.vfs.fsync(ino.0);
         reply_empty(reply, result)
     }
 

@@ -464,18 +464,19 @@ impl Vfs {
             let n = node.read();
             (n.class, n.agent.clone())
         };
-        let class_name: &[u8] = match class {
-            Class::Working => b"working",
-            Class::Episodic => b"episodic",
-            Class::Semantic => b"semantic",
-            _ => return Vec::new(),
+        let Some(class_name) = class
+            .memory_index()
+            .map(|i| crate::agent::CLASS_NAMES[i].as_bytes())
+        else {
+            return Vec::new();
         };
         let Some(agent) = agent.as_deref().and_then(|a| self.agent(a)) else {
             return Vec::new();
         };
-        let child =
-            |dir: Ino, name: &[u8]| -> Option<Ino> { self.node(dir).ok()?.read().dir()?.get(name) };
-        let Some(root) = child(agent.root, b"mem").and_then(|m| child(m, class_name)) else {
+        let Ok(root) = self
+            .child_ino(agent.root, b"mem")
+            .and_then(|m| self.child_ino(m, class_name))
+        else {
             return Vec::new();
         };
         let mut found = Vec::new();

@@ -84,7 +84,7 @@ impl Fixture {
         self.vfs
             .write(&op(), attr.ino, 0, data, false)
             .expect("write");
-        self.vfs.release(&op(), attr.ino, 0).expect("close");
+        self.vfs.release(attr.ino, 0).expect("close");
         attr.ino
     }
 
@@ -321,7 +321,7 @@ fn unlinked_open_file_keeps_working_until_close() {
     f.vfs.write(&op(), ino, 4, b"more", false).unwrap();
     assert_eq!(f.read_all(ino), b"datamore");
     assert_eq!(f.vfs.getattr(&op(), ino).unwrap().nlink, 0);
-    f.vfs.release(&op(), ino, 0).unwrap();
+    f.vfs.release(ino, 0).unwrap();
     assert!(f.vfs.getattr(&op(), ino).is_err());
     f.restart();
     assert!(f.ino("a/mem/semantic/f").is_err());
@@ -515,7 +515,7 @@ proptest! {
                     let ino = f.ino(&format!("{}/{name}", dir())).unwrap();
                     f.vfs.open_file(&op(), ino, libc::O_RDWR).unwrap();
                     f.vfs.write(&op(), ino, off as u64, &data, false).unwrap();
-                    f.vfs.release(&op(), ino, 0).unwrap();
+                    f.vfs.release(ino, 0).unwrap();
                     let end = off as usize + data.len();
                     if !data.is_empty() {
                         if content.len() < end { content.resize(end, 0); }
@@ -595,7 +595,7 @@ fn reading_past_a_short_dirty_buffer_gives_zeros() {
         .unwrap();
     let tail = f.vfs.read(&op(), ino, 0, 98304, 4096).unwrap();
     assert_eq!(tail, vec![0u8; 4096]);
-    f.vfs.release(&op(), ino, 0).unwrap();
+    f.vfs.release(ino, 0).unwrap();
 }
 
 #[test]
@@ -741,7 +741,7 @@ impl Fixture {
             }
             out.extend_from_slice(&got);
         }
-        self.vfs.release(&op(), ino, opened.fh).expect("close");
+        self.vfs.release(ino, opened.fh).expect("close");
         String::from_utf8(out).expect("UTF-8")
     }
 }

@@ -651,12 +651,15 @@ impl Vfs {
         Ok(())
     }
 
-    pub fn release(&self, caller: &Caller, ino: Ino, fh: u64) -> Result<()> {
+    /// Closes handle `fh`. Like [`Vfs::flush`] and [`Vfs::fsync`], it needs no caller: a
+    /// close cannot be refused, and the caller may be inside execve(2) (closing its
+    /// close-on-exec files), where looking it up in `/proc` could block.
+    pub fn release(&self, ino: Ino, fh: u64) -> Result<()> {
         if sysfs::Virtual::of(self, ino).is_some() {
             self.handles.lock().remove(&fh);
             return Ok(());
         }
-        let result = self.flush(caller, ino);
+        let result = self.flush(ino);
         let node = self.node(ino)?;
         let gone = {
             let mut n = node.write();
@@ -670,7 +673,7 @@ impl Vfs {
     }
 
     /// Commits a file's buffered content (close). Survives `kill -9` once this returns.
-    pub fn flush(&self, _caller: &Caller, ino: Ino) -> Result<()> {
+    pub fn flush(&self, ino: Ino) -> Result<()> {
         if sysfs::Virtual::of(self, ino).is_some() {
             return Ok(());
         }
@@ -678,7 +681,7 @@ impl Vfs {
     }
 
     /// Commits a file's content and makes it durable on disk (fsync).
-    pub fn fsync(&self, _caller: &Caller, ino: Ino) -> Result<()> {
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
         if sysfs::Virtual::of(self, ino).is_some() {
             return Ok(());
         }

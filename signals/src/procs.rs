@@ -5,7 +5,7 @@
 //! lives. Requests carry the calling thread's id; [`Bindings::agent_of`] answers for it from a
 //! short-lived cache, walking the process's ancestry in `/proc` on a miss.
 //!
-//! Pid reuse: a binding remembers the process's start time, so a new process that happens to
+//! Pid reuse: a binding remembers the process's serial (pidfs inode number), so a new process that happens to
 //! get a dead bound process's pid is not bound. Cached answers live [`CACHE_TTL`]: the kernel
 //! hands out pids in increasing order up to `pid_max` before reusing one, so a pid cannot
 //! come back within that time in practice, and a descendant of a bound process cannot pass as
@@ -13,7 +13,9 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, RwLock};
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -30,36 +32,72 @@ pub struct ProcInfo {
     /// The process (thread group) id.
     pub tgid: u32,
     pub ppid: u32,
-    /// Start time in clock ticks after boot (field 22 of `/proc/PID/stat`).
-    pub start: u64,
+    /// A number naming this process for the whole boot, never given to a later process
+    /// that reuses its pid: see [`process_serial`].
+    pub serial: u64,
 }
 
-/// Reads `/proc/PID/stat` (a thread id works too: its thread group is reported).
+/// Reads a process's ids from `/proc/PID/status` (a thread id works too: its thread group
+/// is reported).
+///
+/// Never `/proc/PID/stat`: reading it blocks while PID is inside execve(2), and a process
+/// in execve may itself be waiting on this daemon (closing its close-on-exec files on the
+/// mount, or loading a binary from it), which would deadlock the FUSE worker, and every
+/// later scan of `/proc`.
 pub fn proc_info(pid: u32) -> io::Result<ProcInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let tgid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| malformed(pid, "Tgid"))?;
+    let field = |name: &str| -> io::Result<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| malformed(pid, name))
+    };
+    let tgid = field("Tgid:")?;
+    let ppid = field("PPid:")?;
+    let serial = process_serial(tgid)?;
+    Ok(ProcInfo { tgid, ppid, serial })
+}
+
+/// The pidfs inode number of process `tgid`: unique per process for the whole boot
+/// (Linux >= 6.9), and read without touching the process's own locks. On older kernels,
+/// where every pidfd shares one inode, the start time from `/proc/PID/stat` stands in.
+pub fn process_serial(tgid: u32) -> io::Result<u64> {
+    if !pidfs_numbers_are_unique() {
+        return start_time(tgid);
+    }
+    pidfd_inode(tgid)
+}
+
+fn pidfd_inode(tgid: u32) -> io::Result<u64> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned here alone.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    Ok(std::fs::File::from(fd).metadata()?.ino())
+}
+
+fn pidfs_numbers_are_unique() -> bool {
+    static UNIQUE: OnceLock<bool> = OnceLock::new();
+    *UNIQUE.get_or_init(|| {
+        let me = pidfd_inode(std::process::id());
+        let parent = pidfd_inode(std::os::unix::process::parent_id());
+        matches!((me, parent), (Ok(a), Ok(b)) if a != b)
+    })
+}
+
+/// Field 22 of `/proc/PID/stat` (clock ticks after boot); only for kernels without pidfs.
+fn start_time(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may hold spaces or parentheses:
-    // fields after it are counted from the last ')'.
-    let rest = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or_else(|| malformed(pid, "stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state): ppid is field 4, starttime field 22.
-    let ppid = fields
-        .get(1)
+    // fields after it are counted from the last ')'; field 3 (state) comes first.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().nth(19))
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| malformed(pid, "ppid"))?;
-    let start = fields
-        .get(19)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| malformed(pid, "starttime"))?;
-    Ok(ProcInfo { tgid, ppid, start })
+        .ok_or_else(|| malformed(pid, "starttime"))
 }
 
 fn malformed(pid: u32, what: &str) -> io::Error {
@@ -85,7 +123,7 @@ pub enum BindError {
 #[derive(Clone, Debug)]
 struct Bound {
     agent: Arc<str>,
-    start: u64,
+    serial: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -136,7 +174,7 @@ impl Bindings {
                 pid,
                 Bound {
                     agent: agent.clone(),
-                    start: info.start,
+                    serial: info.serial,
                 },
             );
         }
@@ -166,7 +204,7 @@ impl Bindings {
             if let Ok(mut b) = self.bound.write() {
                 b.entry(info.tgid).or_insert(Bound {
                     agent,
-                    start: info.start,
+                    serial: info.serial,
                 });
             }
         }
@@ -197,7 +235,7 @@ impl Bindings {
         let mut info = first;
         for _ in 0..MAX_DEPTH {
             if let Some(b) = bound.get(&info.tgid) {
-                if b.start == info.start {
+                if b.serial == info.serial {
                     return Some((b.agent.clone(), first));
                 }
             }
@@ -211,8 +249,7 @@ impl Bindings {
 
     /// Live processes acting for `agent`: the bound ones and all their descendants, sorted.
     pub fn pids_of(&self, agent: &str) -> Vec<u32> {
-        // Reading `/proc/PID/stat` can block while that process is stuck in a page fault on
-        // this very mount: never scan when no process is bound at all.
+        // Scanning every process costs: never when no process is bound at all.
         if self.is_empty() {
             return Vec::new();
         }
@@ -227,7 +264,7 @@ impl Bindings {
     /// Drops the records of processes that have exited.
     pub fn prune(&self) {
         if let Ok(mut b) = self.bound.write() {
-            b.retain(|pid, bound| proc_info(*pid).is_ok_and(|i| i.start == bound.start));
+            b.retain(|pid, bound| proc_info(*pid).is_ok_and(|i| i.serial == bound.serial));
         }
     }
 
@@ -274,7 +311,9 @@ mod tests {
         let me = proc_info(std::process::id()).unwrap();
         assert_eq!(me.tgid, std::process::id());
         assert!(me.ppid > 0);
-        assert!(me.start > 0);
+        assert!(me.serial > 0);
+        assert_eq!(me.serial, proc_info(std::process::id()).unwrap().serial);
+        assert_ne!(me.serial, proc_info(me.ppid).unwrap().serial);
     }
 
     #[test]

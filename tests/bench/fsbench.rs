@@ -149,12 +149,6 @@ fn main() {
     );
 }
 
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// No built-in rules, no content rules: every call is allowed by one glob.
 const ALLOW_ALL_POLICY: &str =
     "[builtin]\nenabled = false\n\n[[allow]]\nname = \"all\"\npaths = [\"**\"]\n";

@@ -726,3 +726,22 @@ pub fn assert_same_bytes(what: &str, got: &[u8], want: &[u8]) {
         want.len()
     );
 }
+
+/// The state letter of process `pid` (`R`, `S`, `T`, `Z` …) from `/proc/PID/stat`; `None`
+/// once it is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// The 1, 5 and 15 minute load averages, for benchmark reports.
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}

@@ -77,7 +77,8 @@ impl Vfs {
         Ok(doomed.len())
     }
 
-    fn child_ino(&self, dir: Ino, name: &[u8]) -> Result<Ino> {
+    /// The entry `name` of directory `dir`.
+    pub(crate) fn child_ino(&self, dir: Ino, name: &[u8]) -> Result<Ino> {
         let node = self.node(dir)?;
         let n = node.read();
         n.dir()
