@@ -3,7 +3,7 @@
 use agentfs_memory::{Ino, TimeNs};
 use agentfs_policy::{Op, RateState, Usage};
 use agentfs_signals::Gate;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -22,6 +22,12 @@ pub struct Agent {
     pub last_violation: Mutex<Option<serde_json::Value>>,
     /// The agent's write-rate token buckets. Per agent, held only for one decision.
     pub rate: Mutex<RateState>,
+    /// The consistent cut: every mutation of the agent's tree holds it shared, a snapshot or
+    /// rollback exclusive, so neither ever sees a call half-applied. Per agent: one agent's
+    /// checkpoint never stalls another agent.
+    pub cut: RwLock<()>,
+    /// The last rollback: checkpoint name and when it took effect (read from `rollback`).
+    pub last_rollback: Mutex<Option<(String, TimeNs)>>,
     ops: [AtomicU64; Op::ALL.len()],
     errors: AtomicU64,
     /// Bytes held per memory class: working, episodic, semantic.
@@ -41,6 +47,8 @@ impl Agent {
             last_signal: Mutex::new(None),
             last_violation: Mutex::new(None),
             rate: Mutex::new(RateState::default()),
+            cut: RwLock::new(()),
+            last_rollback: Mutex::new(None),
             ops: Default::default(),
             errors: AtomicU64::new(0),
             bytes: Default::default(),

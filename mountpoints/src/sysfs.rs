@@ -5,6 +5,7 @@
 //! ├── agents/AGENT/status   JSON, one object
 //! ├── agents/AGENT/signal   write STOP | CONT | KILL | START; read: the state
 //! ├── agents/AGENT/pids     write a pid to bind it (and its descendants); read: live bound pids
+//! ├── agents/AGENT/rollback write a checkpoint name: mem/ becomes that checkpoint
 //! └── policy/               the loaded policy sources and `version` (policyview.rs)
 //! ```
 
@@ -25,6 +26,7 @@ const AGENT_DIR: Ino = 0;
 const AGENT_STATUS: Ino = 1;
 const AGENT_SIGNAL: Ino = 2;
 const AGENT_PIDS: Ino = 3;
+const AGENT_ROLLBACK: Ino = 4;
 /// `AGENT/policy/rules` and `AGENT/policy/version` (k = 8.. is the policy views' share).
 const AGENT_RULES: Ino = 8;
 const AGENT_POLICY_VERSION: Ino = 9;
@@ -40,6 +42,7 @@ pub(crate) enum Virtual {
     Status(Arc<Agent>),
     Signal(Arc<Agent>),
     Pids(Arc<Agent>),
+    Rollback(Arc<Agent>),
     /// `sys/policy/NN-NAME`: policy source `i` (0: the built-in policy), and `version`.
     PolicySource(usize),
     PolicyVersion,
@@ -67,6 +70,7 @@ impl Virtual {
                     AGENT_STATUS => Some(Virtual::Status(agent)),
                     AGENT_SIGNAL => Some(Virtual::Signal(agent)),
                     AGENT_PIDS => Some(Virtual::Pids(agent)),
+                    AGENT_ROLLBACK => Some(Virtual::Rollback(agent)),
                     AGENT_RULES => Some(Virtual::AgentPolicy(agent, AgentView::Rules)),
                     AGENT_POLICY_VERSION => Some(Virtual::AgentPolicy(agent, AgentView::Version)),
                     _ => None,
@@ -85,6 +89,7 @@ impl Virtual {
             Virtual::Status(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_STATUS,
             Virtual::Signal(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_SIGNAL,
             Virtual::Pids(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_PIDS,
+            Virtual::Rollback(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_ROLLBACK,
             Virtual::PolicySource(i) => SYS_POLICY_FILES + 1 + *i as Ino,
             Virtual::PolicyVersion => SYS_POLICY_FILES,
             Virtual::AgentPolicy(a, v) => {
@@ -102,7 +107,7 @@ impl Virtual {
             Virtual::Sys => ROOT_INO,
             Virtual::Agents | Virtual::Policy => SYS_INO,
             Virtual::AgentDir(_) => SYS_AGENTS_INO,
-            Virtual::Status(a) | Virtual::Signal(a) | Virtual::Pids(a) => {
+            Virtual::Status(a) | Virtual::Signal(a) | Virtual::Pids(a) | Virtual::Rollback(a) => {
                 VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR
             }
             Virtual::PolicySource(_) | Virtual::PolicyVersion => SYS_POLICY_INO,
@@ -112,7 +117,9 @@ impl Virtual {
 
     fn kind(&self) -> FileKind {
         match self {
-            Virtual::Status(_) | Virtual::Signal(_) | Virtual::Pids(_) => FileKind::File,
+            Virtual::Status(_) | Virtual::Signal(_) | Virtual::Pids(_) | Virtual::Rollback(_) => {
+                FileKind::File
+            }
             Virtual::Sys | Virtual::Agents | Virtual::Policy | Virtual::AgentDir(_) => {
                 FileKind::Dir
             }
@@ -134,7 +141,7 @@ impl Virtual {
             perm: match self {
                 _ if dir => 0o555,
                 // Operators write control files; the kernel's mode check keeps other uids out.
-                Virtual::Signal(_) | Virtual::Pids(_) => 0o644,
+                Virtual::Signal(_) | Virtual::Pids(_) | Virtual::Rollback(_) => 0o644,
                 _ => 0o444,
             },
             uid: 0,
@@ -166,6 +173,7 @@ impl Virtual {
                 .collect(),
             Virtual::AgentDir(a) => vec![
                 (b"pids".to_vec(), Virtual::Pids(a.clone())),
+                (b"rollback".to_vec(), Virtual::Rollback(a.clone())),
                 (b"signal".to_vec(), Virtual::Signal(a.clone())),
                 (b"status".to_vec(), Virtual::Status(a.clone())),
             ],
@@ -231,6 +239,7 @@ impl Virtual {
             | Virtual::Status(a)
             | Virtual::Signal(a)
             | Virtual::Pids(a)
+            | Virtual::Rollback(a)
             | Virtual::AgentPolicy(a, _) => Some(a),
             _ => None,
         }
@@ -239,7 +248,7 @@ impl Virtual {
     /// The agent whose control file this is, if it is a writable one.
     pub(crate) fn control_of(&self) -> Option<&Arc<Agent>> {
         match self {
-            Virtual::Signal(a) | Virtual::Pids(a) => Some(a),
+            Virtual::Signal(a) | Virtual::Pids(a) | Virtual::Rollback(a) => Some(a),
             _ => None,
         }
     }
@@ -271,6 +280,13 @@ impl Virtual {
                 Ok(out)
             }
             Virtual::Signal(a) => Ok(format!("{}\n", a.gate.state().0).into_bytes()),
+            // The last rollback, `NAME TIME_NS`, or nothing.
+            Virtual::Rollback(a) => Ok(a
+                .last_rollback
+                .lock()
+                .as_ref()
+                .map(|(name, at)| format!("{name} {at}\n").into_bytes())
+                .unwrap_or_default()),
             Virtual::PolicySource(i) => policyview::source_text(&vfs.policy.current(), *i)
                 .map(|t| t.as_bytes().to_vec())
                 .ok_or(VfsError::NotFound),

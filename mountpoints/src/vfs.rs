@@ -63,7 +63,13 @@ pub struct Vfs {
     pub(crate) next_fh: AtomicU64,
     /// When this daemon started: the times of the virtual `sys/` nodes.
     pub(crate) started: TimeNs,
+    /// Drops names (or, with an empty name, a directory's attributes) from the kernel's
+    /// caches after the daemon changed the tree on its own (rollback). Set by the adapter.
+    pub(crate) invalidator: RwLock<Option<Invalidator>>,
 }
+
+/// `(directory, name)`: forget that entry; `(inode, b"")`: forget the inode's attributes.
+pub type Invalidator = Arc<dyn Fn(Ino, &[u8]) + Send + Sync>;
 
 impl std::fmt::Debug for Vfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,6 +215,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             started: now_ns(),
+            invalidator: RwLock::new(None),
         };
         vfs.load(loaded)?;
         Ok(Arc::new(vfs))
@@ -386,6 +393,33 @@ impl Vfs {
                 .commit(boot, agentfs_memory::Durability::Process)?;
         }
         Ok(())
+    }
+
+    /// Installs the hook that invalidates the kernel's caches (the FUSE adapter's notifier).
+    pub fn set_invalidator(&self, f: Invalidator) {
+        *self.invalidator.write() = Some(f);
+    }
+
+    /// Runs the invalidations. While the agent is stopped a parked call of it may hold a
+    /// directory's lock in the kernel until CONT, and the kernel needs that lock to
+    /// invalidate: then it is done on a thread of its own instead of making the caller wait.
+    pub(crate) fn invalidate(&self, agent: &Agent, list: Vec<(Ino, Vec<u8>)>) {
+        let Some(f) = self.invalidator.read().clone() else {
+            return;
+        };
+        let run = move || {
+            for (ino, name) in list {
+                f(ino, &name);
+            }
+        };
+        if agent.gate.check() == agentfs_signals::Pass::Open {
+            run();
+        } else if let Err(e) = std::thread::Builder::new()
+            .name("agentfs-inval".into())
+            .spawn(run)
+        {
+            tracing::warn!(error = %e, "could not start the cache invalidation thread");
+        }
     }
 
     pub(crate) fn add_agent(&self, name: Arc<str>, root: Ino, now: TimeNs) -> Arc<Agent> {

@@ -77,7 +77,7 @@ impl Vfs {
         Ok(doomed.len())
     }
 
-    fn child_ino(&self, dir: Ino, name: &[u8]) -> Result<Ino> {
+    pub(crate) fn child_ino(&self, dir: Ino, name: &[u8]) -> Result<Ino> {
         let node = self.node(dir)?;
         let n = node.read();
         n.dir()
