@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use crate::error::CliError;
 
 pub mod agents;
+pub mod checkpoints;
 pub mod mount;
 pub mod policy;
 pub mod unmount;
@@ -63,6 +64,12 @@ pub enum Command {
     Ps(agents::PsArgs),
     /// Run a command bound to an agent: it and everything it spawns act as the agent
     Run(agents::RunArgs),
+    /// Checkpoint an agent's mem/ (mkdir MNT/AGENT/state/NAME)
+    Snapshot(checkpoints::SnapshotArgs),
+    /// Make an agent's mem/ exactly checkpoint NAME (writes sys/agents/AGENT/rollback)
+    Rollback(checkpoints::RollbackArgs),
+    /// Paths added, deleted, modified since checkpoint NAME (or between NAME and NAME2)
+    Diff(checkpoints::DiffArgs),
 }
 
 impl Cli {
@@ -74,6 +81,9 @@ impl Cli {
             Command::Signal(args) => agents::signal(args),
             Command::Ps(args) => agents::ps(args),
             Command::Run(args) => agents::run(args),
+            Command::Snapshot(args) => checkpoints::snapshot(args),
+            Command::Rollback(args) => checkpoints::rollback(args),
+            Command::Diff(args) => checkpoints::diff(args),
         }
     }
 }
