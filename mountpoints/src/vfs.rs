@@ -580,6 +580,9 @@ impl Vfs {
         if writing && n.class == Class::Policy {
             return Err(VfsError::ReadOnly("policy/ is read-only"));
         }
+        if writing && n.class == Class::Checkpoint {
+            return Err(VfsError::ReadOnly("checkpoints are read-only"));
+        }
         n.open_count += 1;
         // Agent files bypass the kernel page cache: every read is answered by the daemon,
         // so bytes a policy refuses are never readable from a cached page, and shared
