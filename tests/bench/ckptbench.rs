@@ -121,6 +121,13 @@ fn main() {
     let _ = fs::remove_dir_all(&shm);
     assert!(ok, "cp -a failed");
     m.unmount();
+    // The daemon's own account of where the time went.
+    let log = fs::read_to_string(m.data.join("agentfs.log")).unwrap_or_default();
+    for line in log.lines() {
+        if line.contains("snapshot taken") || line.contains("rolled back") {
+            println!("ckptbench: daemon: {}", line.trim());
+        }
+    }
 
     let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
     println!("| figure | value | target |");

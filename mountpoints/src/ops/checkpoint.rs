@@ -366,16 +366,21 @@ impl Vfs {
                 .to_string(),
         });
         let copied = plan.made.len();
+        let walked = started.elapsed();
         txn.entry.size = copied as u64;
         txn.entry.detail = format!("{copied} nodes");
-        // A checkpoint is what an operator falls back on: it is made durable on disk.
+        // Like every namespace change: survives `kill -9` once `mkdir` returns; an fsync of
+        // `state/` (or `sync`) makes it survive a power loss. `Disk` here would also flush
+        // every chunk written since the last sync, making the snapshot cost O(unsynced
+        // bytes) instead of O(files).
         txn.commit(
             self,
             Class::Checkpoint,
             std::mem::take(&mut plan.durable),
-            Durability::Disk,
+            Durability::Process,
         )?;
 
+        let committed = started.elapsed();
         self.insert_nodes(plan.made);
         let mut s = state.write();
         s.attr = state_attr;
@@ -387,6 +392,8 @@ impl Vfs {
             checkpoint = %String::from_utf8_lossy(name),
             nodes = copied,
             ms = started.elapsed().as_secs_f64() * 1e3,
+            copy_ms = walked.as_secs_f64() * 1e3,
+            commit_ms = (committed - walked).as_secs_f64() * 1e3,
             "snapshot taken"
         );
         Ok(root_rec)
@@ -414,7 +421,7 @@ impl Vfs {
         state_attr.ctime = now;
         batch.push(Change::PutInode(state_attr.clone()));
         txn.entry.detail = format!("{} nodes", entries.len());
-        txn.commit(self, Class::Checkpoint, batch, Durability::Disk)?;
+        txn.commit(self, Class::Checkpoint, batch, Durability::Process)?;
         {
             let mut s = state.write();
             s.attr = state_attr;
@@ -430,6 +437,8 @@ impl Vfs {
     /// `echo NAME > sys/agents/AGENT/rollback`: `mem/` becomes a copy of the checkpoint.
     /// Returns the number of nodes restored.
     ///
+    /// Durability as for a snapshot: survives `kill -9` when the write returns.
+    ///
     /// Under the agent's exclusive cut lock (its changes wait, in flight ones finish first)
     /// and the namespace mutex: the durable classes change in one durable batch with the
     /// audit entry, then working memory in the RAM store, then the live tree, with the three
@@ -443,6 +452,7 @@ impl Vfs {
         check_checkpoint_name(name)?;
         let started = std::time::Instant::now();
         let mut invalidate: Vec<(Ino, Vec<u8>)> = Vec::new();
+        let mut phases = Default::default();
         let restored = {
             let _cut = agent.cut.write();
             let _ns = self.ns.lock();
@@ -509,6 +519,7 @@ impl Vfs {
                     .to_string(),
             });
             let restored = plan.made.len();
+            let copied = started.elapsed();
             let entry = AuditEntry {
                 time: now,
                 agent: agent.name.to_string(),
@@ -525,7 +536,7 @@ impl Vfs {
             self.commit_batch(
                 Class::Semantic,
                 std::mem::take(&mut plan.durable),
-                Durability::Disk,
+                Durability::Process,
                 Some(entry),
             )?;
             // Working memory is RAM: gone after a crash anyway. Its chunks were put before,
@@ -538,6 +549,8 @@ impl Vfs {
                 tracing::error!(agent = %agent.name, error = %e, "rollback: RAM store commit failed");
             }
 
+            let committed = started.elapsed();
+            phases = (copied, committed);
             // Counters: the new nodes count now; the removed ones leave through forget_node.
             for n in plan.made.values() {
                 if let Some(ci) = n.class.memory_index() {
@@ -581,12 +594,17 @@ impl Vfs {
         // The kernel caches names for 1 s: drop the replaced ones now. After the locks are
         // released: the kernel takes the directory's lock to invalidate, and a call of the
         // agent may hold it while it waits for our cut lock.
+        let swapped = started.elapsed();
         self.invalidate(agent, invalidate);
+        let (copied, committed): (std::time::Duration, std::time::Duration) = phases;
         tracing::info!(
             agent = %agent.name,
             checkpoint = %String::from_utf8_lossy(name),
             nodes = restored,
             ms = started.elapsed().as_secs_f64() * 1e3,
+            copy_ms = copied.as_secs_f64() * 1e3,
+            commit_ms = (committed - copied).as_secs_f64() * 1e3,
+            swap_ms = (swapped - committed).as_secs_f64() * 1e3,
             "rolled back"
         );
         Ok(restored)
