@@ -235,17 +235,34 @@ impl Vfs {
     /// After a removal was committed: drop the nodes from memory (and from their agent's
     /// counters), except open ones, which live on unlinked until their last close.
     fn forget_removed(&self, entries: &Entries, kept_open: &[Ino]) {
-        let mut seen = HashSet::new();
-        for (_, _, ino) in entries {
-            if !seen.insert(*ino) {
-                continue;
+        let kept: HashSet<Ino> = kept_open.iter().copied().collect();
+        for ino in &kept {
+            if let Ok(node) = self.node(*ino) {
+                node.write().attr.nlink = 0;
             }
-            if kept_open.contains(ino) {
-                if let Ok(node) = self.node(*ino) {
-                    node.write().attr.nlink = 0;
-                }
-            } else {
-                self.forget_node(*ino);
+        }
+        // One pass under the table's write lock (not one lock per node: a rollback removes
+        // thousands), then the counters, with the table released.
+        let removed: Vec<crate::vfs::NodeRef> = {
+            let mut nodes = self.nodes.write();
+            entries
+                .iter()
+                .filter(|(_, _, ino)| !kept.contains(ino))
+                .filter_map(|(_, _, ino)| nodes.remove(ino))
+                .collect()
+        };
+        let mut agent: Option<Arc<Agent>> = None;
+        for node in removed {
+            let n = node.read();
+            let (Some(name), Some(ci)) = (n.agent.as_deref(), n.class.memory_index()) else {
+                continue;
+            };
+            if agent.as_ref().is_none_or(|a| &*a.name != name) {
+                agent = self.agent(name);
+            }
+            if let Some(a) = &agent {
+                a.add_files(ci, -1);
+                a.add_bytes(ci, -(n.attr.size as i64));
             }
         }
     }
