@@ -70,6 +70,8 @@ impl CopyPlan {
     }
 }
 
+type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// Every node below `dir` (not `dir` itself): `(parent, name, ino)` per entry, parents first.
 type Entries = Vec<(Ino, Vec<u8>, Ino)>;
 
@@ -469,8 +471,7 @@ impl Vfs {
         check_checkpoint_name(name)?;
         let started = std::time::Instant::now();
         let mut invalidate: Vec<(Ino, Vec<u8>)> = Vec::new();
-        let mut phases = Default::default();
-        let restored = {
+        let (restored, copied, committed) = {
             let _cut = agent.cut.write();
             let _ns = self.ns.lock();
             let state = self.child_ino(agent.root, b"state")?;
@@ -479,7 +480,7 @@ impl Vfs {
             let mut plan = CopyPlan::default();
             let mut live: Vec<(Ino, Class)> = Vec::new();
             let mut old: Entries = Vec::new();
-            let mut new_dir_attrs: Vec<(Ino, InodeRecord, BTreeMap<Vec<u8>, Vec<u8>>)> = Vec::new();
+            let mut new_dir_attrs: Vec<(Ino, InodeRecord, Xattrs)> = Vec::new();
             // Removals first: the copies reuse the top-level names.
             let mut kept_open = Vec::new();
             for (class_name, class) in CLASSES {
@@ -567,7 +568,6 @@ impl Vfs {
             }
 
             let committed = started.elapsed();
-            phases = (copied, committed);
             // Counters: the new nodes count now; the removed ones leave through forget_node.
             for n in plan.made.values() {
                 if let Some(ci) = n.class.memory_index() {
@@ -606,14 +606,13 @@ impl Vfs {
                 // An empty name: the directory's own attributes and listing.
                 invalidate.push((*dir, Vec::new()));
             }
-            restored
+            (restored, copied, committed)
         };
         // The kernel caches names for 1 s: drop the replaced ones now. After the locks are
         // released: the kernel takes the directory's lock to invalidate, and a call of the
         // agent may hold it while it waits for our cut lock.
         let swapped = started.elapsed();
         self.invalidate(agent, invalidate);
-        let (copied, committed): (std::time::Duration, std::time::Duration) = phases;
         tracing::info!(
             agent = %agent.name,
             checkpoint = %String::from_utf8_lossy(name),
