@@ -407,3 +407,76 @@ fn cli_snapshot_rollback_diff() {
     let out = run(&["diff", "a", "nope"]);
     assert!(!out.status.success());
 }
+
+/// A rollback of a STOPped agent with a parked call (which holds its directory's lock in the
+/// kernel) returns at once; the parked call runs after CONT against the restored tree.
+#[test]
+fn rollback_of_a_stopped_agent_with_parked_calls() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("f"), b"v1").unwrap();
+    snapshot(&m, "a", "c");
+    fs::write(sem.join("f"), b"v2").unwrap();
+    let signal = m.mnt.join("sys/agents/a/signal");
+    fs::write(&signal, "STOP").unwrap();
+    // A snapshot of a stopped agent is not parked.
+    snapshot(&m, "a", "while-stopped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let g = sem.join("g");
+    std::thread::spawn(move || {
+        let _ = tx.send(fs::write(g, b"parked"));
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(rx.try_recv().is_err(), "the create was not parked");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let ctl = m.mnt.join("sys/agents/a/rollback");
+    std::thread::spawn(move || {
+        let _ = done_tx.send(fs::write(ctl, "c\n"));
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("rollback of a stopped agent hung")
+        .expect("rollback of a stopped agent");
+    fs::write(&signal, "CONT").unwrap();
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("parked create never ran")
+        .expect("parked create failed");
+    assert_eq!(fs::read(sem.join("f")).unwrap(), b"v1");
+    assert_eq!(fs::read(sem.join("g")).unwrap(), b"parked");
+    assert_eq!(
+        fs::read(m.mnt.join("a/state/while-stopped/semantic/f")).unwrap(),
+        b"v2"
+    );
+}
+
+/// Recovery of a killed agent: KILL, rollback, START.
+#[test]
+fn kill_rollback_start_recovers_an_agent() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("f"), b"good").unwrap();
+    fs::write(m.mem("a", "working").join("w"), b"scratch").unwrap();
+    snapshot(&m, "a", "good");
+    fs::write(sem.join("f"), b"bad").unwrap();
+    let signal = m.mnt.join("sys/agents/a/signal");
+    fs::write(&signal, "KILL").unwrap();
+    assert!(
+        !m.mem("a", "working").join("w").exists(),
+        "KILL keeps working memory"
+    );
+    assert_errno(
+        "write while killed",
+        fs::write(sem.join("f"), b"x"),
+        libc::EPERM,
+    );
+    rollback(&m, "a", "good").unwrap();
+    fs::write(&signal, "START").unwrap();
+    assert_eq!(fs::read(sem.join("f")).unwrap(), b"good");
+    assert_eq!(
+        fs::read(m.mem("a", "working").join("w")).unwrap(),
+        b"scratch"
+    );
+    fs::write(sem.join("f"), b"alive again").unwrap();
+}

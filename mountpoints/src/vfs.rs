@@ -403,7 +403,10 @@ impl Vfs {
     /// Runs the invalidations. While the agent is stopped a parked call of it may hold a
     /// directory's lock in the kernel until CONT, and the kernel needs that lock to
     /// invalidate: then it is done on a thread of its own instead of making the caller wait.
-    pub(crate) fn invalidate(&self, agent: &Agent, list: Vec<(Ino, Vec<u8>)>) {
+    ///
+    /// `background`: always on a thread (the caller may be inside a request whose directory
+    /// lock the kernel holds).
+    pub(crate) fn invalidate(&self, agent: &Agent, list: Vec<(Ino, Vec<u8>)>, background: bool) {
         let Some(f) = self.invalidator.read().clone() else {
             return;
         };
@@ -412,7 +415,7 @@ impl Vfs {
                 f(ino, &name);
             }
         };
-        if agent.gate.check() == agentfs_signals::Pass::Open {
+        if !background && agent.gate.check() == agentfs_signals::Pass::Open {
             run();
         } else if let Err(e) = std::thread::Builder::new()
             .name("agentfs-inval".into())

@@ -595,6 +595,13 @@ impl Vfs {
                             invalidate.push((*ino, n));
                         }
                         for (n, i, k) in top.remove(ino).unwrap_or_default() {
+                            // The kernel may still hold this name from before the old one
+                            // went away by other means (a KILL dropped working memory).
+                            if d.get(&n).is_none()
+                                && !invalidate.iter().any(|(p, o)| p == ino && *o == n)
+                            {
+                                invalidate.push((*ino, n.clone()));
+                            }
                             d.insert(n, i, k);
                         }
                     }
@@ -612,7 +619,7 @@ impl Vfs {
         // released: the kernel takes the directory's lock to invalidate, and a call of the
         // agent may hold it while it waits for our cut lock.
         let swapped = started.elapsed();
-        self.invalidate(agent, invalidate);
+        self.invalidate(agent, invalidate, false);
         tracing::info!(
             agent = %agent.name,
             checkpoint = %String::from_utf8_lossy(name),
