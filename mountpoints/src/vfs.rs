@@ -400,28 +400,22 @@ impl Vfs {
         *self.invalidator.write() = Some(f);
     }
 
-    /// Runs the invalidations. While the agent is stopped a parked call of it may hold a
-    /// directory's lock in the kernel until CONT, and the kernel needs that lock to
-    /// invalidate: then it is done on a thread of its own instead of making the caller wait.
-    ///
-    /// `background`: always on a thread (the caller may be inside a request whose directory
-    /// lock the kernel holds).
-    pub(crate) fn invalidate(&self, agent: &Agent, list: Vec<(Ino, Vec<u8>)>, background: bool) {
+    /// Runs the invalidations, synchronously, from the request that changed the tree (after
+    /// its locks are released). The kernel takes the directory's lock to invalidate a name: a
+    /// call parked while the agent is STOPped holds it until CONT, so for a stopped agent
+    /// nothing is invalidated and names may stay cached for the TTL (1 s). Never from a
+    /// thread of its own: one blocked there at unmount holds the connection's teardown lock
+    /// in the kernel, and the unmount (and every mount of the machine) waits for it.
+    pub(crate) fn invalidate(&self, agent: &Agent, list: Vec<(Ino, Vec<u8>)>) {
         let Some(f) = self.invalidator.read().clone() else {
             return;
         };
-        let run = move || {
-            for (ino, name) in list {
-                f(ino, &name);
-            }
-        };
-        if !background && agent.gate.check() == agentfs_signals::Pass::Open {
-            run();
-        } else if let Err(e) = std::thread::Builder::new()
-            .name("agentfs-inval".into())
-            .spawn(run)
-        {
-            tracing::warn!(error = %e, "could not start the cache invalidation thread");
+        if agent.gate.state().0 == agentfs_signals::AgentState::Stopped {
+            tracing::debug!(agent = %agent.name, names = list.len(), "agent stopped: names left to the kernel's TTL");
+            return;
+        }
+        for (ino, name) in list {
+            f(ino, &name);
         }
     }
 

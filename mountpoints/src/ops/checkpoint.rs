@@ -619,7 +619,7 @@ impl Vfs {
         // released: the kernel takes the directory's lock to invalidate, and a call of the
         // agent may hold it while it waits for our cut lock.
         let swapped = started.elapsed();
-        self.invalidate(agent, invalidate, false);
+        self.invalidate(agent, invalidate);
         tracing::info!(
             agent = %agent.name,
             checkpoint = %String::from_utf8_lossy(name),

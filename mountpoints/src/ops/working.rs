@@ -73,15 +73,6 @@ impl Vfs {
                 self.forget_node(*ino);
             }
         }
-        // The kernel caches names for 1 s; this runs inside a request (a policy kill) or a
-        // signal write, so on a thread of its own.
-        let mut names: Vec<(Ino, Vec<u8>)> = doomed
-            .iter()
-            .filter(|(parent, _, _)| *parent == working)
-            .map(|(parent, _, name)| (*parent, name.clone()))
-            .collect();
-        names.push((working, Vec::new()));
-        self.invalidate(agent, names, true);
         tracing::info!(agent = %agent.name, nodes = doomed.len(), "working memory dropped");
         Ok(doomed.len())
     }
