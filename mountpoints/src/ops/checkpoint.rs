@@ -589,17 +589,16 @@ impl Vfs {
                     g.attr = attr.clone();
                     g.xattrs = xattrs.clone();
                     if let Some(d) = g.dir_mut() {
-                        let names: Vec<Vec<u8>> = d.names().map(|(n, _)| n.to_vec()).collect();
-                        for n in names {
-                            d.remove(&n);
-                            invalidate.push((*ino, n));
+                        let old_names: HashSet<Vec<u8>> =
+                            d.names().map(|(n, _)| n.to_vec()).collect();
+                        for n in &old_names {
+                            d.remove(n);
+                            invalidate.push((*ino, n.clone()));
                         }
                         for (n, i, k) in top.remove(ino).unwrap_or_default() {
                             // The kernel may still hold this name from before the old one
                             // went away by other means (a KILL dropped working memory).
-                            if d.get(&n).is_none()
-                                && !invalidate.iter().any(|(p, o)| p == ino && *o == n)
-                            {
+                            if !old_names.contains(&n) {
                                 invalidate.push((*ino, n.clone()));
                             }
                             d.insert(n, i, k);
