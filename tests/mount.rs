@@ -363,19 +363,160 @@ fn e08_sys_writes_as_nobody_are_refused_reads_allowed() {
 }
 
 #[test]
-fn e09_mkdir_in_state_is_eperm_for_now() {
+fn e09_checkpoints_are_read_only() {
     let Some(m) = Mount::try_new() else { return };
     let a = m.agent("a");
-    assert_errno(
-        "mkdir a/state/x",
-        fs::create_dir(a.join("state/x")),
-        libc::EPERM,
-    );
+    fs::write(m.mem("a", "semantic").join("f"), b"data").unwrap();
+    fs::create_dir(a.join("state/c")).expect("mkdir state/c takes a snapshot");
+    let ck = a.join("state/c/semantic");
+    assert_eq!(fs::read(ck.join("f")).unwrap(), b"data");
     assert_errno(
         "create a/state/f",
         fs::File::create(a.join("state/f")),
-        libc::EPERM,
+        libc::EROFS,
     );
+    assert_errno(
+        "symlink in a/state",
+        std::os::unix::fs::symlink("x", a.join("state/l")),
+        libc::EROFS,
+    );
+    assert_errno(
+        "open state/c/semantic/f for writing",
+        fs::OpenOptions::new().write(true).open(ck.join("f")),
+        libc::EROFS,
+    );
+    assert_errno(
+        "append to state/c/semantic/f",
+        fs::OpenOptions::new().append(true).open(ck.join("f")),
+        libc::EROFS,
+    );
+    assert_errno(
+        "create in a checkpoint",
+        fs::File::create(ck.join("n")),
+        libc::EROFS,
+    );
+    assert_errno(
+        "mkdir in a checkpoint",
+        fs::create_dir(ck.join("d")),
+        libc::EROFS,
+    );
+    assert_errno(
+        "unlink in a checkpoint",
+        fs::remove_file(ck.join("f")),
+        libc::EROFS,
+    );
+    assert_errno(
+        "chmod in a checkpoint",
+        fs::set_permissions(ck.join("f"), fs::Permissions::from_mode(0o600)),
+        libc::EROFS,
+    );
+    assert_errno(
+        "truncate in a checkpoint",
+        check(unsafe { libc::truncate(cstr(ck.join("f")).as_ptr(), 0) }),
+        libc::EROFS,
+    );
+    assert_errno(
+        "setxattr in a checkpoint",
+        check(unsafe {
+            libc::setxattr(
+                cstr(ck.join("f")).as_ptr(),
+                c"user.k".as_ptr(),
+                b"v".as_ptr().cast(),
+                1,
+                0,
+            )
+        }),
+        libc::EROFS,
+    );
+    assert_errno(
+        "rename into a checkpoint",
+        fs::rename(m.mem("a", "semantic").join("f"), ck.join("g")),
+        libc::EROFS,
+    );
+    assert_errno(
+        "rename out of a checkpoint",
+        fs::rename(ck.join("f"), m.mem("a", "semantic").join("g")),
+        libc::EROFS,
+    );
+    assert_errno(
+        "rename a checkpoint",
+        fs::rename(a.join("state/c"), a.join("state/d")),
+        libc::EROFS,
+    );
+    assert_eq!(fs::read(ck.join("f")).unwrap(), b"data");
+    fs::remove_dir(a.join("state/c")).expect("an operator deletes a checkpoint");
+    assert!(!a.join("state/c").exists());
+}
+
+#[test]
+fn e38_a_bound_process_cannot_delete_a_checkpoint() {
+    let Some(m) = Mount::try_new() else { return };
+    let a = m.agent("a");
+    fs::create_dir(a.join("state/c")).unwrap();
+    // Bound through `agentfs run`: it may snapshot, never delete.
+    let out = Command::new(bin())
+        .args(["run", "--agent", "a", "--mount"])
+        .arg(&m.mnt)
+        .arg("--")
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(
+            "mkdir {own} || exit 10; rmdir {c}",
+            own = a.join("state/mine").display(),
+            c = a.join("state/c").display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let eperm = std::io::Error::from_raw_os_error(libc::EPERM).to_string();
+    let eperm = eperm.split(" (os error").next().unwrap_or_default();
+    assert!(stderr.contains(eperm), "rmdir: {stderr}");
+    assert!(a.join("state/c").is_dir() && a.join("state/mine").is_dir());
+}
+
+#[test]
+fn e39_checkpoint_names_are_checked() {
+    let Some(m) = Mount::try_new() else { return };
+    let a = m.agent("a");
+    assert_errno(
+        "mkdir state/.x",
+        fs::create_dir(a.join("state/.x")),
+        libc::EINVAL,
+    );
+    let ctl = m.mnt.join("sys/agents/a/rollback");
+    assert_errno("rollback .x", fs::write(&ctl, ".x\n"), libc::EINVAL);
+    assert_errno("rollback a/b", fs::write(&ctl, "a/b"), libc::EINVAL);
+    assert_errno(
+        "mkdir state/NAME over 255 bytes",
+        fs::create_dir(a.join("state").join("n".repeat(256))),
+        libc::ENAMETOOLONG,
+    );
+}
+
+#[test]
+fn e40_a_checkpoint_name_is_taken_once() {
+    let Some(m) = Mount::try_new() else { return };
+    let a = m.agent("a");
+    fs::create_dir(a.join("state/c")).unwrap();
+    assert_errno(
+        "mkdir state/c again",
+        fs::create_dir(a.join("state/c")),
+        libc::EEXIST,
+    );
+}
+
+#[test]
+fn e41_rollback_to_a_missing_checkpoint_is_enoent() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    fs::write(m.mem("a", "semantic").join("f"), b"kept").unwrap();
+    assert_errno(
+        "rollback nope",
+        fs::write(m.mnt.join("sys/agents/a/rollback"), "nope\n"),
+        libc::ENOENT,
+    );
+    assert_eq!(fs::read(m.mem("a", "semantic").join("f")).unwrap(), b"kept");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 use agentfs_memory::{Ino, TimeNs};
 use agentfs_policy::{Op, RateState, Usage};
 use agentfs_signals::Gate;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +25,12 @@ pub struct Agent {
     /// Held for a whole mutation while a quota or file-count limit applies to the agent, so
     /// that its usage is checked and changed as one step (see `Vfs::mutate`).
     pub limits: Mutex<()>,
+    /// The consistent cut: every mutation of the agent's tree holds it shared, a snapshot or
+    /// rollback exclusive, so neither ever sees a call half-applied. Per agent: one agent's
+    /// checkpoint never stalls another agent.
+    pub cut: RwLock<()>,
+    /// The last rollback: checkpoint name and when it took effect (read from `rollback`).
+    pub last_rollback: Mutex<Option<(String, TimeNs)>>,
     ops: [AtomicU64; Op::ALL.len()],
     errors: AtomicU64,
     /// Bytes held per memory class: working, episodic, semantic.
@@ -45,6 +51,8 @@ impl Agent {
             last_violation: Mutex::new(None),
             rate: Mutex::new(RateState::default()),
             limits: Mutex::new(()),
+            cut: RwLock::new(()),
+            last_rollback: Mutex::new(None),
             ops: Default::default(),
             errors: AtomicU64::new(0),
             bytes: Default::default(),

@@ -38,6 +38,14 @@ impl Vfs {
         let Some(agent) = self.agent_of(ino) else {
             return Admission::Proceed;
         };
+        // `mkdir`/`rmdir` in `state/` (the only changes it takes) do not change `mem/`: an
+        // operator may snapshot a stopped agent to inspect it, or a killed one for forensics.
+        if self
+            .node(ino)
+            .is_ok_and(|n| n.read().class == crate::node::Class::State)
+        {
+            return Admission::Proceed;
+        }
         match agent.gate.check() {
             Pass::Open => Admission::Proceed,
             Pass::Closed => Admission::Park(Parked(agent)),
@@ -58,21 +66,26 @@ impl Vfs {
         let Some(agent) = v.control_of() else {
             return Err(VfsError::NotPermitted("sys/ files are read-only"));
         };
-        let file = match v {
-            Virtual::Pids(_) => "pids",
-            _ => "signal",
+        let (file, op) = match v {
+            Virtual::Pids(_) => ("pids", "bind"),
+            Virtual::Rollback(_) => ("rollback", "rollback"),
+            _ => ("signal", "signal"),
         };
-        let (file, result) = if caller.agent.is_some() {
-            (
-                file,
-                Err(VfsError::NotPermitted(
-                    "a bound process cannot write control files",
-                )),
-            )
+        let result = if caller.agent.is_some() {
+            Err(VfsError::NotPermitted(
+                "a bound process cannot write control files",
+            ))
         } else {
             match v {
-                Virtual::Pids(_) => ("pids", self.write_pids(agent, data)),
-                _ => ("signal", self.write_signal(agent, data)),
+                Virtual::Pids(_) => self.write_pids(agent, data),
+                Virtual::Rollback(_) => {
+                    // A successful rollback records itself in its own store batch.
+                    match self.rollback(caller, agent, control_word(data)) {
+                        Ok(_) => return Ok(data.len() as u32),
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => self.write_signal(agent, data),
             }
         };
         self.queue_audit(AuditEntry {
@@ -80,7 +93,7 @@ impl Vfs {
             agent: agent.name.to_string(),
             pid: caller.pid,
             uid: caller.uid,
-            op: if file == "pids" { "bind" } else { "signal" }.to_string(),
+            op: op.to_string(),
             path: format!("sys/agents/{}/{file}", agent.name),
             result: result.as_ref().err().map_or(0, |e| e.errno()),
             size: data.len() as u64,
@@ -191,6 +204,12 @@ impl Vfs {
         }
         t.to
     }
+}
+
+/// The text written to a control file, without one trailing newline (`echo NAME > file`).
+fn control_word(data: &[u8]) -> &[u8] {
+    let data = data.strip_suffix(b"\n").unwrap_or(data);
+    data.strip_suffix(b"\r").unwrap_or(data)
 }
 
 fn killed() -> VfsError {

@@ -91,7 +91,23 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    Session::new(AgentFs::new(vfs), mountpoint, &config)
+    let session = Session::new(AgentFs::new(vfs.clone()), mountpoint, &config)?;
+    // A rollback replaces names the kernel may have cached (TTL): it drops them through this.
+    let notifier = session.notifier();
+    vfs.set_invalidator(Arc::new(move |ino, name: &[u8]| {
+        let result = if name.is_empty() {
+            notifier.inval_inode(INodeNo(ino), 0, 0)
+        } else {
+            notifier.inval_entry(INodeNo(ino), OsStr::from_bytes(name))
+        };
+        // ENOENT: the kernel had nothing cached, which is fine.
+        if let Err(e) = result {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, error = %e, "cache invalidation failed");
+            }
+        }
+    }));
+    Ok(session)
 }
 
 /// The one place core errors become errno.

@@ -39,7 +39,7 @@ pub use control::{Admission, Parked, Waiting};
 pub use error::{Refusal, Result, VfsError};
 pub use mutate::{SetAttr, TimeSet};
 pub use names::NAME_MAX;
-pub use vfs::{now_ns, Attr, DirEntry, FsStats, Opened, Vfs, ROOT_INO};
+pub use vfs::{now_ns, Attr, DirEntry, FsStats, Invalidator, Opened, Vfs, ROOT_INO};
 
 use mutate::{Mutation, Outcome};
 

@@ -194,6 +194,19 @@ impl Txn {
     }
 }
 
+/// `mkdir AGENT/state/NAME` (snapshot) or `rmdir AGENT/state/NAME` (delete a checkpoint).
+fn is_checkpoint_op(m: &Mutation<'_>, at: &Located) -> bool {
+    matches!(m, Mutation::Mkdir { .. } | Mutation::Rmdir { .. })
+        && at.parent_class == Some(Class::State)
+}
+
+/// The agent's cut lock, held for the whole of one mutation.
+#[allow(dead_code)] // the guards are held for their Drop, never read
+enum CutGuard<'a> {
+    Shared(parking_lot::RwLockReadGuard<'a, ()>),
+    Exclusive(parking_lot::RwLockWriteGuard<'a, ()>),
+}
+
 /// BLAKE3 of a write's bytes for its audit entry; large writes are hashed on all cores.
 fn hash_of(data: &[u8]) -> [u8; 32] {
     if data.len() >= 128 << 10 {
@@ -285,8 +298,25 @@ impl Vfs {
             committed: false,
             asker,
         };
-        // Usage limits: check and change the agent's usage as one step. Taken before any other
-        // lock (lock order: agent limits → ns → nodes); per agent, and only when a quota or
+        let checkpoint_op = is_checkpoint_op(&m, &located);
+        if checkpoint_op {
+            txn.entry.op = match m {
+                Mutation::Mkdir { .. } => "snapshot",
+                _ => "checkpoint-delete",
+            }
+            .to_string();
+        }
+        // The consistent cut: shared for every change of the agent's tree, exclusive for a
+        // snapshot, so a checkpoint never sees a call half-applied (docs/checkpoints.md).
+        let _cut = agent.as_ref().map(|a| {
+            if checkpoint_op {
+                CutGuard::Exclusive(a.cut.write())
+            } else {
+                CutGuard::Shared(a.cut.read())
+            }
+        });
+        // Usage limits: check and change the agent's usage as one step. Taken right after the
+        // cut (lock order: agent cut → agent limits → ns → nodes); per agent, and only when a quota or
         // file-count rule applies to it.
         let _limits = match (&agent, &txn.asker) {
             (Some(a), Some(asker)) if asker.rules.has_usage_limits(&a.name) => {
@@ -294,9 +324,11 @@ impl Vfs {
             }
             _ => None,
         };
-        let killed = agent
-            .as_ref()
-            .is_some_and(|a| a.gate.check() == agentfs_signals::Pass::Killed);
+        // An operator may snapshot a killed agent (forensics); its own processes are gone.
+        let killed = !(checkpoint_op && caller.agent.is_none())
+            && agent
+                .as_ref()
+                .is_some_and(|a| a.gate.check() == agentfs_signals::Pass::Killed);
         let result = if killed {
             Err(VfsError::NotPermitted(
                 "the agent is killed: an operator must write START",
@@ -360,6 +392,12 @@ impl Vfs {
             Mutation::Mkdir { parent, name, mode } if parent == ROOT_INO => self
                 .register_agent(caller, txn, name, mode)
                 .map(Outcome::Attr),
+            Mutation::Mkdir { parent, name, .. } if located.parent_class == Some(Class::State) => {
+                self.snapshot(caller, txn, parent, name).map(Outcome::Attr)
+            }
+            Mutation::Rmdir { parent, name } if located.parent_class == Some(Class::State) => self
+                .delete_checkpoint(txn, parent, name)
+                .map(|()| Outcome::Done),
             Mutation::Create {
                 parent,
                 name,
@@ -666,11 +704,6 @@ impl Vfs {
         if touches(Class::Policy) {
             return Err(VfsError::ReadOnly("policy/ is read-only"));
         }
-        if touches(Class::State) {
-            return Err(VfsError::NotPermitted(
-                "checkpoints are not available yet (state/ is read-only)",
-            ));
-        }
         let namespace_change = matches!(
             m,
             Mutation::Create { .. }
@@ -710,6 +743,18 @@ impl Vfs {
                     "the layout of an agent directory is fixed",
                 ));
             }
+        }
+        if is_checkpoint_op(m, at) {
+            if matches!(m, Mutation::Rmdir { .. }) && caller.agent.is_some() {
+                return Err(VfsError::NotPermitted(
+                    "only an operator may delete a checkpoint",
+                ));
+            }
+        } else if touches(Class::State) || touches(Class::Checkpoint) {
+            // After the layout rules: `rmdir a/state` stays EPERM (row e31).
+            return Err(VfsError::ReadOnly(
+                "checkpoints are read-only: mkdir state/NAME takes one, rmdir deletes it",
+            ));
         }
         if let Some(dest) = &at.dest {
             if dest.class != at.class || dest.agent != at.agent {

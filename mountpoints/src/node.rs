@@ -26,6 +26,8 @@ pub enum Class {
     Semantic,
     /// `AGENT/state/`: checkpoints.
     State,
+    /// `AGENT/state/NAME/` and below: a checkpoint, read-only, in the durable store.
+    Checkpoint,
     /// `AGENT/policy/`: read-only.
     Policy,
 }
@@ -63,6 +65,7 @@ impl Class {
                 b"semantic" => Class::Semantic,
                 _ => Class::MemDir,
             },
+            Class::State => Class::Checkpoint,
             other => other,
         }
     }

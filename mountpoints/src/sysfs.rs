@@ -7,6 +7,7 @@
 //! ├── agents/AGENT/pids     write a pid to bind it (and its descendants); read: live bound pids
 //! ├── agents/AGENT/audit    this agent's flight record, JSON lines (grows; see auditfs.rs)
 //! ├── audit                 the whole flight record, JSON lines (grows)
+//! ├── agents/AGENT/rollback write a checkpoint name: mem/ becomes that checkpoint
 //! └── policy/               the loaded policy sources and `version` (policyview.rs)
 //! ```
 
@@ -29,6 +30,7 @@ const AGENT_DIR: Ino = 0;
 const AGENT_STATUS: Ino = 1;
 const AGENT_SIGNAL: Ino = 2;
 const AGENT_PIDS: Ino = 3;
+const AGENT_ROLLBACK: Ino = 4;
 /// `AGENT/policy/rules` and `AGENT/policy/version` (k = 8.. is the policy views' share).
 const AGENT_RULES: Ino = 8;
 const AGENT_POLICY_VERSION: Ino = 9;
@@ -45,6 +47,7 @@ pub(crate) enum Virtual {
     Status(Arc<Agent>),
     Signal(Arc<Agent>),
     Pids(Arc<Agent>),
+    Rollback(Arc<Agent>),
     /// `sys/policy/NN-NAME`: policy source `i` (0: the built-in policy), and `version`.
     PolicySource(usize),
     PolicyVersion,
@@ -77,6 +80,7 @@ impl Virtual {
                     AGENT_STATUS => Some(Virtual::Status(agent)),
                     AGENT_SIGNAL => Some(Virtual::Signal(agent)),
                     AGENT_PIDS => Some(Virtual::Pids(agent)),
+                    AGENT_ROLLBACK => Some(Virtual::Rollback(agent)),
                     AGENT_RULES => Some(Virtual::AgentPolicy(agent, AgentView::Rules)),
                     AGENT_POLICY_VERSION => Some(Virtual::AgentPolicy(agent, AgentView::Version)),
                     AGENT_AUDIT => Some(Virtual::AgentAudit(agent)),
@@ -96,6 +100,7 @@ impl Virtual {
             Virtual::Status(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_STATUS,
             Virtual::Signal(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_SIGNAL,
             Virtual::Pids(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_PIDS,
+            Virtual::Rollback(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_ROLLBACK,
             Virtual::PolicySource(i) => SYS_POLICY_FILES + 1 + *i as Ino,
             Virtual::PolicyVersion => SYS_POLICY_FILES,
             Virtual::AgentPolicy(a, v) => {
@@ -115,9 +120,11 @@ impl Virtual {
             Virtual::Sys => ROOT_INO,
             Virtual::Agents | Virtual::Policy | Virtual::Audit => SYS_INO,
             Virtual::AgentDir(_) => SYS_AGENTS_INO,
-            Virtual::Status(a) | Virtual::Signal(a) | Virtual::Pids(a) | Virtual::AgentAudit(a) => {
-                VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR
-            }
+            Virtual::Status(a)
+            | Virtual::Signal(a)
+            | Virtual::Pids(a)
+            | Virtual::AgentAudit(a)
+            | Virtual::Rollback(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
             Virtual::PolicySource(_) | Virtual::PolicyVersion => SYS_POLICY_INO,
             Virtual::AgentPolicy(a, _) => vfs.policy_dir_of(a).unwrap_or(a.root),
         }
@@ -125,7 +132,9 @@ impl Virtual {
 
     fn kind(&self) -> FileKind {
         match self {
-            Virtual::Status(_) | Virtual::Signal(_) | Virtual::Pids(_) => FileKind::File,
+            Virtual::Status(_) | Virtual::Signal(_) | Virtual::Pids(_) | Virtual::Rollback(_) => {
+                FileKind::File
+            }
             Virtual::Sys | Virtual::Agents | Virtual::Policy | Virtual::AgentDir(_) => {
                 FileKind::Dir
             }
@@ -147,7 +156,7 @@ impl Virtual {
             perm: match self {
                 _ if dir => 0o555,
                 // Operators write control files; the kernel's mode check keeps other uids out.
-                Virtual::Signal(_) | Virtual::Pids(_) => 0o644,
+                Virtual::Signal(_) | Virtual::Pids(_) | Virtual::Rollback(_) => 0o644,
                 _ => 0o444,
             },
             uid: 0,
@@ -185,6 +194,7 @@ impl Virtual {
                 .collect(),
             Virtual::AgentDir(a) => vec![
                 (b"pids".to_vec(), Virtual::Pids(a.clone())),
+                (b"rollback".to_vec(), Virtual::Rollback(a.clone())),
                 (b"signal".to_vec(), Virtual::Signal(a.clone())),
                 (b"status".to_vec(), Virtual::Status(a.clone())),
                 (b"audit".to_vec(), Virtual::AgentAudit(a.clone())),
@@ -288,7 +298,8 @@ impl Virtual {
             | Virtual::Signal(a)
             | Virtual::Pids(a)
             | Virtual::AgentPolicy(a, _)
-            | Virtual::AgentAudit(a) => Some(a),
+            | Virtual::AgentAudit(a)
+            | Virtual::Rollback(a) => Some(a),
             _ => None,
         }
     }
@@ -296,7 +307,7 @@ impl Virtual {
     /// The agent whose control file this is, if it is a writable one.
     pub(crate) fn control_of(&self) -> Option<&Arc<Agent>> {
         match self {
-            Virtual::Signal(a) | Virtual::Pids(a) => Some(a),
+            Virtual::Signal(a) | Virtual::Pids(a) | Virtual::Rollback(a) => Some(a),
             _ => None,
         }
     }
@@ -330,6 +341,13 @@ impl Virtual {
                 Ok(out)
             }
             Virtual::Signal(a) => Ok(format!("{}\n", a.gate.state().0).into_bytes()),
+            // The last rollback, `NAME TIME_NS`, or nothing.
+            Virtual::Rollback(a) => Ok(a
+                .last_rollback
+                .lock()
+                .as_ref()
+                .map(|(name, at)| format!("{name} {at}\n").into_bytes())
+                .unwrap_or_default()),
             Virtual::PolicySource(i) => policyview::source_text(&vfs.policy.current(), *i)
                 .map(|t| t.as_bytes().to_vec())
                 .ok_or(VfsError::NotFound),

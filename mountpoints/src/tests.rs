@@ -131,8 +131,8 @@ fn agent_layout_is_created_and_fixed() {
     );
     let state = f.ino("a/state").unwrap();
     assert_eq!(
-        err(f.vfs.mkdir(&op(), state, b"cp", 0o755)),
-        Some(libc::EPERM)
+        err(f.vfs.mknod(&op(), state, b"cp", FileKind::File, 0o644, 0)),
+        Some(libc::EROFS)
     );
     assert_eq!(
         err(f
@@ -949,4 +949,251 @@ fn policy_views_refuse_every_change_for_everyone() {
         Some(libc::EROFS)
     );
     assert_eq!(f.read_all(file), b"data");
+}
+
+// ----- checkpoints --------------------------------------------------------------------------
+
+impl Fixture {
+    /// Every node below `path`: relative path → (kind, content or symlink target, perm).
+    fn tree(&self, path: &str) -> BTreeMap<String, (FileKind, Vec<u8>, u16)> {
+        let mut out = BTreeMap::new();
+        let mut queue = vec![(self.ino(path).expect("tree root"), String::new())];
+        while let Some((dir, prefix)) = queue.pop() {
+            let mut entries = Vec::new();
+            self.vfs
+                .readdir(&op(), dir, 0, &mut |e| {
+                    entries.push(e);
+                    false
+                })
+                .expect("readdir");
+            for e in entries {
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                let rel = format!("{prefix}{}", String::from_utf8_lossy(&e.name));
+                let attr = self.vfs.getattr(&op(), e.ino).expect("getattr");
+                let body = match attr.kind {
+                    FileKind::File => self.read_all(e.ino),
+                    FileKind::Symlink => self.vfs.readlink(&op(), e.ino).expect("readlink"),
+                    _ => Vec::new(),
+                };
+                if attr.kind == FileKind::Dir {
+                    queue.push((e.ino, format!("{rel}/")));
+                }
+                out.insert(rel, (attr.kind, body, attr.perm));
+            }
+        }
+        out
+    }
+
+    fn snapshot(&self, agent: &str, name: &str) -> Result<(), VfsError> {
+        let state = self.ino(&format!("{agent}/state")).expect("state");
+        self.vfs
+            .mkdir(&op(), state, name.as_bytes(), 0o755)
+            .map(|_| ())
+    }
+
+    fn rollback(&self, agent: &str, name: &str) -> Result<u32, VfsError> {
+        let ctl = self
+            .ino(&format!("sys/agents/{agent}/rollback"))
+            .expect("rollback file");
+        self.vfs
+            .write(&op(), ctl, 0, format!("{name}\n").as_bytes(), false)
+    }
+
+    fn populate(&self) {
+        self.write_file("a/mem/working", "w", b"scratch");
+        self.write_file("a/mem/episodic", "log", b"day 1\n");
+        self.write_file("a/mem/semantic", "fact", &vec![7u8; CHUNK_SIZE + 5]);
+        let sem = self.ino("a/mem/semantic").unwrap();
+        let d = self.vfs.mkdir(&op(), sem, b"dir", 0o750).unwrap().ino;
+        self.write_file("a/mem/semantic/dir", "inner", b"inner");
+        self.vfs.symlink(&op(), d, b"ln", b"../fact").unwrap();
+        let fact = self.ino("a/mem/semantic/fact").unwrap();
+        self.vfs.link(&op(), fact, d, b"hard").unwrap();
+        self.vfs.setxattr(&op(), fact, b"user.k", b"v", 0).unwrap();
+    }
+}
+
+fn errno<T>(r: Result<T, VfsError>) -> Option<i32> {
+    r.err().map(|e| e.errno())
+}
+
+#[test]
+fn snapshot_copies_mem_as_a_read_only_tree() {
+    let f = Fixture::new();
+    f.agent("a");
+    f.populate();
+    let before = f.tree("a/mem");
+    f.snapshot("a", "c1").unwrap();
+    assert_eq!(f.tree("a/state/c1"), before);
+    // The copy shares chunks and keeps hard links as links.
+    let hard = f.ino("a/state/c1/semantic/dir/hard").unwrap();
+    assert_eq!(hard, f.ino("a/state/c1/semantic/fact").unwrap());
+    assert_eq!(f.vfs.getattr(&op(), hard).unwrap().nlink, 2);
+    assert_eq!(
+        f.vfs.getxattr(&op(), hard, b"user.k").unwrap(),
+        b"v".to_vec()
+    );
+    let c1 = f.ino("a/state/c1").unwrap();
+    assert_eq!(f.vfs.getattr(&op(), c1).unwrap().perm, 0o555);
+
+    // Read-only inside, for everyone.
+    let sem = f.ino("a/state/c1/semantic").unwrap();
+    let fact = f.ino("a/state/c1/semantic/fact").unwrap();
+    let live = f.ino("a/mem/semantic").unwrap();
+    assert_eq!(
+        errno(f.vfs.write(&op(), fact, 0, b"x", false)),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(f.vfs.mknod(&op(), sem, b"n", FileKind::File, 0o644, 0)),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(f.vfs.mkdir(&op(), sem, b"n", 0o755)),
+        Some(libc::EROFS)
+    );
+    assert_eq!(errno(f.vfs.unlink(&op(), sem, b"fact")), Some(libc::EROFS));
+    assert_eq!(
+        errno(f.vfs.setattr(
+            &op(),
+            fact,
+            SetAttr {
+                mode: Some(0o777),
+                ..SetAttr::default()
+            }
+        )),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(f.vfs.rename(&op(), live, b"fact", sem, b"moved", 0)),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(f.vfs.setxattr(&op(), fact, b"user.x", b"1", 0)),
+        Some(libc::EROFS)
+    );
+    // Names.
+    assert_eq!(errno(f.snapshot("a", "c1")), Some(libc::EEXIST));
+    assert_eq!(errno(f.snapshot("a", ".hidden")), Some(libc::EINVAL));
+    assert_eq!(
+        errno(f.snapshot("a", &"n".repeat(256))),
+        Some(libc::ENAMETOOLONG)
+    );
+    // A bound process may snapshot its own agent but never delete a checkpoint.
+    let agent = Caller {
+        agent: Some(Arc::from("a")),
+        ..Caller::kernel()
+    };
+    let state = f.ino("a/state").unwrap();
+    f.vfs.mkdir(&agent, state, b"mine", 0o755).unwrap();
+    assert_eq!(
+        errno(f.vfs.rmdir(&agent, state, b"mine")),
+        Some(libc::EPERM)
+    );
+    f.vfs.rmdir(&op(), state, b"mine").unwrap();
+    assert_eq!(errno(f.ino("a/state/mine")), Some(libc::ENOENT));
+}
+
+#[test]
+fn snapshot_holds_buffered_content_and_survives_restart() {
+    let mut f = Fixture::new();
+    f.agent("a");
+    let sem = f.ino("a/mem/semantic").unwrap();
+    let (attr, _) = f
+        .vfs
+        .create(&op(), sem, b"open", 0o644, libc::O_WRONLY)
+        .unwrap();
+    f.vfs
+        .write(&op(), attr.ino, 0, b"not yet closed", false)
+        .unwrap();
+    f.write_file("a/mem/working", "w", b"working bytes");
+    f.snapshot("a", "c").unwrap();
+    f.vfs.write(&op(), attr.ino, 0, b"NOT", false).unwrap();
+    f.vfs.release(attr.ino, 0).unwrap();
+    let ck = f.ino("a/state/c/semantic/open").unwrap();
+    assert_eq!(f.read_all(ck), b"not yet closed");
+    f.restart();
+    assert_eq!(errno(f.ino("a/mem/working/w")), Some(libc::ENOENT));
+    let w = f.ino("a/state/c/working/w").unwrap();
+    assert_eq!(f.read_all(w), b"working bytes");
+    // Rollback after a restart brings working memory back into RAM.
+    f.rollback("a", "c").unwrap();
+    let w = f.ino("a/mem/working/w").unwrap();
+    assert_eq!(f.read_all(w), b"working bytes");
+    let open = f.ino("a/mem/semantic/open").unwrap();
+    assert_eq!(f.read_all(open), b"not yet closed");
+}
+
+#[test]
+fn rollback_restores_mem_exactly() {
+    let mut f = Fixture::new();
+    f.agent("a");
+    f.populate();
+    let before = f.tree("a/mem");
+    let status = |f: &Fixture| f.vfs.agent_status("a").unwrap();
+    let counts = (status(&f)["bytes"].clone(), status(&f)["files"].clone());
+    f.snapshot("a", "good").unwrap();
+
+    // Deletes, renames, new dirs, symlinks, overwrites, appends, working memory.
+    let sem = f.ino("a/mem/semantic").unwrap();
+    let dir = f.ino("a/mem/semantic/dir").unwrap();
+    f.vfs.unlink(&op(), dir, b"inner").unwrap();
+    f.vfs
+        .rename(&op(), sem, b"fact", sem, b"renamed", 0)
+        .unwrap();
+    let nd = f.vfs.mkdir(&op(), sem, b"newdir", 0o755).unwrap().ino;
+    f.vfs.symlink(&op(), nd, b"s", b"/etc/passwd").unwrap();
+    f.write_file("a/mem/semantic/newdir", "big", &vec![1u8; 3 * CHUNK_SIZE]);
+    let log = f.ino("a/mem/episodic/log").unwrap();
+    f.vfs.write(&op(), log, 0, b"day 2\n", true).unwrap();
+    let w = f.ino("a/mem/working/w").unwrap();
+    f.vfs.write(&op(), w, 0, b"SCRATCH", false).unwrap();
+    assert_ne!(f.tree("a/mem"), before);
+
+    // An open handle on a file the rollback replaces.
+    let renamed = f.ino("a/mem/semantic/renamed").unwrap();
+    f.vfs.open_file(&op(), renamed, libc::O_RDWR).unwrap();
+
+    f.rollback("a", "good").unwrap();
+    assert_eq!(f.tree("a/mem"), before);
+    // (The open file counts until its last close, as after an unlink.)
+    // The old handle writes into its orphaned node, never into the restored tree.
+    f.vfs.write(&op(), renamed, 0, b"late", false).unwrap();
+    f.vfs.release(renamed, 0).unwrap();
+    assert_eq!(f.tree("a/mem"), before);
+    assert_eq!(
+        (status(&f)["bytes"].clone(), status(&f)["files"].clone()),
+        counts
+    );
+    // The checkpoint is still there, unchanged, and the rollback survives a restart.
+    assert_eq!(f.tree("a/state/good"), before);
+    f.restart();
+    let mut durable_before = before.clone();
+    durable_before.retain(|k, _| !k.starts_with("working/"));
+    let mut now = f.tree("a/mem");
+    now.retain(|k, _| !k.starts_with("working/"));
+    assert_eq!(now, durable_before);
+
+    // Errors: unknown name, bad name; nothing changes.
+    assert_eq!(errno(f.rollback("a", "nope")), Some(libc::ENOENT));
+    assert_eq!(errno(f.rollback("a", ".x")), Some(libc::EINVAL));
+    assert_eq!(errno(f.rollback("a", "a/b")), Some(libc::EINVAL));
+}
+
+#[test]
+fn a_bound_process_cannot_roll_back() {
+    let f = Fixture::new();
+    f.agent("a");
+    f.snapshot("a", "c").unwrap();
+    let ctl = f.ino("sys/agents/a/rollback").unwrap();
+    let agent = Caller {
+        agent: Some(Arc::from("a")),
+        ..Caller::kernel()
+    };
+    assert_eq!(
+        errno(f.vfs.write(&agent, ctl, 0, b"c", false)),
+        Some(libc::EPERM)
+    );
 }

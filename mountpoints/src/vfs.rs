@@ -2,6 +2,7 @@
 //! Mutations live in `mutate.rs` (the choke point) and `ops/`.
 //!
 //! Lock order (never take them the other way round):
+//! an agent's `cut` (shared by each of its mutations, exclusive for a snapshot or rollback) →
 //! an agent's `limits` (only while a quota or file-count rule applies to it) → `ns`
 //! (namespace mutex) → `nodes` (table) → node locks, a parent before its children → an
 //! agent's `rate` → `pending_audit` → store internals. Calls that do not change the namespace (read, write,
@@ -66,7 +67,13 @@ pub struct Vfs {
     pub(crate) started: TimeNs,
     /// Indexes of the growing audit files `sys/audit`, `sys/agents/A/audit` (auditfs.rs).
     pub(crate) audit_views: crate::auditfs::AuditViews,
+    /// Drops names (or, with an empty name, a directory's attributes) from the kernel's
+    /// caches after the daemon changed the tree on its own (rollback). Set by the adapter.
+    pub(crate) invalidator: RwLock<Option<Invalidator>>,
 }
+
+/// `(directory, name)`: forget that entry; `(inode, b"")`: forget the inode's attributes.
+pub type Invalidator = Arc<dyn Fn(Ino, &[u8]) + Send + Sync>;
 
 impl std::fmt::Debug for Vfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,6 +220,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             started: now_ns(),
             audit_views: Default::default(),
+            invalidator: RwLock::new(None),
         };
         vfs.load(loaded)?;
         Ok(Arc::new(vfs))
@@ -392,6 +400,30 @@ impl Vfs {
         Ok(())
     }
 
+    /// Installs the hook that invalidates the kernel's caches (the FUSE adapter's notifier).
+    pub fn set_invalidator(&self, f: Invalidator) {
+        *self.invalidator.write() = Some(f);
+    }
+
+    /// Runs the invalidations, synchronously, from the request that changed the tree (after
+    /// its locks are released). The kernel takes the directory's lock to invalidate a name: a
+    /// call parked while the agent is STOPped holds it until CONT, so for a stopped agent
+    /// nothing is invalidated and names may stay cached for the TTL (1 s). Never from a
+    /// thread of its own: one blocked there at unmount holds the connection's teardown lock
+    /// in the kernel, and the unmount (and every mount of the machine) waits for it.
+    pub(crate) fn invalidate(&self, agent: &Agent, list: Vec<(Ino, Vec<u8>)>) {
+        let Some(f) = self.invalidator.read().clone() else {
+            return;
+        };
+        if agent.gate.state().0 == agentfs_signals::AgentState::Stopped {
+            tracing::debug!(agent = %agent.name, names = list.len(), "agent stopped: names left to the kernel's TTL");
+            return;
+        }
+        for (ino, name) in list {
+            f(ino, &name);
+        }
+    }
+
     pub(crate) fn add_agent(&self, name: Arc<str>, root: Ino, now: TimeNs) -> Arc<Agent> {
         let mut by_index = self.agents_by_index.write();
         let agent = Arc::new(Agent::new(name.clone(), by_index.len() as u64, root, now));
@@ -550,6 +582,9 @@ impl Vfs {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if writing && n.class == Class::Policy {
             return Err(VfsError::ReadOnly("policy/ is read-only"));
+        }
+        if writing && n.class == Class::Checkpoint {
+            return Err(VfsError::ReadOnly("checkpoints are read-only"));
         }
         n.open_count += 1;
         // Agent files bypass the kernel page cache: every read is answered by the daemon,

@@ -57,7 +57,7 @@ impl MountSel {
     }
 }
 
-fn agent_dir(mnt: &Path, agent: &str) -> Result<PathBuf, CliError> {
+pub(crate) fn agent_dir(mnt: &Path, agent: &str) -> Result<PathBuf, CliError> {
     let dir = mnt.join("sys/agents").join(agent);
     if !dir.is_dir() {
         return Err(CliError::Reported(format!(

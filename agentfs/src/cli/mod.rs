@@ -6,6 +6,7 @@ use crate::error::CliError;
 
 pub mod agents;
 pub mod audit;
+pub mod checkpoints;
 pub mod mount;
 pub mod policy;
 pub mod unmount;
@@ -68,6 +69,12 @@ pub enum Command {
     Run(agents::RunArgs),
     /// The flight recorder: verify its hash chain, or tail its entries
     Audit(audit::AuditArgs),
+    /// Checkpoint an agent's mem/ (mkdir MNT/AGENT/state/NAME)
+    Snapshot(checkpoints::SnapshotArgs),
+    /// Make an agent's mem/ exactly checkpoint NAME (writes sys/agents/AGENT/rollback)
+    Rollback(checkpoints::RollbackArgs),
+    /// Paths added, deleted, modified since checkpoint NAME (or between NAME and NAME2)
+    Diff(checkpoints::DiffArgs),
 }
 
 impl Cli {
@@ -80,6 +87,9 @@ impl Cli {
             Command::Ps(args) => agents::ps(args),
             Command::Run(args) => agents::run(args),
             Command::Audit(args) => audit::run(args),
+            Command::Snapshot(args) => checkpoints::snapshot(args),
+            Command::Rollback(args) => checkpoints::rollback(args),
+            Command::Diff(args) => checkpoints::diff(args),
         }
     }
 }

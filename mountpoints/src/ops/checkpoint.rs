@@ -1,0 +1,634 @@
+//! Checkpoints (SPEC §7): `mkdir AGENT/state/NAME` copies the agent's `mem/` into a read-only
+//! tree, `rmdir` deletes one, writing NAME to `sys/agents/AGENT/rollback` makes `mem/` a copy
+//! of it again. See docs/checkpoints.md.
+//!
+//! A copy is metadata only: inode records, directory entries, xattrs and chunk maps. Chunks
+//! are addressed by their BLAKE3 hash, so a copy between two nodes of the durable store names
+//! the same chunks and costs O(files), not O(bytes). Working memory lives in the RAM store:
+//! its chunks are copied into the durable store at snapshot and back at rollback (O(bytes of
+//! working memory), which is meant to be small). Every snapshot, deletion and rollback is one
+//! durable store batch carrying its audit entry: after a crash it happened or it did not.
+
+use crate::agent::Agent;
+use crate::caller::Caller;
+use crate::error::{Result, VfsError};
+use crate::mutate::Txn;
+use crate::names::check_name;
+use crate::node::{Body, Class, FileData, Node, Slot};
+use crate::vfs::{now_ns, Vfs};
+use agentfs_memory::CHUNK_SIZE;
+use agentfs_memory::{AuditEntry, Batch, Change, ChunkId, Durability, FileKind, Ino, InodeRecord};
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// The memory class directories, named the same under `mem/` and under `state/NAME/`.
+const CLASSES: [(&[u8], Class); 3] = [
+    (b"working", Class::Working),
+    (b"episodic", Class::Episodic),
+    (b"semantic", Class::Semantic),
+];
+
+/// A checkpoint name: a plain file name (NAME_MAX, no `/`, no NUL), not hidden.
+pub(crate) fn check_checkpoint_name(name: &[u8]) -> Result<()> {
+    check_name(name)?;
+    if name.is_empty() || name.starts_with(b".") || name.contains(&b'/') || name.contains(&0) {
+        return Err(VfsError::Invalid(
+            "a checkpoint name is a file name that does not start with `.`",
+        ));
+    }
+    Ok(())
+}
+
+/// A copy of subtrees being prepared: new nodes and the store changes that create them.
+#[derive(Default)]
+struct CopyPlan {
+    /// New nodes by their (new) inode number.
+    made: HashMap<Ino, Node>,
+    /// Source inode → copy, so a hard-linked file stays one inode with several names.
+    map: HashMap<Ino, Ino>,
+    /// Entries made in directories that already exist (rollback into the live class dirs).
+    top: HashMap<Ino, Vec<(Vec<u8>, Ino, FileKind)>>,
+    durable: Batch,
+    volatile: Batch,
+}
+
+impl CopyPlan {
+    fn batch(&mut self, class: Class) -> &mut Batch {
+        if class.is_volatile() {
+            &mut self.volatile
+        } else {
+            &mut self.durable
+        }
+    }
+
+    fn add_entry(&mut self, dir: Ino, name: Vec<u8>, ino: Ino, kind: FileKind) {
+        match self.made.get_mut(&dir).and_then(|d| d.dir_mut()) {
+            Some(d) => d.insert(name, ino, kind),
+            None => self.top.entry(dir).or_default().push((name, ino, kind)),
+        }
+    }
+}
+
+type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Every node below `dir` (not `dir` itself): `(parent, name, ino)` per entry, parents first.
+type Entries = Vec<(Ino, Vec<u8>, Ino)>;
+
+impl Vfs {
+    /// Copies everything below `src_dir` into `dst_dir` (a new node of `plan` or a live
+    /// directory), as nodes of `dst_class`. Iterative, so deep trees cannot overflow a stack.
+    fn copy_children(
+        &self,
+        plan: &mut CopyPlan,
+        src_dir: Ino,
+        dst_dir: Ino,
+        dst_class: Class,
+        agent: &Arc<str>,
+    ) -> Result<()> {
+        let mut queue = vec![(src_dir, dst_dir)];
+        while let Some((src, dst)) = queue.pop() {
+            let entries: Vec<(Vec<u8>, Ino)> = {
+                let node = self.node(src)?;
+                let n = node.read();
+                n.dir()
+                    .map(|d| d.names().map(|(n, i)| (n.to_vec(), i)).collect())
+                    .unwrap_or_default()
+            };
+            for (name, child) in entries {
+                if let Some(&copy) = plan.map.get(&child) {
+                    // Another name of a hard-linked file already copied.
+                    let kind = plan.made.get(&copy).map_or(FileKind::File, |n| n.attr.kind);
+                    plan.batch(dst_class).push(Change::PutDirent {
+                        parent: dst,
+                        name: name.clone(),
+                        ino: copy,
+                    });
+                    plan.add_entry(dst, name, copy, kind);
+                    continue;
+                }
+                let node = self.node(child)?;
+                let c = node.read();
+                let ino = self.alloc_ino();
+                let mut rec = c.attr.clone();
+                rec.ino = ino;
+                let mut copy = Node::new(
+                    rec.clone(),
+                    dst_class,
+                    Some(agent.clone()),
+                    dst,
+                    name.clone(),
+                );
+                copy.xattrs = c.xattrs.clone();
+                let chunks = match &c.body {
+                    Body::File(f) => self.copy_chunks(f, c.class, dst_class)?,
+                    _ => BTreeMap::new(),
+                };
+                let is_dir = c.is_dir();
+                drop(c);
+                let batch = plan.batch(dst_class);
+                batch.push(Change::PutInode(rec.clone()));
+                batch.push(Change::PutDirent {
+                    parent: dst,
+                    name: name.clone(),
+                    ino,
+                });
+                if !chunks.is_empty() {
+                    batch.push(Change::SetChunks {
+                        ino,
+                        chunks: chunks.iter().map(|(i, id)| (*i, Some(*id))).collect(),
+                    });
+                }
+                for (k, v) in &copy.xattrs {
+                    batch.push(Change::SetXattr {
+                        ino,
+                        name: k.clone(),
+                        value: v.clone(),
+                    });
+                }
+                if let Body::File(f) = &mut copy.body {
+                    f.slots = chunks
+                        .into_iter()
+                        .map(|(i, id)| (i, Slot::Clean(id)))
+                        .collect();
+                }
+                plan.add_entry(dst, name, ino, rec.kind);
+                plan.map.insert(child, ino);
+                plan.made.insert(ino, copy);
+                if is_dir {
+                    queue.push((child, ino));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The chunk map of a copy of `f` (a file of class `src`) in the store of class `dst`.
+    /// Within one store the ids are shared; across stores the bytes are copied. Buffered
+    /// (dirty) chunks are stored: a copy holds what readers of the file see.
+    fn copy_chunks(&self, f: &FileData, src: Class, dst: Class) -> Result<BTreeMap<u64, ChunkId>> {
+        let same_store = src.is_volatile() == dst.is_volatile();
+        let from = self.store_for(src);
+        let to = self.store_for(dst);
+        let mut out = BTreeMap::new();
+        let mut buf = Vec::new();
+        for (idx, slot) in &f.slots {
+            let id = match slot {
+                Slot::Clean(id) if same_store => *id,
+                Slot::Clean(id) => {
+                    buf.resize(CHUNK_SIZE, 0);
+                    let n = from.read_at(id, 0, &mut buf)?;
+                    to.put_chunk(&buf[..n])?
+                }
+                Slot::Dirty(bytes) if bytes.is_empty() => continue,
+                Slot::Dirty(bytes) => to.put_chunk(bytes)?,
+            };
+            out.insert(*idx, id);
+        }
+        Ok(out)
+    }
+
+    /// Every entry below `dir`, parents first.
+    fn subtree(&self, dir: Ino) -> Result<Entries> {
+        let mut out = Vec::new();
+        let mut queue = vec![dir];
+        while let Some(d) = queue.pop() {
+            let node = self.node(d)?;
+            let n = node.read();
+            for (name, ino) in n.dir().map(|d| d.names()).into_iter().flatten() {
+                out.push((d, name.to_vec(), ino));
+                if self.node(ino).is_ok_and(|c| c.read().is_dir()) {
+                    queue.push(ino);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Store changes removing the nodes of `entries` (each inode once). Nodes with open
+    /// handles are kept with no link, like an unlinked open file, and returned.
+    fn removal(&self, batch: &mut Batch, entries: &Entries) -> Vec<Ino> {
+        let mut seen = HashSet::new();
+        let mut kept_open = Vec::new();
+        for (parent, name, ino) in entries {
+            batch.push(Change::DeleteDirent {
+                parent: *parent,
+                name: name.clone(),
+            });
+            if !seen.insert(*ino) {
+                continue;
+            }
+            let open = self.node(*ino).ok().and_then(|node| {
+                let n = node.read();
+                (n.open_count > 0).then(|| n.attr.clone())
+            });
+            match open {
+                Some(mut attr) => {
+                    attr.nlink = 0;
+                    batch.push(Change::PutInode(attr));
+                    kept_open.push(*ino);
+                }
+                None => batch.push(Change::DeleteInode(*ino)),
+            }
+        }
+        kept_open
+    }
+
+    /// After a removal was committed: drop the nodes from memory (and from their agent's
+    /// counters), except open ones, which live on unlinked until their last close.
+    fn forget_removed(&self, entries: &Entries, kept_open: &[Ino]) {
+        let kept: HashSet<Ino> = kept_open.iter().copied().collect();
+        for ino in &kept {
+            if let Ok(node) = self.node(*ino) {
+                node.write().attr.nlink = 0;
+            }
+        }
+        // One pass under the table's write lock (not one lock per node: a rollback removes
+        // thousands), then the counters, with the table released.
+        let removed: Vec<crate::vfs::NodeRef> = {
+            let mut nodes = self.nodes.write();
+            entries
+                .iter()
+                .filter(|(_, _, ino)| !kept.contains(ino))
+                .filter_map(|(_, _, ino)| nodes.remove(ino))
+                .collect()
+        };
+        let mut agent: Option<Arc<Agent>> = None;
+        for node in removed {
+            let n = node.read();
+            let (Some(name), Some(ci)) = (n.agent.as_deref(), n.class.memory_index()) else {
+                continue;
+            };
+            if agent.as_ref().is_none_or(|a| &*a.name != name) {
+                agent = self.agent(name);
+            }
+            if let Some(a) = &agent {
+                a.add_files(ci, -1);
+                a.add_bytes(ci, -(n.attr.size as i64));
+            }
+        }
+    }
+
+    fn insert_nodes(&self, made: HashMap<Ino, Node>) {
+        let mut nodes = self.nodes.write();
+        for (ino, node) in made {
+            nodes.insert(ino, Arc::new(RwLock::new(node)));
+        }
+    }
+
+    /// `mkdir AGENT/state/NAME`: a read-only copy of `mem/`, in one durable batch. Runs under
+    /// the agent's exclusive cut lock (taken by the choke point), so no change of the agent
+    /// is half-applied, and under the namespace mutex.
+    pub(crate) fn snapshot(
+        &self,
+        caller: &Caller,
+        txn: &mut Txn,
+        state_dir: Ino,
+        name: &[u8],
+    ) -> Result<InodeRecord> {
+        check_checkpoint_name(name)?;
+        let started = std::time::Instant::now();
+        let _ns = self.ns.lock();
+        let state = self.node(state_dir)?;
+        let (agent_name, mut state_attr) = {
+            let s = state.read();
+            if s.dir().ok_or(VfsError::NotDir)?.get(name).is_some() {
+                return Err(VfsError::Exists);
+            }
+            let agent = s
+                .agent
+                .clone()
+                .ok_or(VfsError::Invalid("state/ of no agent"))?;
+            (agent, s.attr.clone())
+        };
+        let agent = self
+            .agent(&agent_name)
+            .ok_or(VfsError::Invalid("state/ of an unknown agent"))?;
+        let mem = self.child_ino(agent.root, b"mem")?;
+        let now = now_ns();
+        let root = self.alloc_ino();
+        let root_rec = InodeRecord {
+            ino: root,
+            kind: FileKind::Dir,
+            perm: 0o555,
+            uid: caller.uid,
+            gid: caller.gid,
+            nlink: 2 + CLASSES.len() as u32,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            symlink_target: Vec::new(),
+        };
+        let mut plan = CopyPlan::default();
+        plan.made.insert(
+            root,
+            Node::new(
+                root_rec.clone(),
+                Class::Checkpoint,
+                Some(agent_name.clone()),
+                state_dir,
+                name.to_vec(),
+            ),
+        );
+        plan.durable.push(Change::PutInode(root_rec.clone()));
+        plan.durable.push(Change::PutDirent {
+            parent: state_dir,
+            name: name.to_vec(),
+            ino: root,
+        });
+        for (class_name, _) in CLASSES {
+            let src = self.child_ino(mem, class_name)?;
+            let (mut rec, xattrs) = {
+                let node = self.node(src)?;
+                let n = node.read();
+                (n.attr.clone(), n.xattrs.clone())
+            };
+            let ino = self.alloc_ino();
+            rec.ino = ino;
+            let mut copy = Node::new(
+                rec.clone(),
+                Class::Checkpoint,
+                Some(agent_name.clone()),
+                root,
+                class_name.to_vec(),
+            );
+            plan.durable.push(Change::PutInode(rec));
+            plan.durable.push(Change::PutDirent {
+                parent: root,
+                name: class_name.to_vec(),
+                ino,
+            });
+            for (k, v) in &xattrs {
+                plan.durable.push(Change::SetXattr {
+                    ino,
+                    name: k.clone(),
+                    value: v.clone(),
+                });
+            }
+            copy.xattrs = xattrs;
+            plan.made.insert(ino, copy);
+            plan.add_entry(root, class_name.to_vec(), ino, FileKind::Dir);
+            self.copy_children(&mut plan, src, ino, Class::Checkpoint, &agent_name)?;
+        }
+        state_attr.nlink += 1;
+        state_attr.mtime = now;
+        state_attr.ctime = now;
+        plan.durable.push(Change::PutInode(state_attr.clone()));
+        plan.durable.push(Change::SetMeta {
+            key: "next_ino".into(),
+            value: self
+                .next_ino
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+        });
+        let copied = plan.made.len();
+        let walked = started.elapsed();
+        txn.entry.size = copied as u64;
+        txn.entry.detail = format!("{copied} nodes");
+        // Like every namespace change: survives `kill -9` once `mkdir` returns; an fsync of
+        // `state/` (or `sync`) makes it survive a power loss. `Disk` here would also flush
+        // every chunk written since the last sync, making the snapshot cost O(unsynced
+        // bytes) instead of O(files).
+        txn.commit(
+            self,
+            Class::Checkpoint,
+            std::mem::take(&mut plan.durable),
+            Durability::Process,
+        )?;
+
+        let committed = started.elapsed();
+        self.insert_nodes(plan.made);
+        let mut s = state.write();
+        s.attr = state_attr;
+        if let Some(d) = s.dir_mut() {
+            d.insert(name.to_vec(), root, FileKind::Dir);
+        }
+        tracing::info!(
+            agent = %agent_name,
+            checkpoint = %String::from_utf8_lossy(name),
+            nodes = copied,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            copy_ms = walked.as_secs_f64() * 1e3,
+            commit_ms = (committed - walked).as_secs_f64() * 1e3,
+            "snapshot taken"
+        );
+        Ok(root_rec)
+    }
+
+    /// `rmdir AGENT/state/NAME` by an operator: the checkpoint and everything in it, in one
+    /// durable batch.
+    pub(crate) fn delete_checkpoint(
+        &self,
+        txn: &mut Txn,
+        state_dir: Ino,
+        name: &[u8],
+    ) -> Result<()> {
+        let _ns = self.ns.lock();
+        let state = self.node(state_dir)?;
+        let root = self.child_ino(state_dir, name)?;
+        let mut entries = vec![(state_dir, name.to_vec(), root)];
+        entries.extend(self.subtree(root)?);
+        let mut batch = Batch::new();
+        let kept_open = self.removal(&mut batch, &entries);
+        let now = now_ns();
+        let mut state_attr = state.read().attr.clone();
+        state_attr.nlink = state_attr.nlink.saturating_sub(1);
+        state_attr.mtime = now;
+        state_attr.ctime = now;
+        batch.push(Change::PutInode(state_attr.clone()));
+        txn.entry.detail = format!("{} nodes", entries.len());
+        txn.commit(self, Class::Checkpoint, batch, Durability::Process)?;
+        {
+            let mut s = state.write();
+            s.attr = state_attr;
+            if let Some(d) = s.dir_mut() {
+                d.remove(name);
+            }
+        }
+        self.forget_removed(&entries, &kept_open);
+        tracing::info!(checkpoint = %String::from_utf8_lossy(name), nodes = entries.len(), "checkpoint deleted");
+        Ok(())
+    }
+
+    /// `echo NAME > sys/agents/AGENT/rollback`: `mem/` becomes a copy of the checkpoint.
+    /// Returns the number of nodes restored.
+    ///
+    /// Durability as for a snapshot: survives `kill -9` when the write returns.
+    ///
+    /// Under the agent's exclusive cut lock (its changes wait, in flight ones finish first)
+    /// and the namespace mutex: the durable classes change in one durable batch with the
+    /// audit entry, then working memory in the RAM store, then the live tree, with the three
+    /// class directories write-locked together so no lookup or listing sees a mix.
+    pub(crate) fn rollback(
+        &self,
+        caller: &Caller,
+        agent: &Arc<Agent>,
+        name: &[u8],
+    ) -> Result<usize> {
+        check_checkpoint_name(name)?;
+        let started = std::time::Instant::now();
+        let mut invalidate: Vec<(Ino, Vec<u8>)> = Vec::new();
+        let (restored, copied, committed) = {
+            let _cut = agent.cut.write();
+            let _ns = self.ns.lock();
+            let state = self.child_ino(agent.root, b"state")?;
+            let checkpoint = self.child_ino(state, name)?;
+            let mem = self.child_ino(agent.root, b"mem")?;
+            let mut plan = CopyPlan::default();
+            let mut live: Vec<(Ino, Class)> = Vec::new();
+            let mut old: Entries = Vec::new();
+            let mut new_dir_attrs: Vec<(Ino, InodeRecord, Xattrs)> = Vec::new();
+            // Removals first: the copies reuse the top-level names.
+            let mut kept_open = Vec::new();
+            for (class_name, class) in CLASSES {
+                let dir = self.child_ino(mem, class_name)?;
+                live.push((dir, class));
+                let mine = self.subtree(dir)?;
+                kept_open.extend(self.removal(plan.batch(class), &mine));
+                old.extend(mine);
+            }
+            let now = now_ns();
+            for ((class_name, class), (dir, _)) in CLASSES.iter().zip(&live) {
+                let src = self.child_ino(checkpoint, class_name)?;
+                self.copy_children(&mut plan, src, *dir, *class, &agent.name)?;
+                // The class directory takes the checkpoint's attributes and xattrs.
+                let (src_attr, src_xattrs) = {
+                    let node = self.node(src)?;
+                    let n = node.read();
+                    (n.attr.clone(), n.xattrs.clone())
+                };
+                let (mut attr, old_xattrs) = {
+                    let node = self.node(*dir)?;
+                    let n = node.read();
+                    (n.attr.clone(), n.xattrs.clone())
+                };
+                attr.perm = src_attr.perm;
+                attr.uid = src_attr.uid;
+                attr.gid = src_attr.gid;
+                attr.nlink = src_attr.nlink;
+                attr.atime = src_attr.atime;
+                attr.mtime = src_attr.mtime;
+                attr.ctime = now;
+                let batch = plan.batch(*class);
+                batch.push(Change::PutInode(attr.clone()));
+                for k in old_xattrs.keys() {
+                    batch.push(Change::RemoveXattr {
+                        ino: *dir,
+                        name: k.clone(),
+                    });
+                }
+                for (k, v) in &src_xattrs {
+                    batch.push(Change::SetXattr {
+                        ino: *dir,
+                        name: k.clone(),
+                        value: v.clone(),
+                    });
+                }
+                new_dir_attrs.push((*dir, attr, src_xattrs));
+            }
+            plan.durable.push(Change::SetMeta {
+                key: "next_ino".into(),
+                value: self
+                    .next_ino
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+            });
+            let restored = plan.made.len();
+            let copied = started.elapsed();
+            let entry = AuditEntry {
+                time: now,
+                agent: agent.name.to_string(),
+                pid: caller.pid,
+                uid: caller.uid,
+                op: "rollback".to_string(),
+                path: format!("{}/mem", agent.name),
+                target: format!("{}/state/{}", agent.name, String::from_utf8_lossy(name)),
+                size: restored as u64,
+                detail: format!("{restored} nodes restored, {} removed", old.len()),
+                ..Default::default()
+            };
+            // The durable classes and the record: one batch, all or nothing after a crash.
+            self.commit_batch(
+                Class::Semantic,
+                std::mem::take(&mut plan.durable),
+                Durability::Process,
+                Some(entry),
+            )?;
+            // Working memory is RAM: gone after a crash anyway. Its chunks were put before,
+            // so this commit has nothing left to refuse; should it fail, the live tree still
+            // holds the chunks (put, never released) and stays right.
+            if let Err(e) = self
+                .volatile
+                .commit(std::mem::take(&mut plan.volatile), Durability::Process)
+            {
+                tracing::error!(agent = %agent.name, error = %e, "rollback: RAM store commit failed");
+            }
+
+            let committed = started.elapsed();
+            // Counters: the new nodes count now; the removed ones leave through forget_node.
+            for n in plan.made.values() {
+                if let Some(ci) = n.class.memory_index() {
+                    agent.add_files(ci, 1);
+                    agent.add_bytes(ci, n.attr.size as i64);
+                }
+            }
+            let mut top = std::mem::take(&mut plan.top);
+            self.insert_nodes(plan.made);
+            {
+                // All three directories at once, in inode order (siblings).
+                let mut dirs: Vec<_> = new_dir_attrs
+                    .into_iter()
+                    .filter_map(|(ino, attr, x)| self.node(ino).ok().map(|n| (ino, n, attr, x)))
+                    .collect();
+                dirs.sort_by_key(|d| d.0);
+                let mut guards: Vec<_> = dirs.iter().map(|(_, n, _, _)| n.write()).collect();
+                for (g, (ino, _, attr, xattrs)) in guards.iter_mut().zip(dirs.iter()) {
+                    g.attr = attr.clone();
+                    g.xattrs = xattrs.clone();
+                    if let Some(d) = g.dir_mut() {
+                        let old_names: HashSet<Vec<u8>> =
+                            d.names().map(|(n, _)| n.to_vec()).collect();
+                        for n in &old_names {
+                            d.remove(n);
+                            invalidate.push((*ino, n.clone()));
+                        }
+                        for (n, i, k) in top.remove(ino).unwrap_or_default() {
+                            // The kernel may still hold this name from before the old one
+                            // went away by other means (a KILL dropped working memory).
+                            if !old_names.contains(&n) {
+                                invalidate.push((*ino, n.clone()));
+                            }
+                            d.insert(n, i, k);
+                        }
+                    }
+                }
+            }
+            self.forget_removed(&old, &kept_open);
+            *agent.last_rollback.lock() = Some((String::from_utf8_lossy(name).into_owned(), now));
+            for (dir, _) in &live {
+                // An empty name: the directory's own attributes and listing.
+                invalidate.push((*dir, Vec::new()));
+            }
+            (restored, copied, committed)
+        };
+        // The kernel caches names for 1 s: drop the replaced ones now. After the locks are
+        // released: the kernel takes the directory's lock to invalidate, and a call of the
+        // agent may hold it while it waits for our cut lock.
+        let swapped = started.elapsed();
+        self.invalidate(agent, invalidate);
+        tracing::info!(
+            agent = %agent.name,
+            checkpoint = %String::from_utf8_lossy(name),
+            nodes = restored,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            copy_ms = copied.as_secs_f64() * 1e3,
+            commit_ms = (committed - copied).as_secs_f64() * 1e3,
+            swap_ms = (swapped - committed).as_secs_f64() * 1e3,
+            "rolled back"
+        );
+        Ok(restored)
+    }
+}

@@ -1,0 +1,154 @@
+//! Checkpoint benchmark (issue 7; harness = false). Needs root (it mounts).
+//!
+//! `cargo bench -p agentfs --bench ckptbench`: for 10,000 files totalling 1 GiB in
+//! `mem/semantic`, the time of `mkdir state/NAME` (snapshot), of a rollback after 1% of the
+//! files changed, of `agentfs diff`, and of the same copy made with `cp -a` on tmpfs
+//! (`/dev/shm`), in the same run; plus the store bytes one checkpoint adds.
+//! `AGENTFS_BENCH_QUICK=1`: 2,000 files, 64 MiB.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+fn dir_bytes(p: &Path) -> u64 {
+    let mut total = 0;
+    let mut queue = vec![p.to_path_buf()];
+    while let Some(d) = queue.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                queue.push(e.path());
+            } else {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+fn fill(root: &Path, files: usize, size: usize) {
+    for i in 0..files {
+        let dir = root.join(format!("d{:03}", i % 100));
+        if i < 100 {
+            fs::create_dir_all(&dir).unwrap();
+        }
+        fs::write(dir.join(format!("f{i:05}")), pattern(i as u64 + 1, size)).unwrap();
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn main() {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+        println!("ckptbench: SKIPPED — needs root and /dev/fuse");
+        return;
+    }
+    let _wd = Watchdog::new(3600);
+    let quick = std::env::var("AGENTFS_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
+    let (files, total) = if quick {
+        (2_000usize, 64usize << 20)
+    } else {
+        (10_000usize, 1usize << 30)
+    };
+    let size = total / files;
+    println!(
+        "ckptbench: {files} files of {size} bytes ({} MiB) in mem/semantic{}; load average {}",
+        total >> 20,
+        if quick { " (QUICK mode)" } else { "" },
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+
+    let root = fresh_dir("ckptbench");
+    let mut m = Mount::unmounted(root.join("mnt"), root.join("data"), Some(root.clone()));
+    m.mount();
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    let t = Instant::now();
+    fill(&sem, files, size);
+    println!("ckptbench: filled agentfs in {:.0} ms", ms(t));
+    // Let the applier settle so the store size is measured without a backlog.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let store_before = dir_bytes(&m.data);
+
+    let t = Instant::now();
+    fs::create_dir(m.mnt.join("a/state/c1")).unwrap();
+    let snapshot_ms = ms(t);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let store_after = dir_bytes(&m.data);
+    let extra = store_after.saturating_sub(store_before);
+
+    // 1% of the files change, then diff and rollback.
+    for i in (0..files).step_by(100) {
+        let p = sem
+            .join(format!("d{:03}", i % 100))
+            .join(format!("f{i:05}"));
+        fs::write(p, pattern(i as u64 + 1_000_000, size)).unwrap();
+    }
+    let t = Instant::now();
+    let out = Command::new(bin())
+        .args(["diff", "a", "c1", "--mount"])
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    let diff_ms = ms(t);
+    let changed = String::from_utf8_lossy(&out.stdout).lines().count();
+    let t = Instant::now();
+    fs::write(m.mnt.join("sys/agents/a/rollback"), "c1\n").unwrap();
+    let rollback_ms = ms(t);
+
+    // The yardstick: the same tree on tmpfs, copied with cp -a.
+    let shm = Path::new("/dev/shm").join(format!("ckptbench-{}", std::process::id()));
+    fs::create_dir_all(shm.join("src")).unwrap();
+    fill(&shm.join("src"), files, size);
+    let t = Instant::now();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(shm.join("src"))
+        .arg(shm.join("copy"))
+        .status()
+        .unwrap()
+        .success();
+    let cp_ms = ms(t);
+    let _ = fs::remove_dir_all(&shm);
+    assert!(ok, "cp -a failed");
+    m.unmount();
+    // The daemon's own account of where the time went.
+    let log = fs::read_to_string(m.data.join("agentfs.log")).unwrap_or_default();
+    for line in log.lines() {
+        if line.contains("snapshot taken") || line.contains("rolled back") {
+            println!("ckptbench: daemon: {}", line.trim());
+        }
+    }
+
+    let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
+    println!("| figure | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| snapshot (`mkdir state/c1`) | {snapshot_ms:.1} ms | ≤ 100 ms {} |",
+        verdict(snapshot_ms <= 100.0)
+    );
+    println!(
+        "| rollback after 1% changed | {rollback_ms:.1} ms | ≤ 100 ms {} |",
+        verdict(rollback_ms <= 100.0)
+    );
+    println!("| `agentfs diff` ({changed} paths) | {diff_ms:.1} ms | |");
+    println!(
+        "| `cp -a` on tmpfs | {cp_ms:.1} ms | snapshot ≥ 50× faster: {:.0}× {} |",
+        cp_ms / snapshot_ms,
+        verdict(cp_ms / snapshot_ms >= 50.0)
+    );
+    println!(
+        "| store bytes added by one checkpoint | {extra} ({:.3}% of the data) | ≤ 1% {} |",
+        extra as f64 * 100.0 / total as f64,
+        verdict((extra as f64) <= total as f64 * 0.01)
+    );
+}
