@@ -442,3 +442,103 @@ fn kill9_during_a_write_storm_leaves_a_chain_that_verifies() {
         );
     }
 }
+
+/// `agentfs audit export --until SEQ FILE` writes a verifiable prefix of the chain; `verify
+/// --file` checks it without the database and names a tampered entry.
+#[test]
+fn export_writes_a_prefix_that_verifies_elsewhere() {
+    let Some(mut m) = Mount::try_new() else {
+        return;
+    };
+    work(&m, "a", 5);
+    m.unmount();
+    let n = count(&m.data);
+    let until = n - 3;
+    let dir = fresh_dir("audit-export");
+    let file = dir.join("audit.jsonl");
+    let export = |until: u64, file: &Path| {
+        agentfs(&[
+            "audit".as_ref(),
+            "export".as_ref(),
+            "--until".as_ref(),
+            until.to_string().as_ref(),
+            file.as_os_str(),
+            "--data-dir".as_ref(),
+            m.data.as_os_str(),
+        ])
+    };
+    let verify_file = |file: &Path| {
+        agentfs(&[
+            "audit".as_ref(),
+            "verify".as_ref(),
+            "--file".as_ref(),
+            file.as_os_str(),
+        ])
+    };
+    let out = export(until, &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len() as u64, until);
+    // The lines are the database's entries, as `sys/audit` and `tail` print them.
+    let log = AuditLog::open(&m.data).unwrap();
+    let stored = log.after(0, None, until as usize).unwrap();
+    for (line, rec) in lines.iter().zip(&stored) {
+        assert_eq!(*line, rec.to_json());
+    }
+    let out = verify_file(&file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("entries 1..={until}")), "{said}");
+
+    // An existing file is never overwritten; SEQ must exist.
+    assert_eq!(export(until, &file).status.code(), Some(1));
+    let out = export(n + 1, &dir.join("too-far.jsonl"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("1..={n}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.join("too-far.jsonl").exists());
+
+    // Tamper with one entry's path in the export: verify names it.
+    let k = until / 2;
+    let tampered: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if i as u64 + 1 == k {
+                l.replacen("\"path\":\"a", "\"path\":\"b", 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    assert_ne!(tampered, text);
+    let bad = dir.join("tampered.jsonl");
+    fs::write(&bad, tampered).unwrap();
+    let out = verify_file(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("entry {k}")),
+        "{}",
+        stderr(&out)
+    );
+    // A dropped line breaks the chain at the entry after it.
+    let dropped: String = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != k)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    fs::write(&bad, dropped).unwrap();
+    let out = verify_file(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("entry {}", k + 1)),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -171,6 +171,119 @@ impl AuditRecord {
     }
 }
 
+impl AuditRecord {
+    /// Parses one line written by [`AuditRecord::to_json`] (an `agentfs audit export` file).
+    pub fn from_json(line: &str) -> Result<AuditRecord, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+        let text = |k: &str| -> Result<String, String> {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| format!("no string field `{k}`"))
+        };
+        let num = |k: &str| -> Result<u64, String> {
+            v.get(k)
+                .and_then(|x| x.as_u64())
+                .ok_or_else(|| format!("no unsigned field `{k}`"))
+        };
+        let hash = |k: &str| -> Result<Option<[u8; 32]>, String> {
+            match v.get(k) {
+                Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(h)) => parse_hash(h)
+                    .map(Some)
+                    .ok_or_else(|| format!("`{k}` is not 64 hex digits")),
+                _ => Err(format!("no hash field `{k}`")),
+            }
+        };
+        let required = |k: &str| hash(k)?.ok_or_else(|| format!("`{k}` is null"));
+        let small = |k: &str| -> Result<u32, String> {
+            u32::try_from(num(k)?).map_err(|_| format!("`{k}` is out of range"))
+        };
+        let result = v
+            .get("result")
+            .and_then(|x| x.as_i64())
+            .and_then(|r| i32::try_from(r).ok())
+            .ok_or("no integer field `result`")?;
+        Ok(AuditRecord {
+            seq: num("seq")?,
+            entry: AuditEntry {
+                time: v
+                    .get("time")
+                    .and_then(|x| x.as_i64())
+                    .ok_or("no integer field `time`")?,
+                agent: text("agent")?,
+                pid: small("pid")?,
+                uid: small("uid")?,
+                op: text("op")?,
+                path: text("path")?,
+                result,
+                size: num("size")?,
+                target: text("target")?,
+                offset: num("offset")?,
+                data_hash: hash("data_hash")?,
+                decision: text("decision")?,
+                rule: text("rule")?,
+                policy: hash("policy")?.unwrap_or([0; 32]),
+                detail: text("detail")?,
+            },
+            prev_hash: required("prev_hash")?,
+            hash: required("hash")?,
+        })
+    }
+}
+
+/// Checks a run of exported records as a chain: consecutive seqs, each record's hash what its
+/// fields give, each `prev_hash` the hash before it. A run starting at seq 1 must start from
+/// [`GENESIS`]; a later start is anchored on its first `prev_hash`, which the caller compares
+/// with the entry it follows. Returns the last record's head, or the seq and what is wrong.
+pub fn verify_run<I>(records: I) -> Result<Option<(u64, ChainHead)>, (u64, String)>
+where
+    I: IntoIterator<Item = Result<AuditRecord, (u64, String)>>,
+{
+    let mut first = None;
+    let mut head: Option<ChainHead> = None;
+    for rec in records {
+        let rec = rec?;
+        match head {
+            None => {
+                if rec.seq == 0 {
+                    return Err((0, "seq 0 does not exist (the chain starts at 1)".into()));
+                }
+                if rec.seq == 1 && rec.prev_hash != GENESIS {
+                    return Err((
+                        1,
+                        "the first entry does not start from the genesis hash".into(),
+                    ));
+                }
+                first = Some(rec.seq);
+            }
+            Some(h) => {
+                if rec.seq != h.seq + 1 {
+                    return Err((
+                        rec.seq,
+                        format!("follows entry {}: entries missing or out of order", h.seq),
+                    ));
+                }
+                if rec.prev_hash != h.hash {
+                    return Err((rec.seq, "prev_hash is not the previous entry's hash".into()));
+                }
+            }
+        }
+        if !rec.self_valid() {
+            return Err((
+                rec.seq,
+                "altered: the hash does not match the fields".into(),
+            ));
+        }
+        head = Some(ChainHead {
+            seq: rec.seq,
+            hash: rec.hash,
+        });
+    }
+    Ok(first.zip(head))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +449,66 @@ mod tests {
             parse_hash(v["data_hash"].as_str().unwrap()),
             Some([0xab; 32])
         );
+    }
+
+    fn chain(n: u64) -> Vec<AuditRecord> {
+        let mut head = ChainHead::default();
+        (0..n)
+            .map(|i| {
+                let mut e = entry();
+                e.offset = i;
+                let prev = head.hash;
+                let (seq, hash) = head.advance(&canonical_body(&e));
+                AuditRecord {
+                    seq,
+                    entry: e,
+                    prev_hash: prev,
+                    hash,
+                }
+            })
+            .collect()
+    }
+
+    fn run(recs: &[AuditRecord]) -> Result<Option<(u64, ChainHead)>, (u64, String)> {
+        verify_run(
+            recs.iter()
+                .map(|r| AuditRecord::from_json(&r.to_json()).map_err(|e| (r.seq, e))),
+        )
+    }
+
+    #[test]
+    fn json_lines_round_trip_and_verify() {
+        let recs = chain(5);
+        for r in &recs {
+            assert_eq!(&AuditRecord::from_json(&r.to_json()).unwrap(), r);
+        }
+        let (first, head) = run(&recs).unwrap().unwrap();
+        assert_eq!((first, head.seq, head.hash), (1, 5, recs[4].hash));
+        assert_eq!(
+            run(&recs[2..]).unwrap().unwrap().0,
+            3,
+            "a later start is anchored"
+        );
+        assert_eq!(run(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn verify_run_names_the_bad_entry() {
+        let recs = chain(5);
+        let mut altered = recs.clone();
+        altered[2].entry.path.push('x');
+        assert_eq!(run(&altered).unwrap_err().0, 3);
+        let mut dropped = recs.clone();
+        dropped.remove(3);
+        assert_eq!(run(&dropped).unwrap_err().0, 5);
+        let mut swapped = recs.clone();
+        swapped.swap(1, 2);
+        assert_eq!(run(&swapped).unwrap_err().0, 3);
+        let mut forged = recs.clone();
+        forged[1].prev_hash = [7; 32];
+        forged[1].hash = entry_hash(&forged[1].prev_hash, 2, &forged[1].entry);
+        assert_eq!(run(&forged).unwrap_err().0, 2);
+        assert!(AuditRecord::from_json("{\"seq\":1}").is_err());
+        assert!(AuditRecord::from_json("not json").is_err());
     }
 }

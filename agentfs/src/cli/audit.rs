@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agentfs_memory::audit::hex;
+use agentfs_memory::audit::{hex, verify_run};
 use agentfs_memory::{AuditLog, AuditRecord, StoreError};
 use clap::{Args, Subcommand};
 
@@ -28,10 +28,29 @@ pub enum AuditCommand {
     /// Print the last entries (a table on a terminal, JSON lines otherwise or with --json);
     /// -f keeps printing new ones
     Tail(TailArgs),
+    /// Write entries 1..=SEQ to FILE as JSON lines with their hashes (verifiable elsewhere
+    /// with `agentfs audit verify --file FILE`); checks the chain while writing
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The last entry to export
+    #[arg(long, value_name = "SEQ")]
+    pub until: u64,
+    /// Where to write (must not exist; `-` for stdout)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Data dir (default: $AGENTFS_DATA_DIR, $XDG_DATA_HOME/agentfs, ~/.local/share/agentfs)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Verify an export file (from `agentfs audit export`) instead of a data dir
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    pub file: Option<PathBuf>,
     /// Data dir (default: $AGENTFS_DATA_DIR, $XDG_DATA_HOME/agentfs, ~/.local/share/agentfs)
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -60,6 +79,7 @@ pub fn run(args: AuditArgs) -> Result<(), CliError> {
     match args.command {
         AuditCommand::Verify(v) => verify(v),
         AuditCommand::Tail(t) => tail(t),
+        AuditCommand::Export(e) => export(e),
     }
 }
 
@@ -77,6 +97,9 @@ fn store_error(dir: &Path, e: StoreError) -> CliError {
 }
 
 fn verify(args: VerifyArgs) -> Result<(), CliError> {
+    if let Some(file) = &args.file {
+        return verify_export(file);
+    }
     let (dir, log) = open(args.data_dir.as_deref())?;
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -138,6 +161,126 @@ fn verify(args: VerifyArgs) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Checks an export file on its own: JSON lines, one chain (see `verify_run`).
+fn verify_export(file: &Path) -> Result<(), CliError> {
+    let io = |e: std::io::Error| CliError::Reported(format!("{}: {e}", file.display()));
+    let reader = std::io::BufReader::new(std::fs::File::open(file).map_err(io)?);
+    let mut lines = std::io::BufRead::lines(reader).enumerate();
+    let mut read_error = None;
+    let records = std::iter::from_fn(|| {
+        let (i, line) = lines.next()?;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                read_error = Some(e);
+                return None;
+            }
+        };
+        Some(AuditRecord::from_json(&line).map_err(|e| (0, format!("line {}: {e}", i + 1))))
+    });
+    let outcome = verify_run(records);
+    if let Some(e) = read_error {
+        return Err(io(e));
+    }
+    match outcome {
+        Ok(Some((first, head))) => {
+            println!(
+                "export ok: entries {first}..={} chained, last hash {}{}",
+                head.seq,
+                hex(&head.hash),
+                if first > 1 {
+                    " (starts after entry 1: compare its prev_hash with the entry before it)"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        Ok(None) => Err(CliError::Reported(format!(
+            "{}: no entries",
+            file.display()
+        ))),
+        Err((0, what)) => Err(CliError::Reported(format!("{}: {what}", file.display()))),
+        Err((seq, what)) => Err(CliError::Reported(format!(
+            "{}: chain broken at entry {seq}: {what}",
+            file.display()
+        ))),
+    }
+}
+
+fn export(args: ExportArgs) -> Result<(), CliError> {
+    let (dir, log) = open(args.data_dir.as_deref())?;
+    let last = log.last_seq().map_err(|e| store_error(&dir, e))?;
+    if args.until == 0 || args.until > last {
+        return Err(CliError::Reported(format!(
+            "--until {}: the log holds entries 1..={last}",
+            args.until
+        )));
+    }
+    let to_stdout = args.file.as_os_str() == "-";
+    let io = |e: std::io::Error| CliError::Reported(format!("{}: {e}", args.file.display()));
+    // Written beside FILE and renamed into place once complete and checked: a FILE that
+    // exists is always a whole export.
+    let partial = args.file.with_extension("partial");
+    let mut out: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        if args.file.exists() {
+            return Err(io(std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
+        }
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create_new(&partial).map_err(io)?,
+        ))
+    };
+    let mut after = 0;
+    let mut head = agentfs_memory::ChainHead::default();
+    while after < args.until {
+        let batch = log
+            .after(after, None, PAGE)
+            .map_err(|e| store_error(&dir, e))?;
+        if batch.is_empty() {
+            break;
+        }
+        for rec in batch.iter().take_while(|r| r.seq <= args.until) {
+            if rec.seq != head.seq + 1 || rec.prev_hash != head.hash || !rec.self_valid() {
+                let _ = std::fs::remove_file(&partial);
+                return Err(CliError::Reported(format!(
+                    "audit chain broken at entry {}: not exported (run `agentfs audit verify`)",
+                    rec.seq
+                )));
+            }
+            writeln!(out, "{}", rec.to_json()).map_err(io)?;
+            head = agentfs_memory::ChainHead {
+                seq: rec.seq,
+                hash: rec.hash,
+            };
+            after = rec.seq;
+        }
+    }
+    out.flush().map_err(io)?;
+    drop(out);
+    if head.seq != args.until {
+        let _ = std::fs::remove_file(&partial);
+        return Err(CliError::Reported(format!(
+            "the log ended at entry {} before entry {}",
+            head.seq, args.until
+        )));
+    }
+    if !to_stdout {
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&partial, &args.file).map_err(io)?;
+        eprintln!(
+            "exported entries 1..={} to {} (last hash {})",
+            head.seq,
+            args.file.display(),
+            hex(&head.hash)
+        );
+    }
+    Ok(())
 }
 
 /// Page size when reading entries.
