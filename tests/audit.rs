@@ -542,3 +542,60 @@ fn export_writes_a_prefix_that_verifies_elsewhere() {
         stderr(&out)
     );
 }
+
+/// Reads are recorded only with `--audit-reads`: one `read` entry per read(2), with the
+/// offset and the bytes returned.
+#[test]
+fn reads_are_recorded_only_with_audit_reads() {
+    let entries_of = |m: &Mount, op: &str| -> Vec<serde_json::Value> {
+        read_all(&m.mnt.join("sys/audit"))
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["op"] == op)
+            .collect()
+    };
+    let Some(plain) = Mount::try_new() else {
+        return;
+    };
+    plain.agent("a");
+    let f = plain.mem("a", "semantic").join("fact");
+    fs::write(&f, b"0123456789").unwrap();
+    assert_eq!(fs::read(&f).unwrap(), b"0123456789");
+    assert!(wait_until(Duration::from_secs(5), || entries_of(
+        &plain, "write"
+    )
+    .len()
+        == 1));
+    assert!(entries_of(&plain, "read").is_empty());
+    drop(plain);
+
+    let Some(m) = Mount::try_new_with_args(&["--audit-reads"]) else {
+        return;
+    };
+    m.agent("a");
+    let f = m.mem("a", "semantic").join("fact");
+    fs::write(&f, b"0123456789").unwrap();
+    let mut file = fs::File::open(&f).unwrap();
+    let mut buf = [0u8; 4];
+    use std::os::unix::fs::FileExt;
+    assert_eq!(file.read_at(&mut buf, 3).unwrap(), 4);
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).unwrap();
+    let mut reads = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        reads = entries_of(&m, "read");
+        reads.len() >= 2
+    });
+    assert!(
+        reads.iter().any(|r| r["path"] == "a/mem/semantic/fact"
+            && r["offset"] == 3
+            && r["size"] == 4
+            && r["agent"] == "a"),
+        "{reads:?}"
+    );
+    assert!(
+        reads.iter().any(|r| r["offset"] == 0 && r["size"] == 10),
+        "{reads:?}"
+    );
+    drop(m);
+}

@@ -137,6 +137,7 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
     );
     let engine = Arc::new(Engine::new(rules));
     let vfs = Vfs::open_with_policy(&data_dir, engine).map_err(|e| open_error(e, &data_dir))?;
+    vfs.set_audit_reads(args.audit_reads);
     let pid_file = PidFile::write(&data_dir)?;
 
     let mut opts = MountOptions {

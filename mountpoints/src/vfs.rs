@@ -65,6 +65,8 @@ pub struct Vfs {
     pub(crate) next_fh: AtomicU64,
     /// When this daemon started: the times of the virtual `sys/` nodes.
     pub(crate) started: TimeNs,
+    /// `--audit-reads`: record every read(2) of an agent's file too (off by default).
+    pub(crate) audit_reads: std::sync::atomic::AtomicBool,
     /// Indexes of the growing audit files `sys/audit`, `sys/agents/A/audit` (auditfs.rs).
     pub(crate) audit_views: crate::auditfs::AuditViews,
     /// Drops names (or, with an empty name, a directory's attributes) from the kernel's
@@ -220,6 +222,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             started: now_ns(),
             audit_views: Default::default(),
+            audit_reads: Default::default(),
             invalidator: RwLock::new(None),
         };
         vfs.load(loaded)?;
@@ -647,7 +650,17 @@ impl Vfs {
         }
         let end = file_size.min(offset.saturating_add(size as u64));
         out.resize((end - offset) as usize, 0);
-        self.fill_from_node(&n, offset, out)
+        self.fill_from_node(&n, offset, out)?;
+        drop(n);
+        if self.audit_reads.load(Ordering::Relaxed) {
+            self.record_read(caller, ino, offset, out.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Records reads as well as changes from now on (`agentfs mount --audit-reads`).
+    pub fn set_audit_reads(&self, on: bool) {
+        self.audit_reads.store(on, Ordering::Relaxed);
     }
 
     /// Fills `dst` with the bytes of the file `n` from `offset` (which with `dst` must lie

@@ -358,6 +358,20 @@ impl Mount {
         Some(m)
     }
 
+    /// Like [`Mount::try_new`], with extra `agentfs mount` arguments.
+    pub fn try_new_with_args(args: &[&str]) -> Option<Mount> {
+        if !can_mount() {
+            return None;
+        }
+        let wd = Watchdog::new(DEFAULT_TEST_SECS);
+        let root = fresh_dir("test");
+        let mut m =
+            Mount::unmounted(root.join("mnt"), root.join("data"), Some(root)).with_args(args);
+        m._watchdog = Some(wd);
+        m.mount();
+        Some(m)
+    }
+
     /// Like [`Mount::try_new`], mounted with `--policy` of a file holding `policy`.
     pub fn try_new_with_policy(policy: &str) -> Option<Mount> {
         if !can_mount() {

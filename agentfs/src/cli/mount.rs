@@ -42,6 +42,11 @@ pub struct MountArgs {
     #[arg(long = "policy", value_name = "FILE")]
     pub policies: Vec<PathBuf>,
 
+    /// Record every read(2) of an agent's file in the flight recorder too (off by default:
+    /// see docs/audit.md for what it costs)
+    #[arg(long)]
+    pub audit_reads: bool,
+
     /// Stay in the foreground, log to stderr, unmount on Ctrl-C or SIGTERM
     #[arg(short, long)]
     pub foreground: bool,
@@ -113,6 +118,9 @@ fn daemon_args(args: &MountArgs, mnt: &Path, data_dir: &Path, ready_fd: i32) -> 
     for p in &args.policies {
         out.push("--policy".into());
         out.push(p.into());
+    }
+    if args.audit_reads {
+        out.push("--audit-reads".into());
     }
     out
 }
@@ -213,6 +221,7 @@ mod tests {
             log_level: String::from("debug"),
             ready_fd: None,
             policies: vec![PathBuf::from("/etc/p.toml")],
+            audit_reads: true,
         };
         let got = daemon_args(&args, Path::new("/abs/m"), Path::new("/abs/d"), 7);
         let got: Vec<&str> = got.iter().map(|s| s.to_str().unwrap()).collect();
@@ -231,7 +240,8 @@ mod tests {
                 "--threads",
                 "3",
                 "--policy",
-                "/etc/p.toml"
+                "/etc/p.toml",
+                "--audit-reads"
             ]
         );
     }
