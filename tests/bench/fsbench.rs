@@ -50,6 +50,10 @@ fn main() {
         return;
     }
     let _wd = Watchdog::new(3600);
+    if std::env::var("AGENTFS_BENCH_ONLY").as_deref() == Ok("audit-reads") {
+        report_audit_reads_cost();
+        return;
+    }
     let quick = std::env::var("AGENTFS_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
     let sizes = if quick {
         Sizes {
@@ -143,9 +147,51 @@ fn main() {
 
     report(&sizes, &t, &d, &td);
     report_policy_overhead(&td, &np);
+    report_audit_reads_cost();
     println!(
         "fsbench: load average at the end {} (figures from a busy machine are low)",
         loadavg()
+    );
+}
+
+/// 4 KiB preads of a 16 MiB file (direct I/O: every one reaches the daemon), data dir on a
+/// tmpfs, without and with `--audit-reads`, interleaved three times; best of each.
+fn report_audit_reads_cost() {
+    const FILE_MIB: usize = 16;
+    const READS: usize = 40_000;
+    let rate = |args: &[&str]| -> f64 {
+        let root = fresh_dir("bench-auditreads");
+        mount_tmpfs(&root.join("data-fs"));
+        let mut m =
+            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None).with_args(args);
+        m.mount();
+        m.agent("bench");
+        let path = m.mem("bench", "semantic").join("big");
+        fs::write(&path, vec![7u8; FILE_MIB << 20]).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut buf = [0u8; 4096];
+        let blocks = (FILE_MIB << 20) / 4096;
+        let t0 = Instant::now();
+        for i in 0..READS {
+            let at = ((i * 7919) % blocks) * 4096;
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, at as u64).unwrap();
+        }
+        let r = READS as f64 / t0.elapsed().as_secs_f64();
+        drop(file);
+        drop(m);
+        umount(&root.join("data-fs"));
+        let _ = fs::remove_dir_all(&root);
+        r
+    };
+    let (mut off, mut on) = (0f64, 0f64);
+    for _ in 0..3 {
+        off = off.max(rate(&[]));
+        on = on.max(rate(&["--audit-reads"]));
+    }
+    println!("\n=== --audit-reads cost (4 KiB random preads, data dir on tmpfs, best of 3)");
+    println!(
+        "reads/s  off {off:>10.0}  on {on:>10.0}  cost {:>5.1}%  (informational)",
+        (off / on - 1.0) * 100.0
     );
 }
 
