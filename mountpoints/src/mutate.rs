@@ -184,7 +184,8 @@ impl Txn {
         batch: Batch,
         durability: Durability,
     ) -> Result<()> {
-        vfs.commit_batch(class, batch, durability, Some(self.entry.clone()))?;
+        let entry = RECORDING.then(|| self.entry.clone());
+        vfs.commit_batch(class, batch, durability, entry)?;
         self.committed = true;
         Ok(())
     }
@@ -207,6 +208,10 @@ enum CutGuard<'a> {
     Exclusive(parking_lot::RwLockWriteGuard<'a, ()>),
 }
 
+/// False only in the bench-only build (`--features bench-no-recorder`) that measures what
+/// the flight recorder costs: never ship it.
+const RECORDING: bool = !cfg!(feature = "bench-no-recorder");
+
 /// BLAKE3 of a write's bytes for its audit entry; large writes are hashed on all cores.
 fn hash_of(data: &[u8]) -> [u8; 32] {
     if data.len() >= 128 << 10 {
@@ -225,6 +230,9 @@ const MAX_PENDING_AUDIT: usize = 4096;
 
 impl Vfs {
     pub(crate) fn queue_audit(&self, entry: AuditEntry) {
+        if !RECORDING {
+            return;
+        }
         let full = {
             let mut q = self.pending_audit.lock();
             q.push_back(entry);
@@ -251,7 +259,7 @@ impl Vfs {
         let _enter = span.enter();
         let (offset, size, data_hash) = match &m {
             Mutation::Write { offset, data, .. } => {
-                (*offset, data.len() as u64, Some(hash_of(data)))
+                (*offset, data.len() as u64, RECORDING.then(|| hash_of(data)))
             }
             Mutation::SetAttr { set, .. } => (0, set.size.unwrap_or(0), None),
             Mutation::Symlink { target, .. } => (0, 0, Some(*blake3::hash(target).as_bytes())),

@@ -50,9 +50,10 @@ fn main() {
         return;
     }
     let _wd = Watchdog::new(3600);
-    if std::env::var("AGENTFS_BENCH_ONLY").as_deref() == Ok("audit-reads") {
-        report_audit_reads_cost();
-        return;
+    match std::env::var("AGENTFS_BENCH_ONLY").as_deref() {
+        Ok("audit-reads") => return report_audit_reads_cost(),
+        Ok("recorder") => return report_recorder_cost(),
+        _ => {}
     }
     let quick = std::env::var("AGENTFS_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
     let sizes = if quick {
@@ -192,6 +193,49 @@ fn report_audit_reads_cost() {
     println!(
         "reads/s  off {off:>10.0}  on {on:>10.0}  cost {:>5.1}%  (informational)",
         (off / on - 1.0) * 100.0
+    );
+}
+
+/// Creates of 4 KiB files (create, write, close) by the recording daemon and by a build
+/// whose recorder is compiled out (`$AGENTFS_BIN_NO_RECORDER`, built with `--features
+/// bench-no-recorder`; scripts/bench-recorder.sh builds both), data dir on a tmpfs,
+/// interleaved five times; best of each.
+fn report_recorder_cost() {
+    let Some(without) = std::env::var_os("AGENTFS_BIN_NO_RECORDER") else {
+        println!("fsbench recorder: set AGENTFS_BIN_NO_RECORDER (see scripts/bench-recorder.sh)");
+        return;
+    };
+    const FILES: usize = 5_000;
+    let rate = |binary: std::ffi::OsString| -> f64 {
+        let root = fresh_dir("bench-recorder");
+        mount_tmpfs(&root.join("data-fs"));
+        let mut m =
+            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None).with_binary(binary);
+        m.mount();
+        m.agent("bench");
+        let dir = m.mem("bench", "semantic");
+        let four_k = [b'x'; 4096];
+        let t0 = Instant::now();
+        for i in 0..FILES {
+            let mut fh = File::create(dir.join(format!("f{i:06}"))).unwrap();
+            fh.write_all(&four_k).unwrap();
+        }
+        let r = FILES as f64 / t0.elapsed().as_secs_f64();
+        drop(m);
+        umount(&root.join("data-fs"));
+        let _ = fs::remove_dir_all(&root);
+        r
+    };
+    let (mut with, mut off) = (0f64, 0f64);
+    for _ in 0..5 {
+        with = with.max(rate(bin()));
+        off = off.max(rate(without.clone()));
+    }
+    let cost = (off / with - 1.0) * 100.0;
+    println!("\n=== flight recorder cost (create+4KiB+close, data dir on tmpfs, best of 5)");
+    println!(
+        "files/s  recorder {with:>9.0}  compiled out {off:>9.0}  cost {cost:>5.1}%  target ≤ 15%  {}",
+        if cost <= 15.0 { "PASS" } else { "MISS" }
     );
 }
 

@@ -334,6 +334,8 @@ pub struct Mount {
     root: Option<PathBuf>,
     /// Extra arguments passed to every `agentfs mount`.
     extra: Vec<String>,
+    /// The `agentfs` binary that mounts, when not [`bin`] (benchmarks compare builds).
+    binary: Option<std::ffi::OsString>,
     mounted: bool,
     _watchdog: Option<Watchdog>,
 }
@@ -397,6 +399,7 @@ impl Mount {
             data,
             root,
             extra: Vec::new(),
+            binary: None,
             mounted: false,
             _watchdog: None,
         }
@@ -408,9 +411,15 @@ impl Mount {
         self
     }
 
+    /// Mounts with `binary` instead of [`bin`].
+    pub fn with_binary(mut self, binary: impl Into<std::ffi::OsString>) -> Mount {
+        self.binary = Some(binary.into());
+        self
+    }
+
     /// The `agentfs mount MNT --data-dir DATA …` command line.
     pub fn mount_command(&self) -> Command {
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(self.binary.clone().unwrap_or_else(bin));
         cmd.arg("mount")
             .arg(&self.mnt)
             .arg("--data-dir")
