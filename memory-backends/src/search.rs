@@ -427,6 +427,13 @@ impl Indexer {
                 }
             }
             Op::Rename { agent, from, to } => {
+                if from == to {
+                    return Ok(());
+                }
+                // A rename replaces its destination, even when the source has no document
+                // (a binary file moved over a text one).
+                self.writer
+                    .delete_term(Term::from_field_text(f.key, &key(&agent, &to)));
                 for p in self.paths_under(&agent, &from)? {
                     let Some(old) = self.stored(&agent, &p)? else {
                         continue;
@@ -591,6 +598,17 @@ mod tests {
         i.flush().unwrap();
         assert!(i.search("a", "new OR inside", 10).unwrap().is_empty());
         assert_eq!(i.num_docs(), 0);
+    }
+
+    #[test]
+    fn rename_of_an_unindexed_file_replaces_the_destination() {
+        let i = idx();
+        i.upsert("a", "dst", b"stale words", 1).unwrap();
+        i.upsert("a", "bin", &[0xff], 1).unwrap();
+        i.rename("a", "bin", "dst").unwrap();
+        i.rename("a", "same", "same").unwrap();
+        i.flush().unwrap();
+        assert!(i.search("a", "stale", 10).unwrap().is_empty());
     }
 
     #[test]
