@@ -193,3 +193,26 @@ fn cli_search_prints_the_same_hits() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad query"));
 }
+
+#[test]
+fn truncate_and_rollback_reindex() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("f"), "a kestrel hovers").unwrap();
+    eventually(&sem, "kestrel", &["f"]);
+    fs::create_dir(m.mnt.join("a/state/s1")).unwrap();
+    fs::write(sem.join("f"), "a falcon dives").unwrap();
+    eventually(&sem, "falcon", &["f"]);
+    fs::write(m.mnt.join("sys/agents/a/rollback"), "s1").unwrap();
+    eventually(&sem, "kestrel", &["f"]);
+    eventually(&sem, "falcon", &[]);
+    // truncate(2) without an open commits new content too.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(sem.join("f"))
+        .unwrap()
+        .set_len(2)
+        .unwrap();
+    eventually(&sem, "kestrel", &[]);
+}
