@@ -16,6 +16,7 @@ pub mod audit;
 mod checks;
 mod error;
 mod ram;
+pub mod search;
 mod sqlite;
 mod types;
 

@@ -55,6 +55,9 @@ pub enum VfsError {
     /// Refused by a policy rule (action `deny` or `kill`).
     #[error("{0}")]
     Refused(Box<Refusal>),
+    /// The semantic-memory index failed (not a bad query: that is an answer, not an error).
+    #[error("search index: {0}")]
+    Search(String),
 }
 
 /// A call the policy refused: which rule, why, and whether the agent was killed for it.
@@ -114,6 +117,7 @@ impl VfsError {
             VfsError::Refused(_) => libc::EACCES,
             VfsError::NoProcess => libc::ESRCH,
             VfsError::Busy(_) => libc::EBUSY,
+            VfsError::Search(_) => libc::EIO,
         }
     }
 }

@@ -27,12 +27,14 @@ mod ops;
 mod policyview;
 mod record;
 mod reload;
+mod semantic;
 mod sysfs;
 mod vfs;
 
 #[cfg(feature = "fuse")]
 pub mod fuse;
 
+pub use agentfs_memory::search::{Hit, SearchError};
 pub use agentfs_memory::{FileKind, Ino, InodeRecord, StoreError};
 pub use caller::Caller;
 pub use control::{Admission, Parked, Waiting};

@@ -345,7 +345,15 @@ impl Vfs {
             self.guard(caller, &m, &located)
                 .and_then(|()| self.ask_policy(&mut txn, &m, op, &located))
                 .and_then(|()| self.guard_episodic(&m, &located))
-                .and_then(|()| self.apply(caller, &mut txn, m, &located))
+                .and_then(|()| {
+                    // `apply` consumes the mutation; keep what the index needs to know.
+                    let event = crate::semantic::NsEvent::of(&m);
+                    let r = self.apply(caller, &mut txn, m, &located);
+                    if let (Ok(_), Some(event)) = (&r, event) {
+                        self.index_namespace(event, &located);
+                    }
+                    r
+                })
         };
         if let (Some(agent), Err(VfsError::Refused(r))) = (&agent, &result) {
             if r.killed {

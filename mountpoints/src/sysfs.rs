@@ -37,6 +37,8 @@ const AGENT_POLICY_VERSION: Ino = 9;
 /// `sys/policy/version`, then source `i` (0: built-in) at `SYS_POLICY_FILES + 1 + i`.
 const SYS_POLICY_FILES: Ino = VIRTUAL_BASE - (1 << 20);
 const AGENT_AUDIT: Ino = 5;
+/// `AGENT/mem/semantic/.search/`.
+const AGENT_SEARCH_DIR: Ino = 6;
 
 /// A node of the control tree.
 pub(crate) enum Virtual {
@@ -57,6 +59,10 @@ pub(crate) enum Virtual {
     Audit,
     /// `sys/agents/AGENT/audit`.
     AgentAudit(Arc<Agent>),
+    /// `AGENT/mem/semantic/.search/`: lookup-only, lists nothing.
+    SearchDir(Arc<Agent>),
+    /// `AGENT/mem/semantic/.search/QUERY`: the ranked hits, taken at open.
+    SearchQuery(Arc<Agent>, Arc<str>, Ino),
 }
 
 impl Virtual {
@@ -72,6 +78,10 @@ impl Virtual {
                     .then_some(Virtual::PolicySource(index))
             }
             SYS_AUDIT_INO => Some(Virtual::Audit),
+            i if i >= crate::semantic::QUERY_INO_BASE => {
+                let (index, query) = vfs.query_inodes.get(i)?;
+                Some(Virtual::SearchQuery(vfs.agent_by_index(index)?, query, i))
+            }
             i if i >= VIRTUAL_BASE => {
                 let rel = i - VIRTUAL_BASE;
                 let agent = vfs.agent_by_index(rel / PER_AGENT)?;
@@ -84,6 +94,7 @@ impl Virtual {
                     AGENT_RULES => Some(Virtual::AgentPolicy(agent, AgentView::Rules)),
                     AGENT_POLICY_VERSION => Some(Virtual::AgentPolicy(agent, AgentView::Version)),
                     AGENT_AUDIT => Some(Virtual::AgentAudit(agent)),
+                    AGENT_SEARCH_DIR => Some(Virtual::SearchDir(agent)),
                     _ => None,
                 }
             }
@@ -112,6 +123,8 @@ impl Virtual {
             }
             Virtual::Audit => SYS_AUDIT_INO,
             Virtual::AgentAudit(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_AUDIT,
+            Virtual::SearchDir(a) => search_dir_ino(a),
+            Virtual::SearchQuery(_, _, ino) => *ino,
         }
     }
 
@@ -127,6 +140,8 @@ impl Virtual {
             | Virtual::Rollback(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
             Virtual::PolicySource(_) | Virtual::PolicyVersion => SYS_POLICY_INO,
             Virtual::AgentPolicy(a, _) => vfs.policy_dir_of(a).unwrap_or(a.root),
+            Virtual::SearchDir(a) => vfs.semantic_dir_of(a).unwrap_or(a.root),
+            Virtual::SearchQuery(a, _, _) => search_dir_ino(a),
         }
     }
 
@@ -135,9 +150,11 @@ impl Virtual {
             Virtual::Status(_) | Virtual::Signal(_) | Virtual::Pids(_) | Virtual::Rollback(_) => {
                 FileKind::File
             }
-            Virtual::Sys | Virtual::Agents | Virtual::Policy | Virtual::AgentDir(_) => {
-                FileKind::Dir
-            }
+            Virtual::Sys
+            | Virtual::Agents
+            | Virtual::Policy
+            | Virtual::AgentDir(_)
+            | Virtual::SearchDir(_) => FileKind::Dir,
             _ => FileKind::File,
         }
     }
@@ -207,6 +224,16 @@ impl Virtual {
     pub(crate) fn lookup(&self, vfs: &Vfs, name: &[u8]) -> Result<Virtual> {
         if self.kind() != FileKind::Dir {
             return Err(VfsError::NotDir);
+        }
+        if let Virtual::SearchDir(a) = self {
+            // Any UTF-8 name is a query; no name is no query.
+            let query = std::str::from_utf8(name).map_err(|_| VfsError::NotFound)?;
+            if query.is_empty() {
+                return Err(VfsError::NotFound);
+            }
+            let query: Arc<str> = Arc::from(query);
+            let ino = vfs.query_inodes.intern(a.index, &query);
+            return Ok(Virtual::SearchQuery(a.clone(), query, ino));
         }
         if let Virtual::Agents = self {
             let name = std::str::from_utf8(name).map_err(|_| VfsError::NotFound)?;
@@ -299,6 +326,8 @@ impl Virtual {
             | Virtual::Pids(a)
             | Virtual::AgentPolicy(a, _)
             | Virtual::AgentAudit(a)
+            | Virtual::SearchDir(a)
+            | Virtual::SearchQuery(a, _, _)
             | Virtual::Rollback(a) => Some(a),
             _ => None,
         }
@@ -353,7 +382,12 @@ impl Virtual {
                 .ok_or(VfsError::NotFound),
             Virtual::PolicyVersion => Ok(policyview::version_line(&vfs.policy.current())),
             Virtual::AgentPolicy(a, v) => Ok(v.content(&vfs.policy.current(), a)),
+            Virtual::SearchQuery(a, q, _) => vfs.search_file(&a.name, q),
             _ => Err(VfsError::IsDir),
         }
     }
+}
+
+fn search_dir_ino(a: &Agent) -> Ino {
+    VIRTUAL_BASE + a.index * PER_AGENT + AGENT_SEARCH_DIR
 }

@@ -13,6 +13,7 @@ use crate::caller::Caller;
 use crate::error::{Result, VfsError};
 use crate::node::{Body, Class, Node, Slot};
 use crate::sysfs;
+use agentfs_memory::search::SearchIndex;
 use agentfs_memory::{
     AuditEntry, Batch, Change, FileKind, Ino, InodeRecord, LoadedState, RamStore, SqliteStore,
     Store, StoreOptions, TimeNs, CHUNK_SIZE,
@@ -41,6 +42,9 @@ const READDIRPLUS_BATCH: usize = 64;
 pub(crate) struct VirtualHandle {
     pub data: Vec<u8>,
 }
+
+/// Directory of the search index inside the data dir.
+pub const SEARCH_DIR: &str = "search-index";
 
 pub struct Vfs {
     pub(crate) data_dir: PathBuf,
@@ -72,6 +76,10 @@ pub struct Vfs {
     /// Drops names (or, with an empty name, a directory's attributes) from the kernel's
     /// caches after the daemon changed the tree on its own (rollback). Set by the adapter.
     pub(crate) invalidator: RwLock<Option<Invalidator>>,
+    /// Full-text index of every agent's `mem/semantic/` (semantic.rs).
+    pub(crate) search: Arc<SearchIndex>,
+    /// Inodes of `.search/QUERY` files.
+    pub(crate) query_inodes: crate::semantic::QueryInodes,
 }
 
 /// `(directory, name)`: forget that entry; `(inode, b"")`: forget the inode's attributes.
@@ -190,12 +198,19 @@ impl Vfs {
     pub fn open_with_policy(data_dir: &Path, policy: Arc<Engine>) -> Result<Arc<Vfs>> {
         std::fs::create_dir_all(data_dir).map_err(|e| VfsError::Store(e.into()))?;
         let durable = SqliteStore::open(data_dir, StoreOptions { create: true })?;
-        Self::with_stores(
+        // Derived data beside the store, never under the mountpoint.
+        let (search, rebuild) = crate::semantic::open_index(&data_dir.join(SEARCH_DIR))?;
+        let vfs = Self::build(
             data_dir,
             Arc::new(durable),
             Arc::new(RamStore::new()),
             policy,
-        )
+            Arc::new(search),
+        )?;
+        if rebuild {
+            vfs.reindex_all();
+        }
+        Ok(vfs)
     }
 
     /// Builds a core over the given stores (tests use two RAM stores).
@@ -204,6 +219,18 @@ impl Vfs {
         durable: Arc<dyn Store>,
         volatile: Arc<dyn Store>,
         policy: Arc<Engine>,
+    ) -> Result<Arc<Vfs>> {
+        // RAM stores get a RAM index: nothing of a test run is left on disk.
+        let search = SearchIndex::open(None).map_err(|e| VfsError::Search(e.to_string()))?;
+        Self::build(data_dir, durable, volatile, policy, Arc::new(search))
+    }
+
+    fn build(
+        data_dir: &Path,
+        durable: Arc<dyn Store>,
+        volatile: Arc<dyn Store>,
+        policy: Arc<Engine>,
+        search: Arc<SearchIndex>,
     ) -> Result<Arc<Vfs>> {
         let loaded = durable.load()?;
         let vfs = Vfs {
@@ -224,6 +251,8 @@ impl Vfs {
             audit_views: Default::default(),
             audit_reads: Default::default(),
             invalidator: RwLock::new(None),
+            search,
+            query_inodes: Default::default(),
         };
         vfs.load(loaded)?;
         Ok(Arc::new(vfs))
@@ -513,7 +542,18 @@ impl Vfs {
             if name.len() > crate::names::NAME_MAX {
                 return Err(VfsError::NameTooLong);
             }
-            if d.class == Class::Policy {
+            if d.class == Class::Semantic && name == crate::semantic::SEARCH_NAME {
+                let agent = d.agent.clone();
+                drop(d);
+                match self.lookup_search_dir(agent.as_deref(), parent) {
+                    Some(ino) => ino,
+                    None => dir
+                        .read()
+                        .dir()
+                        .and_then(|e| e.get(name))
+                        .ok_or(VfsError::NotFound)?,
+                }
+            } else if d.class == Class::Policy {
                 // `AGENT/policy/` holds nothing stored: its files are generated views.
                 let agent = d.agent.clone();
                 drop(d);
@@ -922,6 +962,10 @@ impl Vfs {
         }
         self.flush_pending_audit()?;
         self.durable.sync()?;
+        // The index is derived data, but committing what is queued spares a rebuild.
+        if let Err(e) = self.search.flush() {
+            tracing::error!(error = %e, "could not commit the search index at shutdown");
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),

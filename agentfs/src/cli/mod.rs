@@ -9,6 +9,7 @@ pub mod audit;
 pub mod checkpoints;
 pub mod mount;
 pub mod policy;
+pub mod search;
 pub mod unmount;
 
 const ABOUT: &str = "agentfs: a safety-first filesystem for autonomous AI agents";
@@ -75,6 +76,8 @@ pub enum Command {
     Rollback(checkpoints::RollbackArgs),
     /// Paths added, deleted, modified since checkpoint NAME (or between NAME and NAME2)
     Diff(checkpoints::DiffArgs),
+    /// Search an agent's semantic memory (reads MNT/AGENT/mem/semantic/.search/QUERY)
+    Search(search::SearchArgs),
 }
 
 impl Cli {
@@ -90,6 +93,7 @@ impl Cli {
             Command::Snapshot(args) => checkpoints::snapshot(args),
             Command::Rollback(args) => checkpoints::rollback(args),
             Command::Diff(args) => checkpoints::diff(args),
+            Command::Search(args) => search::run(args),
         }
     }
 }

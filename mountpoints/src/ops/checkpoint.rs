@@ -619,6 +619,8 @@ impl Vfs {
         // agent may hold it while it waits for our cut lock.
         let swapped = started.elapsed();
         self.invalidate(agent, invalidate);
+        // mem/semantic is now the checkpoint's: the index follows.
+        self.reindex_agent(agent);
         tracing::info!(
             agent = %agent.name,
             checkpoint = %String::from_utf8_lossy(name),

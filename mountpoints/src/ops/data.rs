@@ -189,6 +189,10 @@ impl Vfs {
         let batch = self.file_batch(&mut n)?;
         self.commit_batch(class, batch, durability, None)?;
         mark_synced(&mut n);
+        drop(n);
+        if class == Class::Semantic {
+            self.index_committed(ino);
+        }
         Ok(())
     }
 

@@ -1,0 +1,65 @@
+//! `agentfs search AGENT QUERY [--limit N] [--json]` (SPEC §6): a thin convenience over the
+//! mount. It reads `MNT/AGENT/mem/semantic/.search/QUERY`, so it gives exactly what an agent
+//! reading that file gets, and needs no access to the daemon's index.
+
+use std::path::Path;
+
+use clap::Args;
+
+use crate::cli::agents::{agent_dir, MountSel};
+use crate::error::{reason, CliError};
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The agent whose semantic memory is searched (only its facts are ever found)
+    pub agent: String,
+    /// Tantivy query syntax: words, "phrases", AND/OR/NOT, path:WORD
+    pub query: String,
+    /// At most N hits (the best first)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// JSON lines ({"score":1.2,"path":"notes/x","snippet":"…"}) instead of
+    /// `score<TAB>path<TAB>snippet`
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub mount: MountSel,
+}
+
+pub fn run(args: SearchArgs) -> Result<(), CliError> {
+    let mnt = args.mount.resolve()?;
+    agent_dir(&mnt, &args.agent)?;
+    let text = query_file(&mnt, &args.agent, &args.query)?;
+    if let Some(why) = text.strip_prefix("error:") {
+        return Err(CliError::Reported(format!("bad query: {}", why.trim())));
+    }
+    let limit = args.limit.unwrap_or(usize::MAX);
+    for line in text.lines().take(limit) {
+        if args.json {
+            let mut cols = line.splitn(3, '\t');
+            let (score, path, snippet) = (cols.next(), cols.next(), cols.next());
+            let score: f64 = score.and_then(|s| s.parse().ok()).unwrap_or(0.0);
+            let obj = serde_json::json!({
+                "score": score,
+                "path": path.unwrap_or(""),
+                "snippet": snippet.unwrap_or(""),
+            });
+            println!("{obj}");
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn query_file(mnt: &Path, agent: &str, query: &str) -> Result<String, CliError> {
+    // A query is one file name: it cannot hold `/` (nor be empty).
+    if query.is_empty() || query.contains('/') || query.len() > 255 {
+        return Err(CliError::Reported(
+            "a query must be 1–255 bytes without `/` (it is read as a file name)".into(),
+        ));
+    }
+    let file = mnt.join(agent).join("mem/semantic/.search").join(query);
+    std::fs::read_to_string(&file)
+        .map_err(|e| CliError::Reported(format!("{}: {}", file.display(), reason(&e))))
+}

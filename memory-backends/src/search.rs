@@ -1,0 +1,661 @@
+//! Full-text index of semantic memory (SPEC §6): every committed file under an agent's
+//! `mem/semantic/` is one Tantivy document.
+//!
+//! Design:
+//! * The index is derived data: it lives in its own directory under the data dir (never under
+//!   the mountpoint) and can be rebuilt from the store.
+//! * One indexer thread owns the single [`IndexWriter`] (Tantivy allows only one). Callers send
+//!   it [`Op`]s over a channel and never block on indexing; it applies whatever has queued up and
+//!   commits once per batch, so a burst of writes costs one commit, not one per file.
+//! * After every commit the indexer reloads the shared [`IndexReader`] itself (manual reload
+//!   policy), so a committed update is searchable as soon as the batch commits: with
+//!   [`BATCH_WINDOW`] of 100 ms that is well within the 1 s the spec allows.
+//! * Every search is ANDed with an exact match on the agent: an agent only ever finds its own
+//!   facts, whatever the query text says (`agent:` is not a field the query parser knows).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tantivy::collector::TopDocs;
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// How long the indexer keeps collecting ops after the first one before it commits. Short
+/// enough for the 1 s searchability target, long enough to batch a burst of writes.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// Most ops applied in one commit, so a flood still becomes visible in bounded time.
+const MAX_BATCH: usize = 10_000;
+/// Memory of the single indexing thread (Tantivy's minimum is 15 MB).
+const WRITER_MEMORY: usize = 32 * 1024 * 1024;
+/// Longest snippet, in characters.
+const SNIPPET_CHARS: usize = 160;
+
+/// Why the index could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The query text is not valid Tantivy query syntax. The string says why, for the user.
+    #[error("query does not parse: {0}")]
+    Query(String),
+    /// Tantivy failed (I/O, corrupt index, …).
+    #[error("search index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    /// The index directory could not be opened.
+    #[error("search index directory: {0}")]
+    Directory(String),
+    /// The indexer thread is gone (it panicked or the index was shut down).
+    #[error("search indexer is not running")]
+    Closed,
+}
+
+/// One search result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    pub score: f32,
+    /// Relative to the agent's `mem/semantic`, e.g. `notes/cats`.
+    pub path: String,
+    /// One line of the content around the matched words.
+    pub snippet: String,
+}
+
+/// What [`SearchIndex::upsert`] did with a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Indexed {
+    /// Queued for indexing.
+    Queued,
+    /// Not UTF-8 text: not indexed (and any older text version removed from the index).
+    SkippedBinary,
+}
+
+/// Work for the indexer thread.
+enum Op {
+    Upsert {
+        agent: String,
+        path: String,
+        text: String,
+        mtime: i64,
+    },
+    Delete {
+        agent: String,
+        path: String,
+    },
+    Rename {
+        agent: String,
+        from: String,
+        to: String,
+    },
+    /// Reply once everything sent before this is committed and searchable.
+    Flush(Sender<()>),
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    /// `agent\0path`: the unique id of a document, for deletes.
+    key: Field,
+    agent: Field,
+    path: Field,
+    content: Field,
+    mtime: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let key = b.add_text_field("key", STRING);
+    let agent = b.add_text_field("agent", STRING | STORED);
+    // Tokenized so that `path:notes` finds everything under `notes/`.
+    let path = b.add_text_field("path", TEXT | STORED);
+    let content = b.add_text_field("content", TEXT | STORED);
+    let mtime = b.add_i64_field("mtime", INDEXED | STORED | FAST);
+    (
+        b.build(),
+        Fields {
+            key,
+            agent,
+            path,
+            content,
+            mtime,
+        },
+    )
+}
+
+fn key(agent: &str, path: &str) -> String {
+    format!("{agent}\0{path}")
+}
+
+/// The full-text index of every agent's semantic memory.
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+    tx: Mutex<Option<Sender<Op>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Files skipped because they are not text, `(agent, path)`: reported by `status`.
+    skipped: Arc<Mutex<BTreeSet<(String, String)>>>,
+}
+
+impl SearchIndex {
+    /// Open (or create) the index in `dir`; `None` keeps it in memory (RAM stores, tests).
+    pub fn open(dir: Option<&Path>) -> Result<SearchIndex, SearchError> {
+        let (schema, fields) = schema();
+        let index = match dir {
+            None => Index::create_in_ram(schema),
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| SearchError::Directory(format!("{}: {e}", dir.display())))?;
+                let mmap = MmapDirectory::open(dir)
+                    .map_err(|e| SearchError::Directory(format!("{}: {e}", dir.display())))?;
+                Index::open_or_create(mmap, schema)?
+            }
+        };
+        let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        // Manual: the indexer reloads after each commit, so visibility does not depend on a
+        // file watcher's timing.
+        let reader: IndexReader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let (tx, rx) = mpsc::channel();
+        let worker = Indexer {
+            writer,
+            reader: Clone::clone(&reader),
+            fields,
+        };
+        let thread = std::thread::Builder::new()
+            .name("agentfs-indexer".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| SearchError::Directory(format!("cannot start indexer: {e}")))?;
+        Ok(SearchIndex {
+            index,
+            reader,
+            fields,
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            skipped: Arc::default(),
+        })
+    }
+
+    fn send(&self, op: Op) -> Result<(), SearchError> {
+        match &*self.tx.lock() {
+            Some(tx) => tx.send(op).map_err(|_| SearchError::Closed),
+            None => Err(SearchError::Closed),
+        }
+    }
+
+    /// Index (or re-index) a file's content. Non-UTF-8 content is not indexed.
+    pub fn upsert(
+        &self,
+        agent: &str,
+        path: &str,
+        content: &[u8],
+        mtime: i64,
+    ) -> Result<Indexed, SearchError> {
+        let (agent, path) = (agent.to_owned(), path.to_owned());
+        match std::str::from_utf8(content) {
+            Ok(text) => {
+                self.skipped.lock().remove(&(agent.clone(), path.clone()));
+                self.send(Op::Upsert {
+                    agent,
+                    path,
+                    text: text.to_owned(),
+                    mtime,
+                })?;
+                Ok(Indexed::Queued)
+            }
+            Err(_) => {
+                tracing::debug!(agent, path, "not UTF-8: not indexed");
+                self.skipped.lock().insert((agent.clone(), path.clone()));
+                // A binary file that replaced a text one must not keep its old hits.
+                self.send(Op::Delete { agent, path })?;
+                Ok(Indexed::SkippedBinary)
+            }
+        }
+    }
+
+    /// Remove a file (or, if `path` is a directory, everything under it) from the index.
+    pub fn delete(&self, agent: &str, path: &str) -> Result<(), SearchError> {
+        self.skipped
+            .lock()
+            .retain(|(a, p)| !(a == agent && under(p, path)));
+        self.send(Op::Delete {
+            agent: agent.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Move a file (or a directory's files) from `from` to `to` within one agent.
+    pub fn rename(&self, agent: &str, from: &str, to: &str) -> Result<(), SearchError> {
+        {
+            let mut skipped = self.skipped.lock();
+            let moved: Vec<_> = skipped
+                .iter()
+                .filter(|(a, p)| a == agent && under(p, from))
+                .cloned()
+                .collect();
+            for (a, p) in moved {
+                skipped.remove(&(a.clone(), p.clone()));
+                skipped.insert((a, format!("{to}{}", &p[from.len()..])));
+            }
+        }
+        self.send(Op::Rename {
+            agent: agent.to_owned(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+        })
+    }
+
+    /// Block until everything sent so far is committed and searchable.
+    pub fn flush(&self) -> Result<(), SearchError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Flush(tx))?;
+        rx.recv().map_err(|_| SearchError::Closed)
+    }
+
+    /// Files not indexed because they are not text, as `(agent, path)`.
+    pub fn skipped(&self) -> Vec<(String, String)> {
+        self.skipped.lock().iter().cloned().collect()
+    }
+
+    /// Number of indexed files of all agents (committed ones only).
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// The best `limit` hits for `query` among `agent`'s facts only.
+    pub fn search(&self, agent: &str, query: &str, limit: usize) -> Result<Vec<Hit>, SearchError> {
+        let f = self.fields;
+        let mut parser = QueryParser::for_index(&self.index, vec![f.content, f.path]);
+        // "cat dog" means both words, as in a web search engine; OR must be said.
+        parser.set_conjunction_by_default();
+        let user = parser
+            .parse_query(query)
+            .map_err(|e| SearchError::Query(e.to_string()))?;
+        let only_agent = TermQuery::new(
+            Term::from_field_text(f.agent, agent),
+            IndexRecordOption::Basic,
+        );
+        let restricted = BooleanQuery::new(vec![
+            (Occur::Must, user.box_clone()),
+            (Occur::Must, Box::new(only_agent) as Box<dyn Query>),
+        ]);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(
+            &restricted,
+            &TopDocs::with_limit(limit.max(1)).order_by_score(),
+        )?;
+        let mut snippets = SnippetGenerator::create(&searcher, &*user, f.content)?;
+        snippets.set_max_num_chars(SNIPPET_CHARS);
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            let text = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or("");
+            let content = text(f.content);
+            let mut snippet = snippets.snippet(content).fragment().to_owned();
+            if snippet.is_empty() {
+                // Matched on the path only: show the start of the content.
+                snippet = content.chars().take(SNIPPET_CHARS).collect();
+            }
+            hits.push(Hit {
+                score,
+                path: text(f.path).to_owned(),
+                snippet: one_line(&snippet),
+            });
+        }
+        Ok(hits)
+    }
+
+    /// Stop the indexer after it has committed everything queued.
+    pub fn shutdown(&self) {
+        drop(self.tx.lock().take());
+        if let Some(t) = self.thread.lock().take() {
+            if t.join().is_err() {
+                tracing::error!("search indexer panicked");
+            }
+        }
+    }
+}
+
+impl Drop for SearchIndex {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// `p` is `dir` or below it; everything is below `""`.
+fn under(p: &str, dir: &str) -> bool {
+    dir.is_empty() || p == dir || (p.starts_with(dir) && p.as_bytes().get(dir.len()) == Some(&b'/'))
+}
+
+/// Tabs and line breaks become spaces: one hit is one line of `score\tpath\tsnippet`.
+fn one_line(s: &str) -> String {
+    s.split(|c: char| c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Indexer {
+    writer: IndexWriter,
+    reader: IndexReader,
+    fields: Fields,
+}
+
+impl Indexer {
+    fn run(mut self, rx: Receiver<Op>) {
+        // Each turn: wait for one op, collect more for up to BATCH_WINDOW, apply, commit.
+        while let Ok(first) = rx.recv() {
+            let deadline = Instant::now() + BATCH_WINDOW;
+            let mut waiters = Vec::new();
+            let mut pending = vec![first];
+            let mut closed = false;
+            while pending.len() < MAX_BATCH {
+                // A flush ends the batch early: someone is waiting for it.
+                if matches!(pending.last(), Some(Op::Flush(_))) {
+                    break;
+                }
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(op) => pending.push(op),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            for op in pending {
+                match op {
+                    Op::Flush(w) => waiters.push(w),
+                    op => {
+                        if let Err(e) = self.apply(op) {
+                            tracing::error!(error = %e, "search index update failed");
+                        }
+                    }
+                }
+            }
+            self.commit();
+            for w in waiters {
+                let _ = w.send(());
+            }
+            if closed {
+                break;
+            }
+        }
+        self.commit();
+    }
+
+    fn commit(&mut self) {
+        if let Err(e) = self.writer.commit() {
+            tracing::error!(error = %e, "search index commit failed");
+            return;
+        }
+        if let Err(e) = self.reader.reload() {
+            tracing::error!(error = %e, "search index reload failed");
+        }
+    }
+
+    fn apply(&mut self, op: Op) -> tantivy::Result<()> {
+        let f = self.fields;
+        match op {
+            Op::Upsert {
+                agent,
+                path,
+                text,
+                mtime,
+            } => {
+                self.writer
+                    .delete_term(Term::from_field_text(f.key, &key(&agent, &path)));
+                self.writer.add_document(doc!(
+                    f.key => key(&agent, &path),
+                    f.agent => agent,
+                    f.path => path,
+                    f.content => text,
+                    f.mtime => mtime,
+                ))?;
+            }
+            Op::Delete { agent, path } => {
+                for p in self.paths_under(&agent, &path)? {
+                    self.writer
+                        .delete_term(Term::from_field_text(f.key, &key(&agent, &p)));
+                }
+            }
+            Op::Rename { agent, from, to } => {
+                if from == to {
+                    return Ok(());
+                }
+                // A rename replaces its destination, even when the source has no document
+                // (a binary file moved over a text one).
+                self.writer
+                    .delete_term(Term::from_field_text(f.key, &key(&agent, &to)));
+                for p in self.paths_under(&agent, &from)? {
+                    let Some(old) = self.stored(&agent, &p)? else {
+                        continue;
+                    };
+                    let new_path = format!("{to}{}", &p[from.len()..]);
+                    self.writer
+                        .delete_term(Term::from_field_text(f.key, &key(&agent, &p)));
+                    self.writer
+                        .delete_term(Term::from_field_text(f.key, &key(&agent, &new_path)));
+                    self.writer.add_document(doc!(
+                        f.key => key(&agent, &new_path),
+                        f.agent => agent.clone(),
+                        f.path => new_path,
+                        f.content => old.0,
+                        f.mtime => old.1,
+                    ))?;
+                }
+            }
+            Op::Flush(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Paths of `agent`'s documents at or under `path`. Commits first, so that documents
+    /// added earlier in this batch are seen (renames and directory deletes are rare).
+    fn paths_under(&mut self, agent: &str, path: &str) -> tantivy::Result<Vec<String>> {
+        self.writer.commit()?;
+        self.reader.reload()?;
+        let f = self.fields;
+        let searcher = self.reader.searcher();
+        let q = TermQuery::new(
+            Term::from_field_text(f.agent, agent),
+            IndexRecordOption::Basic,
+        );
+        let n = searcher.num_docs() as usize;
+        let mut out = Vec::new();
+        for (_, addr) in searcher.search(&q, &TopDocs::with_limit(n.max(1)).order_by_score())? {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            if let Some(p) = doc.get_first(f.path).and_then(|v| v.as_str()) {
+                if under(p, path) {
+                    out.push(p.to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Content and mtime of one committed document.
+    fn stored(&self, agent: &str, path: &str) -> tantivy::Result<Option<(String, i64)>> {
+        let f = self.fields;
+        let searcher = self.reader.searcher();
+        let q = TermQuery::new(
+            Term::from_field_text(f.key, &key(agent, path)),
+            IndexRecordOption::Basic,
+        );
+        let Some((_, addr)) = searcher
+            .search(&q, &TopDocs::with_limit(1).order_by_score())?
+            .pop()
+        else {
+            return Ok(None);
+        };
+        let doc: TantivyDocument = searcher.doc(addr)?;
+        let content = doc
+            .get_first(f.content)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let mtime = doc.get_first(f.mtime).and_then(|v| v.as_i64()).unwrap_or(0);
+        Ok(Some((content, mtime)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx() -> SearchIndex {
+        SearchIndex::open(None).unwrap()
+    }
+
+    /// The paths of `hits`, sorted.
+    fn paths(hits: &[Hit]) -> Vec<String> {
+        let mut p: Vec<String> = hits.iter().map(|h| h.path.clone()).collect();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn finds_words_phrases_and_booleans() {
+        let i = idx();
+        i.upsert("a", "cats", b"The cat sat on the mat.\nIt purred.", 1)
+            .unwrap();
+        i.upsert("a", "dogs", b"The dog barked at the cat.", 2)
+            .unwrap();
+        i.upsert("a", "notes/fish", b"A fish swims.", 3).unwrap();
+        i.flush().unwrap();
+        assert_eq!(paths(&i.search("a", "purred", 10).unwrap()), ["cats"]);
+        assert_eq!(paths(&i.search("a", "cat", 10).unwrap()), ["cats", "dogs"]);
+        assert_eq!(
+            paths(&i.search("a", "\"dog barked\"", 10).unwrap()),
+            ["dogs"]
+        );
+        assert!(i.search("a", "\"barked dog\"", 10).unwrap().is_empty());
+        assert_eq!(paths(&i.search("a", "cat -dog", 10).unwrap()), ["cats"]);
+        assert_eq!(
+            paths(&i.search("a", "fish OR purred", 10).unwrap()).len(),
+            2
+        );
+        assert_eq!(
+            paths(&i.search("a", "path:notes", 10).unwrap()),
+            ["notes/fish"]
+        );
+        assert_eq!(i.search("a", "cat", 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn snippet_is_one_line_with_the_match() {
+        let i = idx();
+        i.upsert("a", "f", b"first line\nsecond\tline with zebra\nthird", 1)
+            .unwrap();
+        i.flush().unwrap();
+        let hits = i.search("a", "zebra", 10).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert!(hits[0].snippet.contains("zebra"), "{:?}", hits[0]);
+        assert!(!hits[0].snippet.contains(['\n', '\t']));
+        assert!(hits[0].score > 0.0);
+    }
+
+    #[test]
+    fn an_agent_finds_only_its_own_facts() {
+        let i = idx();
+        i.upsert("a", "f", b"secret plan", 1).unwrap();
+        i.upsert("b", "f", b"other plan", 1).unwrap();
+        i.flush().unwrap();
+        assert_eq!(i.search("a", "plan", 10).unwrap()[0].snippet, "secret plan");
+        assert!(i.search("b", "secret", 10).unwrap().is_empty());
+        // Naming the agent field cannot widen the search: it is ANDed with the real agent.
+        assert!(i.search("b", "agent:a", 10).unwrap().is_empty());
+        assert!(i
+            .search("b", "secret OR plan", 10)
+            .unwrap()
+            .iter()
+            .all(|h| h.snippet != "secret plan"));
+    }
+
+    #[test]
+    fn update_delete_and_rename() {
+        let i = idx();
+        i.upsert("a", "f", b"old words", 1).unwrap();
+        i.upsert("a", "f", b"new words", 2).unwrap();
+        i.upsert("a", "d/x", b"inside dir", 1).unwrap();
+        i.flush().unwrap();
+        assert!(i.search("a", "old", 10).unwrap().is_empty());
+        assert_eq!(paths(&i.search("a", "new", 10).unwrap()), ["f"]);
+        i.rename("a", "f", "g").unwrap();
+        i.rename("a", "d", "e").unwrap();
+        i.flush().unwrap();
+        assert_eq!(paths(&i.search("a", "new", 10).unwrap()), ["g"]);
+        assert_eq!(paths(&i.search("a", "inside", 10).unwrap()), ["e/x"]);
+        i.delete("a", "g").unwrap();
+        i.delete("a", "e").unwrap();
+        i.flush().unwrap();
+        assert!(i.search("a", "new OR inside", 10).unwrap().is_empty());
+        assert_eq!(i.num_docs(), 0);
+    }
+
+    #[test]
+    fn rename_of_an_unindexed_file_replaces_the_destination() {
+        let i = idx();
+        i.upsert("a", "dst", b"stale words", 1).unwrap();
+        i.upsert("a", "bin", &[0xff], 1).unwrap();
+        i.rename("a", "bin", "dst").unwrap();
+        i.rename("a", "same", "same").unwrap();
+        i.flush().unwrap();
+        assert!(i.search("a", "stale", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_query_is_a_clear_error() {
+        let i = idx();
+        match i.search("a", "nofield:x", 10) {
+            Err(SearchError::Query(why)) => assert!(why.contains("nofield"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn binary_content_is_skipped_and_reported() {
+        let i = idx();
+        i.upsert("a", "t", b"text zebra", 1).unwrap();
+        i.flush().unwrap();
+        assert_eq!(
+            i.upsert("a", "t", &[0xff, 0xfe, 0], 2).unwrap(),
+            Indexed::SkippedBinary
+        );
+        i.flush().unwrap();
+        assert!(i.search("a", "zebra", 10).unwrap().is_empty());
+        assert_eq!(i.skipped(), [("a".to_owned(), "t".to_owned())]);
+    }
+
+    #[test]
+    fn searchable_within_a_second_without_flush() {
+        let i = idx();
+        let start = Instant::now();
+        i.upsert("a", "f", b"quokka", 1).unwrap();
+        while i.search("a", "quokka", 1).unwrap().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "not searchable after 1 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn survives_reopen_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let i = SearchIndex::open(Some(dir.path())).unwrap();
+            i.upsert("a", "f", b"persistent fact", 1).unwrap();
+        } // drop commits what is queued
+        let i = SearchIndex::open(Some(dir.path())).unwrap();
+        assert_eq!(paths(&i.search("a", "persistent", 10).unwrap()), ["f"]);
+    }
+}
