@@ -425,7 +425,7 @@ fn processes_in_execve_do_not_deadlock_identity_lookups() {
     };
     m.agent("a");
     // With a process bound, every request's caller is looked up in /proc.
-    let (mut sh, _) = shell_with_child();
+    let (mut sh, child) = shell_with_child();
     fs::write(m.mnt.join("sys/agents/a/pids"), format!("{}\n", sh.id())).unwrap();
     let tool = m.mem("a", "working").join("tool");
     fs::copy("/bin/true", &tool).unwrap();
@@ -455,6 +455,8 @@ fn processes_in_execve_do_not_deadlock_identity_lookups() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // SAFETY: kill(2) has no memory effects; the sleep outlives its shell otherwise.
+    unsafe { libc::kill(child as libc::pid_t, libc::SIGKILL) };
     sh.kill().unwrap();
     sh.wait().unwrap();
 }
