@@ -216,3 +216,142 @@ fn truncate_and_rollback_reindex() {
         .unwrap();
     eventually(&sem, "kestrel", &[]);
 }
+
+/// The `index` object of agent `a`'s status.
+fn index_status(m: &Mount) -> serde_json::Value {
+    let text = fs::read_to_string(m.mnt.join("sys/agents/a/index")).expect("read index");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("index is not JSON ({e}): {text}"))
+}
+
+fn wait_index_ready(m: &Mount) {
+    let ok = wait_until(Duration::from_secs(20), || {
+        index_status(m)["state"] == "ready"
+    });
+    assert!(ok, "index never ready: {}", index_status(m));
+}
+
+#[test]
+fn updates_in_flight_at_kill9_are_caught_up_after_remount() {
+    let Some(mut m) = Mount::try_new() else {
+        return;
+    };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("old"), "an old walrus").unwrap();
+    fs::write(sem.join("gone"), "a doomed dodo").unwrap();
+    eventually(&sem, "walrus", &["old"]);
+    // A burst of closes, a delete and a rename, then kill -9 at once: the indexer batches for
+    // 100 ms, so the last of these are committed to the store but not yet to the index.
+    for i in 0..50 {
+        fs::write(sem.join(format!("f{i}")), format!("fact number{i} okapi")).unwrap();
+    }
+    fs::remove_file(sem.join("gone")).unwrap();
+    fs::rename(sem.join("old"), sem.join("renamed")).unwrap();
+    m.kill9();
+    m.mount();
+    wait_index_ready(&m);
+    for i in [0, 25, 49] {
+        eventually(&sem, &format!("number{i}"), &[&format!("f{i}")]);
+    }
+    assert_eq!(found(&sem, "okapi").len(), 50);
+    eventually(&sem, "dodo", &[]);
+    eventually(&sem, "walrus", &["renamed"]);
+}
+
+#[test]
+fn status_shows_the_index_and_rebuild_is_on_request() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("t"), "text about a quokka").unwrap();
+    fs::write(sem.join("bin"), [0xffu8, 0xfe, 0x00, 0x80]).unwrap();
+    eventually(&sem, "quokka", &["t"]);
+    wait_index_ready(&m);
+    let st = index_status(&m);
+    assert_eq!(st["skipped_binary"], serde_json::json!(["bin"]), "{st}");
+    let status: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(m.mnt.join("sys/agents/a/status")).unwrap())
+            .unwrap();
+    assert_eq!(status["index"]["state"], "ready", "{status}");
+
+    let ctl = m.mnt.join("sys/agents/a/index");
+    assert_errno(
+        "write junk to index",
+        fs::write(&ctl, "please"),
+        libc::EINVAL,
+    );
+    fs::write(&ctl, "rebuild\n").unwrap();
+    wait_index_ready(&m);
+    eventually(&sem, "quokka", &["t"]);
+    // The request is recorded.
+    let audit = fs::read_to_string(m.mnt.join("sys/agents/a/audit")).unwrap();
+    assert!(audit.contains("\"reindex\""), "{audit}");
+}
+
+#[test]
+fn the_search_directory_name_cannot_be_taken() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("x"), "x").unwrap();
+    assert!(fs::write(sem.join(".search"), "hidden").is_err());
+    assert_errno(
+        "mkdir .search",
+        fs::create_dir(sem.join(".search")),
+        libc::EEXIST,
+    );
+    // The kernel sees a directory there: a file cannot replace it (EISDIR), and a directory
+    // is refused by the core (EEXIST).
+    assert_errno(
+        "rename a file onto .search",
+        fs::rename(sem.join("x"), sem.join(".search")),
+        libc::EISDIR,
+    );
+    fs::create_dir(sem.join("d")).unwrap();
+    assert_errno(
+        "rename a directory onto .search",
+        fs::rename(sem.join("d"), sem.join(".search")),
+        libc::EEXIST,
+    );
+    assert_eq!(fs::read(sem.join("x")).unwrap(), b"x");
+    // Elsewhere the name is an ordinary one.
+    fs::create_dir(sem.join("sub")).unwrap();
+    fs::write(sem.join("sub/.search"), "fine").unwrap();
+    assert_eq!(fs::read(sem.join("sub/.search")).unwrap(), b"fine");
+}
+
+#[test]
+fn boolean_not_through_the_mount() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("cats"), "the cat").unwrap();
+    fs::write(sem.join("both"), "the cat and the dog").unwrap();
+    eventually(&sem, "cat", &["both", "cats"]);
+    eventually(&sem, "cat AND NOT dog", &["cats"]);
+    eventually(&sem, "NOT dog", &["cats"]);
+}
+
+#[test]
+fn a_thousand_facts_each_found_by_its_word() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::create_dir(sem.join("facts")).unwrap();
+    let word = |i: usize| format!("zq{i:04}x");
+    for i in 0..1000 {
+        fs::write(
+            sem.join(format!("facts/{i}")),
+            format!("fact {i} says {} and something common", word(i)),
+        )
+        .unwrap();
+    }
+    eventually(&sem, &word(999), &["facts/999"]);
+    for i in 0..1000 {
+        assert_eq!(
+            found(&sem, &word(i)),
+            [format!("facts/{i}")],
+            "fact {i} by its word"
+        );
+    }
+}

@@ -44,7 +44,7 @@ pub(crate) fn check_batch(
                     return Err(missing_chunk(id));
                 }
             }
-            Change::SetMeta { key, .. } => check_meta_key(key)?,
+            Change::SetMeta { key, .. } | Change::DeleteMetaIf { key, .. } => check_meta_key(key)?,
             _ => {}
         }
     }

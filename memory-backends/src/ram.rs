@@ -207,6 +207,11 @@ impl Tables {
             Change::SetMeta { key, value } => {
                 self.meta.insert(key, value);
             }
+            Change::DeleteMetaIf { key, value } => {
+                if self.meta.get(&key) == Some(&value) {
+                    self.meta.remove(&key);
+                }
+            }
             Change::Audit(entry) => {
                 let prev_hash = self.chain.hash;
                 let (seq, hash) = self.chain.advance(&canonical_body(&entry));

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
 };
@@ -95,7 +96,12 @@ enum Op {
     },
     /// Reply once everything sent before this is committed and searchable.
     Flush(Sender<()>),
+    /// Run once everything sent before this is committed (the outbox clears its marker).
+    AfterCommit(AfterCommit),
 }
+
+/// Work to run on the indexer thread once the updates sent before it are committed.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -259,6 +265,12 @@ impl SearchIndex {
         rx.recv().map_err(|_| SearchError::Closed)
     }
 
+    /// Runs `done` on the indexer thread once every update sent before it is committed to the
+    /// index on disk (not only searchable). If the indexer is gone, `done` never runs.
+    pub fn after_commit(&self, done: AfterCommit) -> Result<(), SearchError> {
+        self.send(Op::AfterCommit(done))
+    }
+
     /// Files not indexed because they are not text, as `(agent, path)`.
     pub fn skipped(&self) -> Vec<(String, String)> {
         self.skipped.lock().iter().cloned().collect()
@@ -275,8 +287,10 @@ impl SearchIndex {
         let mut parser = QueryParser::for_index(&self.index, vec![f.content, f.path]);
         // "cat dog" means both words, as in a web search engine; OR must be said.
         parser.set_conjunction_by_default();
+        let ast = tantivy::query_grammar::parse_query(query)
+            .map_err(|_| SearchError::Query(format!("syntax error in {query:?}")))?;
         let user = parser
-            .parse_query(query)
+            .build_query_from_user_input_ast(lift_negations(ast, true))
             .map_err(|e| SearchError::Query(e.to_string()))?;
         let only_agent = TermQuery::new(
             Term::from_field_text(f.agent, agent),
@@ -329,6 +343,42 @@ impl Drop for SearchIndex {
     }
 }
 
+/// Tantivy parses `cat AND NOT dog` as `+cat +(-dog)`: a required clause with only negative
+/// parts, which matches nothing. Such a clause's negations are lifted into its parent, which
+/// is how `cat -dog` is parsed. A query with only negative parts (`NOT dog`) means "every fact
+/// but those": at the top, `*` is added as its positive part.
+fn lift_negations(ast: UserInputAst, top: bool) -> UserInputAst {
+    let negative_only = |items: &[(Option<Occur>, UserInputAst)]| {
+        !items.is_empty() && items.iter().all(|(o, _)| *o == Some(Occur::MustNot))
+    };
+    match ast {
+        UserInputAst::Clause(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (occur, sub) in items {
+                match lift_negations(sub, false) {
+                    UserInputAst::Clause(inner)
+                        if occur != Some(Occur::MustNot) && negative_only(&inner) =>
+                    {
+                        out.extend(inner)
+                    }
+                    sub => out.push((occur, sub)),
+                }
+            }
+            if top && negative_only(&out) {
+                out.push((
+                    Some(Occur::Must),
+                    UserInputAst::Leaf(Box::new(UserInputLeaf::All)),
+                ));
+            }
+            UserInputAst::Clause(out)
+        }
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(lift_negations(*inner, false)), boost)
+        }
+        leaf => leaf,
+    }
+}
+
 /// `p` is `dir` or below it; everything is below `""`.
 fn under(p: &str, dir: &str) -> bool {
     dir.is_empty() || p == dir || (p.starts_with(dir) && p.as_bytes().get(dir.len()) == Some(&b'/'))
@@ -354,6 +404,7 @@ impl Indexer {
         while let Ok(first) = rx.recv() {
             let deadline = Instant::now() + BATCH_WINDOW;
             let mut waiters = Vec::new();
+            let mut after = Vec::new();
             let mut pending = vec![first];
             let mut closed = false;
             while pending.len() < MAX_BATCH {
@@ -373,6 +424,7 @@ impl Indexer {
             for op in pending {
                 match op {
                     Op::Flush(w) => waiters.push(w),
+                    Op::AfterCommit(done) => after.push(done),
                     op => {
                         if let Err(e) = self.apply(op) {
                             tracing::error!(error = %e, "search index update failed");
@@ -380,7 +432,11 @@ impl Indexer {
                     }
                 }
             }
-            self.commit();
+            if self.commit() {
+                for done in after {
+                    done();
+                }
+            }
             for w in waiters {
                 let _ = w.send(());
             }
@@ -391,14 +447,16 @@ impl Indexer {
         self.commit();
     }
 
-    fn commit(&mut self) {
+    /// Commits and reloads; false when the commit failed (the updates are not durable).
+    fn commit(&mut self) -> bool {
         if let Err(e) = self.writer.commit() {
             tracing::error!(error = %e, "search index commit failed");
-            return;
+            return false;
         }
         if let Err(e) = self.reader.reload() {
             tracing::error!(error = %e, "search index reload failed");
         }
+        true
     }
 
     fn apply(&mut self, op: Op) -> tantivy::Result<()> {
@@ -452,7 +510,7 @@ impl Indexer {
                     ))?;
                 }
             }
-            Op::Flush(_) => {}
+            Op::Flush(_) | Op::AfterCommit(_) => {}
         }
         Ok(())
     }
@@ -547,6 +605,19 @@ mod tests {
             ["notes/fish"]
         );
         assert_eq!(i.search("a", "cat", 1).unwrap().len(), 1);
+        assert_eq!(
+            paths(&i.search("a", "cat AND NOT dog", 10).unwrap()),
+            ["cats"]
+        );
+        assert_eq!(paths(&i.search("a", "cat NOT dog", 10).unwrap()), ["cats"]);
+        assert_eq!(
+            paths(&i.search("a", "(cat OR fish) AND NOT dog", 10).unwrap()),
+            ["cats", "notes/fish"]
+        );
+        assert_eq!(
+            paths(&i.search("a", "NOT cat", 10).unwrap()),
+            ["notes/fish"]
+        );
     }
 
     #[test]

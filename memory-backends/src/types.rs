@@ -179,6 +179,12 @@ pub enum Change {
     },
     /// Append one flight-recorder entry.
     Audit(AuditEntry),
+    /// Remove meta `key` if (and only if) it still holds `value`: a compare-and-delete, so
+    /// clearing a marker never erases a newer one written since (the search outbox).
+    DeleteMetaIf {
+        key: String,
+        value: String,
+    },
 }
 
 /// Changes applied all-or-nothing by [`crate::Store::commit`].

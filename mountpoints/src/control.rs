@@ -69,6 +69,7 @@ impl Vfs {
         let (file, op) = match v {
             Virtual::Pids(_) => ("pids", "bind"),
             Virtual::Rollback(_) => ("rollback", "rollback"),
+            Virtual::Index(_) => ("index", "reindex"),
             _ => ("signal", "signal"),
         };
         let result = if caller.agent.is_some() {
@@ -85,6 +86,10 @@ impl Vfs {
                         Err(e) => Err(e),
                     }
                 }
+                Virtual::Index(_) => match control_word(data) {
+                    b"rebuild" => self.request_reindex(agent),
+                    _ => Err(VfsError::Invalid("write rebuild to an index file")),
+                },
                 _ => self.write_signal(agent, data),
             }
         };

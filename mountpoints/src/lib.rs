@@ -24,6 +24,7 @@ mod mutate;
 mod names;
 mod node;
 mod ops;
+mod outbox;
 mod policyview;
 mod record;
 mod reload;

@@ -9,6 +9,7 @@ use crate::caller::Caller;
 use crate::enforce::{policy_kind, Asker};
 use crate::error::{Result, VfsError};
 use crate::node::Class;
+use crate::outbox::Ticket;
 use crate::sysfs;
 use crate::vfs::{now_ns, Vfs, ROOT_INO};
 use agentfs_memory::{AuditEntry, Batch, Durability, FileKind, Ino, InodeRecord};
@@ -171,6 +172,10 @@ pub(crate) struct Txn {
     committed: bool,
     /// How to ask the policy; `None` for calls outside every agent's tree.
     pub(crate) asker: Option<Asker>,
+    /// The agent whose search-outbox marker the durable commit must carry (a change the
+    /// semantic index has to follow), and the marker once committed (outbox.rs).
+    outbox_for: Option<Arc<str>>,
+    ticket: Option<Ticket>,
 }
 
 impl Txn {
@@ -181,11 +186,25 @@ impl Txn {
         &mut self,
         vfs: &Vfs,
         class: Class,
-        batch: Batch,
+        mut batch: Batch,
         durability: Durability,
     ) -> Result<()> {
         let entry = RECORDING.then(|| self.entry.clone());
-        vfs.commit_batch(class, batch, durability, entry)?;
+        let ticket = match &self.outbox_for {
+            Some(agent) if !class.is_volatile() => Some(vfs.outbox.mark(&mut batch, agent)),
+            _ => None,
+        };
+        if let Err(e) = vfs.commit_batch(class, batch, durability, entry) {
+            if let Some(t) = ticket {
+                t.cancel();
+            }
+            return Err(e);
+        }
+        if let Some(t) = ticket {
+            t.committed();
+            self.outbox_for = None;
+            self.ticket = Some(t);
+        }
         self.committed = true;
         Ok(())
     }
@@ -305,6 +324,8 @@ impl Vfs {
             },
             committed: false,
             asker,
+            outbox_for: None,
+            ticket: None,
         };
         let checkpoint_op = is_checkpoint_op(&m, &located);
         if checkpoint_op {
@@ -348,9 +369,12 @@ impl Vfs {
                 .and_then(|()| {
                     // `apply` consumes the mutation; keep what the index needs to know.
                     let event = crate::semantic::NsEvent::of(&m);
+                    if event.is_some() && located.class == Class::Semantic {
+                        txn.outbox_for = located.agent.clone();
+                    }
                     let r = self.apply(caller, &mut txn, m, &located);
                     if let (Ok(_), Some(event)) = (&r, event) {
-                        self.index_namespace(event, &located);
+                        self.index_namespace(event, &located, txn.ticket.take());
                     }
                     r
                 })
@@ -751,6 +775,20 @@ impl Vfs {
                 m,
                 Mutation::Unlink { .. } | Mutation::Rmdir { .. } | Mutation::Rename { .. }
             );
+            let new_name = match m {
+                Mutation::Rename { .. } | Mutation::Link { .. } => {
+                    at.dest.as_ref().map(|d| &d.path)
+                }
+                Mutation::Create { .. } | Mutation::Mkdir { .. } | Mutation::Symlink { .. } => {
+                    Some(&at.path)
+                }
+                _ => None,
+            };
+            if new_name.is_some_and(|p| crate::semantic::is_search_dir_path(p)) {
+                // The name of the lookup-only search directory: a real file there would be
+                // hidden by it.
+                return Err(VfsError::Exists);
+            }
             let replaces_name = matches!(m, Mutation::Rename { .. });
             if (removes_name && at.structural)
                 || (replaces_name && at.dest.as_ref().is_some_and(|d| d.structural))

@@ -5,13 +5,14 @@
 //! rmdir, rename through the choke point). The index itself lives in
 //! `agentfs_memory::search`; this module only turns core events into its calls.
 //!
-//! Not yet durable: the update is sent after the store commit, not written to an outbox in the
-//! same transaction, so a crash between the two loses the update until a rebuild.
+//! Durable: each change's store batch carries a search-outbox marker (outbox.rs), cleared once
+//! the index has committed the update, so a crash in between is caught up at the next mount.
 
 use crate::agent::Agent;
 use crate::error::{Result, VfsError};
 use crate::mutate::{Located, Mutation};
 use crate::node::{Body, Class};
+use crate::outbox::Ticket;
 use crate::sysfs::Virtual;
 use crate::vfs::Vfs;
 use agentfs_memory::search::{Hit, SearchError, SearchIndex};
@@ -71,6 +72,14 @@ pub(crate) fn semantic_rel(path: &[u8]) -> Option<(String, String)> {
     (!rel.is_empty()).then(|| (agent.to_owned(), rel.to_owned()))
 }
 
+/// Is `path` (mount-relative) an agent's `mem/semantic/.search`?
+pub(crate) fn is_search_dir_path(path: &[u8]) -> bool {
+    let Some(slash) = path.iter().position(|b| *b == b'/') else {
+        return false;
+    };
+    path[slash + 1..] == *b"mem/semantic/.search"
+}
+
 /// Opens the index in `dir`; a corrupt one is removed and created afresh. The flag says the
 /// index is empty and must be rebuilt from the store (also when it was simply missing).
 pub(crate) fn open_index(dir: &std::path::Path) -> Result<(SearchIndex, bool)> {
@@ -112,44 +121,65 @@ impl NsEvent {
 }
 
 impl Vfs {
-    /// After a file's content was committed: (re)index it if it is semantic memory.
-    pub(crate) fn index_committed(&self, ino: Ino) {
-        let Ok(node) = self.node(ino) else { return };
+    /// After a file's content was committed: (re)index it if it is semantic memory, then let
+    /// the outbox clear its marker once the index has it.
+    pub(crate) fn index_committed(&self, ino: Ino, ticket: Option<Ticket>) {
+        // A failure keeps the marker (the ticket is dropped): the next mount catches up.
+        if self.index_file(ino) {
+            if let Some(t) = ticket {
+                t.send(&self.search);
+            }
+        }
+    }
+
+    /// Sends `ino`'s committed content to the index. False if that failed: the update is lost
+    /// for this run.
+    fn index_file(&self, ino: Ino) -> bool {
+        let Ok(node) = self.node(ino) else {
+            return true;
+        };
         let (content, mtime) = {
             let n = node.read();
             // An unlinked file's path is gone: its index entry went with the unlink.
             if n.class != Class::Semantic || !matches!(n.body, Body::File(_)) || n.attr.nlink == 0 {
-                return;
+                return true;
             }
             if n.attr.size > MAX_INDEXED_BYTES {
                 tracing::debug!(ino, size = n.attr.size, "too large to index");
-                return;
+                return true;
             }
             let mut buf = vec![0u8; n.attr.size as usize];
             if let Err(e) = self.fill_from_node(&n, 0, &mut buf) {
                 tracing::error!(ino, error = %e, "cannot read a semantic file to index it");
-                return;
+                return false;
             }
             (buf, n.attr.mtime)
         };
         // After the node lock is gone: the path walk takes its ancestors' locks.
         let Some((agent, rel)) = semantic_rel(&self.path_bytes_of(ino)) else {
-            return;
+            return true;
         };
-        if let Err(e) = self.search.upsert(&agent, &rel, &content, mtime) {
-            tracing::error!(agent, path = rel, error = %e, "search index update lost");
+        match self.search.upsert(&agent, &rel, &content, mtime) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(agent, path = rel, error = %e, "search index update lost");
+                false
+            }
         }
     }
 
     /// After a namespace change succeeded: drop or move what the index holds.
-    pub(crate) fn index_namespace(&self, event: NsEvent, at: &Located) {
+    pub(crate) fn index_namespace(&self, event: NsEvent, at: &Located, ticket: Option<Ticket>) {
         if at.class != Class::Semantic {
             return;
         }
         if let NsEvent::Content(ino) = event {
-            return self.index_committed(ino);
+            return self.index_committed(ino, ticket);
         }
         let Some((agent, rel)) = semantic_rel(&at.path) else {
+            if let Some(t) = ticket {
+                t.send(&self.search);
+            }
             return;
         };
         let result = match event {
@@ -160,27 +190,177 @@ impl Vfs {
                 None => self.search.delete(&agent, &rel),
             },
         };
-        if let Err(e) = result {
-            tracing::error!(agent, path = rel, error = %e, "search index update lost");
+        match result {
+            Ok(()) => {
+                if let Some(t) = ticket {
+                    t.send(&self.search);
+                }
+            }
+            Err(e) => tracing::error!(agent, path = rel, error = %e, "search index update lost"),
         }
     }
 
-    /// Index every agent's semantic memory from the live tree (the index was lost). Reads
-    /// every fact once; the indexer commits in the background.
-    pub(crate) fn reindex_all(&self) {
-        let agents: Vec<Arc<Agent>> = self.agents_by_index.read().clone();
-        tracing::info!(agents = agents.len(), "rebuilding the search index");
-        for agent in agents {
-            self.reindex_agent(&agent);
-        }
-    }
-
-    /// Index `agent`'s semantic memory afresh (after a rollback replaced it).
-    pub(crate) fn reindex_agent(&self, agent: &Agent) {
-        if let Err(e) = self.search.delete(&agent.name, "") {
-            tracing::error!(agent = %agent.name, error = %e, "search index reset lost");
+    /// Brings the index up to date after mount, on a background thread (the mount serves
+    /// meanwhile; `status` shows progress): every agent if the index was missing or corrupt
+    /// (`all`), else the agents whose outbox markers say updates were in flight at a crash.
+    pub(crate) fn start_index_recovery(&self, all: bool) {
+        let agents: Vec<Arc<Agent>> = if all {
+            self.agents_by_index.read().clone()
+        } else {
+            let lagging = std::mem::take(&mut *self.index_recovery.lock());
+            let (live, gone): (Vec<_>, Vec<_>) = lagging
+                .into_iter()
+                .partition(|name| self.agent(name).is_some());
+            // An agent that no longer exists has nothing to index: drop its marker.
+            for name in gone {
+                if let Some(t) = self.outbox.resume(&name) {
+                    t.cancel();
+                }
+            }
+            live.iter().filter_map(|name| self.agent(name)).collect()
+        };
+        if agents.is_empty() {
             return;
         }
+        // Mark every agent first (one batch): a crash during the rebuild resumes it.
+        let tickets = if all {
+            match self.mark_for_rebuild(&agents) {
+                Ok(tickets) => tickets,
+                Err(e) => {
+                    tracing::error!(error = %e, "search index rebuild not started");
+                    return;
+                }
+            }
+        } else {
+            agents.iter().map(|a| self.outbox.resume(&a.name)).collect()
+        };
+        self.spawn_reindex(agents.into_iter().zip(tickets).collect());
+    }
+
+    /// `sys/agents/AGENT/index` ← `rebuild` (`agentfs reindex`): rebuild one agent's index
+    /// from the store in the background. EBUSY while one is running.
+    pub(crate) fn request_reindex(&self, agent: &Arc<Agent>) -> Result<()> {
+        if self.outbox.rebuilding(&agent.name) {
+            return Err(VfsError::Busy("a rebuild of this agent's index is running"));
+        }
+        let ticket = self
+            .mark_for_rebuild(std::slice::from_ref(agent))?
+            .pop()
+            .flatten();
+        self.spawn_reindex(vec![(agent.clone(), ticket)]);
+        Ok(())
+    }
+
+    fn spawn_reindex(&self, work: Vec<(Arc<Agent>, Option<Ticket>)>) {
+        // Shown as rebuilding from now on, not from when the thread gets to the agent.
+        for (agent, _) in &work {
+            self.outbox.set_rebuild(&agent.name, Some((0, 0)));
+        }
+        let vfs = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("agentfs-reindex".into())
+            .spawn(move || {
+                for (agent, ticket) in work {
+                    let Some(vfs) = vfs.upgrade() else { return };
+                    vfs.reindex_agent(&agent, ticket);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the search index rebuild");
+        }
+    }
+
+    /// The `index` object of an agent's status: `ready`, `rebuilding` (with progress) or
+    /// `catching-up` (updates committed to the store, not yet to the index), and the files
+    /// not indexed because they are not text.
+    pub(crate) fn index_status(&self, agent: &str) -> serde_json::Value {
+        let progress = self.outbox.progress_of(agent);
+        let state = match (&progress.rebuild, progress.pending) {
+            (Some(_), _) => "rebuilding",
+            (None, 0) => "ready",
+            (None, _) => "catching-up",
+        };
+        let skipped: Vec<String> = self
+            .search
+            .skipped()
+            .into_iter()
+            .filter(|(a, _)| a == agent)
+            .map(|(_, p)| p)
+            .collect();
+        serde_json::json!({
+            "state": state,
+            "pending": progress.pending,
+            "rebuild": progress.rebuild.map(|(done, total)| serde_json::json!({
+                "done": done,
+                "total": total,
+            })),
+            "skipped_binary": skipped,
+        })
+    }
+
+    /// One durable batch marking every agent of `agents` (outbox.rs).
+    fn mark_for_rebuild(&self, agents: &[Arc<Agent>]) -> Result<Vec<Option<Ticket>>> {
+        let mut batch = agentfs_memory::Batch::new();
+        let tickets: Vec<Ticket> = agents
+            .iter()
+            .map(|a| self.outbox.mark(&mut batch, &a.name))
+            .collect();
+        if let Err(e) = self
+            .durable
+            .commit(batch, agentfs_memory::Durability::Process)
+        {
+            for t in tickets {
+                t.cancel();
+            }
+            return Err(e.into());
+        }
+        Ok(tickets
+            .into_iter()
+            .map(|t| {
+                t.committed();
+                Some(t)
+            })
+            .collect())
+    }
+
+    /// Index `agent`'s semantic memory afresh from the store (a rollback replaced it, the
+    /// index was lost, an operator asked). Reports progress to `status` as it goes.
+    pub(crate) fn reindex_agent(&self, agent: &Agent, ticket: Option<Ticket>) {
+        let started = std::time::Instant::now();
+        let files = self.semantic_files(agent);
+        let total = files.len() as u64;
+        self.outbox.set_rebuild(&agent.name, Some((0, total)));
+        if let Err(e) = self.search.delete(&agent.name, "") {
+            tracing::error!(agent = %agent.name, error = %e, "search index reset lost");
+            self.outbox.set_rebuild(&agent.name, None);
+            return;
+        }
+        let mut all_sent = true;
+        for (done, ino) in files.into_iter().enumerate() {
+            all_sent &= self.index_file(ino);
+            let done = done as u64 + 1;
+            if done % 256 == 0 || done == total {
+                self.outbox.set_rebuild(&agent.name, Some((done, total)));
+            }
+            if done % 10_000 == 0 {
+                tracing::info!(agent = %agent.name, done, total, "rebuilding the search index");
+            }
+        }
+        if let (true, Some(t)) = (all_sent, ticket) {
+            t.send(&self.search);
+        }
+        self.outbox.set_rebuild(&agent.name, None);
+        tracing::info!(
+            agent = %agent.name,
+            files = total,
+            ms = started.elapsed().as_millis() as u64,
+            "search index rebuilt"
+        );
+    }
+
+    /// Every regular file under `agent`'s `mem/semantic`, depth first.
+    fn semantic_files(&self, agent: &Agent) -> Vec<Ino> {
+        let mut files = Vec::new();
         let mut stack: Vec<Ino> = self.semantic_dir_of(agent).into_iter().collect();
         while let Some(dir) = stack.pop() {
             let children: Vec<(Ino, FileKind)> = match self.node(dir) {
@@ -193,11 +373,12 @@ impl Vfs {
             for (ino, kind) in children {
                 match kind {
                     FileKind::Dir => stack.push(ino),
-                    FileKind::File => self.index_committed(ino),
+                    FileKind::File => files.push(ino),
                     _ => {}
                 }
             }
         }
+        files
     }
 
     /// The best `limit` hits of `query` among `agent`'s semantic memory.

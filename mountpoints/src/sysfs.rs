@@ -8,6 +8,7 @@
 //! ├── agents/AGENT/audit    this agent's flight record, JSON lines (grows; see auditfs.rs)
 //! ├── audit                 the whole flight record, JSON lines (grows)
 //! ├── agents/AGENT/rollback write a checkpoint name: mem/ becomes that checkpoint
+//! ├── agents/AGENT/index    JSON: the search index's state; write `rebuild` to rebuild it
 //! └── policy/               the loaded policy sources and `version` (policyview.rs)
 //! ```
 
@@ -39,6 +40,7 @@ const SYS_POLICY_FILES: Ino = VIRTUAL_BASE - (1 << 20);
 const AGENT_AUDIT: Ino = 5;
 /// `AGENT/mem/semantic/.search/`.
 const AGENT_SEARCH_DIR: Ino = 6;
+const AGENT_INDEX: Ino = 7;
 
 /// A node of the control tree.
 pub(crate) enum Virtual {
@@ -50,6 +52,8 @@ pub(crate) enum Virtual {
     Signal(Arc<Agent>),
     Pids(Arc<Agent>),
     Rollback(Arc<Agent>),
+    /// `sys/agents/AGENT/index`: the search index's state; `rebuild` rebuilds it.
+    Index(Arc<Agent>),
     /// `sys/policy/NN-NAME`: policy source `i` (0: the built-in policy), and `version`.
     PolicySource(usize),
     PolicyVersion,
@@ -95,6 +99,7 @@ impl Virtual {
                     AGENT_POLICY_VERSION => Some(Virtual::AgentPolicy(agent, AgentView::Version)),
                     AGENT_AUDIT => Some(Virtual::AgentAudit(agent)),
                     AGENT_SEARCH_DIR => Some(Virtual::SearchDir(agent)),
+                    AGENT_INDEX => Some(Virtual::Index(agent)),
                     _ => None,
                 }
             }
@@ -112,6 +117,7 @@ impl Virtual {
             Virtual::Signal(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_SIGNAL,
             Virtual::Pids(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_PIDS,
             Virtual::Rollback(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_ROLLBACK,
+            Virtual::Index(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_INDEX,
             Virtual::PolicySource(i) => SYS_POLICY_FILES + 1 + *i as Ino,
             Virtual::PolicyVersion => SYS_POLICY_FILES,
             Virtual::AgentPolicy(a, v) => {
@@ -137,6 +143,7 @@ impl Virtual {
             | Virtual::Signal(a)
             | Virtual::Pids(a)
             | Virtual::AgentAudit(a)
+            | Virtual::Index(a)
             | Virtual::Rollback(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
             Virtual::PolicySource(_) | Virtual::PolicyVersion => SYS_POLICY_INO,
             Virtual::AgentPolicy(a, _) => vfs.policy_dir_of(a).unwrap_or(a.root),
@@ -173,7 +180,10 @@ impl Virtual {
             perm: match self {
                 _ if dir => 0o555,
                 // Operators write control files; the kernel's mode check keeps other uids out.
-                Virtual::Signal(_) | Virtual::Pids(_) | Virtual::Rollback(_) => 0o644,
+                Virtual::Signal(_)
+                | Virtual::Pids(_)
+                | Virtual::Rollback(_)
+                | Virtual::Index(_) => 0o644,
                 _ => 0o444,
             },
             uid: 0,
@@ -210,6 +220,7 @@ impl Virtual {
                 .map(|a| (a.name.as_bytes().to_vec(), Virtual::AgentDir(a.clone())))
                 .collect(),
             Virtual::AgentDir(a) => vec![
+                (b"index".to_vec(), Virtual::Index(a.clone())),
                 (b"pids".to_vec(), Virtual::Pids(a.clone())),
                 (b"rollback".to_vec(), Virtual::Rollback(a.clone())),
                 (b"signal".to_vec(), Virtual::Signal(a.clone())),
@@ -328,6 +339,7 @@ impl Virtual {
             | Virtual::AgentAudit(a)
             | Virtual::SearchDir(a)
             | Virtual::SearchQuery(a, _, _)
+            | Virtual::Index(a)
             | Virtual::Rollback(a) => Some(a),
             _ => None,
         }
@@ -336,7 +348,9 @@ impl Virtual {
     /// The agent whose control file this is, if it is a writable one.
     pub(crate) fn control_of(&self) -> Option<&Arc<Agent>> {
         match self {
-            Virtual::Signal(a) | Virtual::Pids(a) | Virtual::Rollback(a) => Some(a),
+            Virtual::Signal(a) | Virtual::Pids(a) | Virtual::Rollback(a) | Virtual::Index(a) => {
+                Some(a)
+            }
             _ => None,
         }
     }
@@ -364,12 +378,19 @@ impl Virtual {
             Virtual::Status(a) => {
                 let mut status = a.status_json();
                 status["pids"] = vfs.bindings.pids_of(&a.name).into();
+                status["index"] = vfs.index_status(&a.name);
                 let mut out =
                     serde_json::to_vec_pretty(&status).map_err(|_| VfsError::Invalid("status"))?;
                 out.push(b'\n');
                 Ok(out)
             }
             Virtual::Signal(a) => Ok(format!("{}\n", a.gate.state().0).into_bytes()),
+            Virtual::Index(a) => {
+                let mut out = serde_json::to_vec(&vfs.index_status(&a.name))
+                    .map_err(|_| VfsError::Invalid("index"))?;
+                out.push(b'\n');
+                Ok(out)
+            }
             // The last rollback, `NAME TIME_NS`, or nothing.
             Virtual::Rollback(a) => Ok(a
                 .last_rollback

@@ -80,6 +80,12 @@ pub struct Vfs {
     pub(crate) search: Arc<SearchIndex>,
     /// Inodes of `.search/QUERY` files.
     pub(crate) query_inodes: crate::semantic::QueryInodes,
+    /// Markers that make index updates survive a crash (outbox.rs).
+    pub(crate) outbox: Arc<crate::outbox::Outbox>,
+    /// Agents whose markers were found at mount: their index is caught up in the background.
+    pub(crate) index_recovery: Mutex<Vec<Arc<str>>>,
+    /// This core itself, for work it hands to its own threads (a background reindex).
+    pub(crate) me: std::sync::Weak<Vfs>,
 }
 
 /// `(directory, name)`: forget that entry; `(inode, b"")`: forget the inode's attributes.
@@ -207,9 +213,7 @@ impl Vfs {
             policy,
             Arc::new(search),
         )?;
-        if rebuild {
-            vfs.reindex_all();
-        }
+        vfs.start_index_recovery(rebuild);
         Ok(vfs)
     }
 
@@ -233,7 +237,8 @@ impl Vfs {
         search: Arc<SearchIndex>,
     ) -> Result<Arc<Vfs>> {
         let loaded = durable.load()?;
-        let vfs = Vfs {
+        let outbox = crate::outbox::Outbox::new(durable.clone());
+        let vfs = Arc::new_cyclic(|me| Vfs {
             data_dir: data_dir.to_path_buf(),
             durable,
             volatile,
@@ -253,9 +258,12 @@ impl Vfs {
             invalidator: RwLock::new(None),
             search,
             query_inodes: Default::default(),
-        };
+            outbox,
+            index_recovery: Mutex::new(Vec::new()),
+            me: me.clone(),
+        });
         vfs.load(loaded)?;
-        Ok(Arc::new(vfs))
+        Ok(vfs)
     }
 
     /// Builds the in-memory tree from what the store holds, creating the root on first use and
@@ -268,6 +276,7 @@ impl Vfs {
             xattrs,
             meta,
         } = loaded;
+        *self.index_recovery.lock() = self.outbox.adopt(&meta);
         let mut max_ino = FIRST_FREE_INO - 1;
         let mut table: HashMap<Ino, Node> = HashMap::with_capacity(inodes.len() + 1);
         for rec in inodes {
@@ -479,7 +488,11 @@ impl Vfs {
 
     /// The status JSON of one agent.
     pub fn agent_status(&self, name: &str) -> Option<serde_json::Value> {
-        self.agent(name).map(|a| a.status_json())
+        self.agent(name).map(|a| {
+            let mut status = a.status_json();
+            status["index"] = self.index_status(name);
+            status
+        })
     }
 
     /// Identifies the caller of a request. Binding processes to agents comes with the signals

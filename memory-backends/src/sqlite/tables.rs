@@ -124,6 +124,12 @@ pub(super) fn apply(
                 .and_then(|mut s| s.execute(params![key, value]))
                 .map_err(sql)?;
         }
+        Change::DeleteMetaIf { key, value } => {
+            check_meta_key(key)?;
+            conn.prepare_cached("DELETE FROM meta WHERE key = ?1 AND value = ?2")
+                .and_then(|mut s| s.execute(params![key, value]))
+                .map_err(sql)?;
+        }
         Change::Audit(_) => {
             // Audit rows need their place in the chain: `insert_audit`, called by the applier.
             return Err(StoreError::Io(std::io::Error::other(

@@ -471,7 +471,7 @@ impl Vfs {
         check_checkpoint_name(name)?;
         let started = std::time::Instant::now();
         let mut invalidate: Vec<(Ino, Vec<u8>)> = Vec::new();
-        let (restored, copied, committed) = {
+        let (restored, copied, committed, ticket) = {
             let _cut = agent.cut.write();
             let _ns = self.ns.lock();
             let state = self.child_ino(agent.root, b"state")?;
@@ -550,13 +550,17 @@ impl Vfs {
                 detail: format!("{restored} nodes restored, {} removed", old.len()),
                 ..Default::default()
             };
-            // The durable classes and the record: one batch, all or nothing after a crash.
-            self.commit_batch(
-                Class::Semantic,
-                std::mem::take(&mut plan.durable),
-                Durability::Process,
-                Some(entry),
-            )?;
+            // The durable classes, the record and the index's outbox marker: one batch, all or
+            // nothing after a crash.
+            let mut durable = std::mem::take(&mut plan.durable);
+            let ticket = self.outbox.mark(&mut durable, &agent.name);
+            if let Err(e) =
+                self.commit_batch(Class::Semantic, durable, Durability::Process, Some(entry))
+            {
+                ticket.cancel();
+                return Err(e);
+            }
+            ticket.committed();
             // Working memory is RAM: gone after a crash anyway. Its chunks were put before,
             // so this commit has nothing left to refuse; should it fail, the live tree still
             // holds the chunks (put, never released) and stays right.
@@ -612,7 +616,7 @@ impl Vfs {
                 // An empty name: the directory's own attributes and listing.
                 invalidate.push((*dir, Vec::new()));
             }
-            (restored, copied, committed)
+            (restored, copied, committed, ticket)
         };
         // The kernel caches names for 1 s: drop the replaced ones now. After the locks are
         // released: the kernel takes the directory's lock to invalidate, and a call of the
@@ -620,7 +624,7 @@ impl Vfs {
         let swapped = started.elapsed();
         self.invalidate(agent, invalidate);
         // mem/semantic is now the checkpoint's: the index follows.
-        self.reindex_agent(agent);
+        self.reindex_agent(agent, Some(ticket));
         tracing::info!(
             agent = %agent.name,
             checkpoint = %String::from_utf8_lossy(name),

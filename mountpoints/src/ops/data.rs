@@ -186,12 +186,22 @@ impl Vfs {
             return Ok(());
         }
         let class = n.class;
-        let batch = self.file_batch(&mut n)?;
-        self.commit_batch(class, batch, durability, None)?;
+        let mut batch = self.file_batch(&mut n)?;
+        let ticket = match (&n.agent, class) {
+            (Some(agent), Class::Semantic) => Some(self.outbox.mark(&mut batch, agent)),
+            _ => None,
+        };
+        if let Err(e) = self.commit_batch(class, batch, durability, None) {
+            if let Some(t) = ticket {
+                t.cancel();
+            }
+            return Err(e);
+        }
         mark_synced(&mut n);
         drop(n);
-        if class == Class::Semantic {
-            self.index_committed(ino);
+        if let Some(t) = ticket {
+            t.committed();
+            self.index_committed(ino, Some(t));
         }
         Ok(())
     }
