@@ -71,6 +71,12 @@ pub trait Store: Send + Sync {
     /// Up to `limit` flight-recorder entries with seq above `after`, in seq order (only
     /// `agent`'s when given). A store that keeps no entries returns none. Entries a commit
     /// acknowledged may show up a few milliseconds later (the durable store's applier).
+    /// The appends recorded for file `ino` ([`Change::Append`]), in offset order. Like
+    /// [`Store::audit_after`], a store that keeps none returns none.
+    fn appends(&self, _ino: Ino) -> Result<Vec<AppendRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
     fn audit_after(
         &self,
         _after: u64,

@@ -18,7 +18,10 @@
 
 use crate::audit::{canonical_body, AuditRecord, ChainHead};
 use crate::checks::{check_batch, check_chunk_len, is_reserved_meta, missing_chunk};
-use crate::{Batch, Change, ChunkId, Durability, Ino, InodeRecord, LoadedState, Store, StoreError};
+use crate::{
+    AppendRecord, Batch, Change, ChunkId, Durability, Ino, InodeRecord, LoadedState, Store,
+    StoreError,
+};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -48,6 +51,8 @@ struct Tables {
     /// durable store; as working memory it never receives entries).
     audit: Vec<AuditRecord>,
     chain: ChainHead,
+    /// `(ino, offset)` → the append.
+    appends: BTreeMap<(Ino, u64), AppendRecord>,
 }
 
 /// Store that keeps everything in RAM. See the module docs for when chunk bytes are freed.
@@ -143,6 +148,7 @@ impl Tables {
             }
             Change::DeleteInode(ino) => {
                 self.inodes.remove(&ino);
+                self.appends.retain(|(i, _), _| *i != ino);
                 let slots: Vec<(Ino, u64)> = self
                     .chunks
                     .range((ino, 0)..=(ino, u64::MAX))
@@ -206,6 +212,9 @@ impl Tables {
             }
             Change::SetMeta { key, value } => {
                 self.meta.insert(key, value);
+            }
+            Change::Append(a) => {
+                self.appends.insert((a.ino, a.offset), a);
             }
             Change::DeleteMetaIf { key, value } => {
                 if self.meta.get(&key) == Some(&value) {
@@ -320,6 +329,14 @@ impl Store for RamStore {
 
     fn chunk_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn appends(&self, ino: Ino) -> Result<Vec<AppendRecord>, StoreError> {
+        let t = self.tables.lock();
+        Ok(t.appends
+            .range((ino, 0)..=(ino, u64::MAX))
+            .map(|(_, a)| *a)
+            .collect())
     }
 
     fn audit_after(

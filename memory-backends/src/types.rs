@@ -185,6 +185,18 @@ pub enum Change {
         key: String,
         value: String,
     },
+    /// One append to an episodic log: `len` bytes at `offset` of file `ino`, written at `time`
+    /// (kept so an agent's experience can be replayed in order; `agentfs episodes`).
+    Append(AppendRecord),
+}
+
+/// When a range of an episodic log was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendRecord {
+    pub ino: Ino,
+    pub offset: u64,
+    pub len: u64,
+    pub time: TimeNs,
 }
 
 /// Changes applied all-or-nothing by [`crate::Store::commit`].

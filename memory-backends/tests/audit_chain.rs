@@ -177,7 +177,12 @@ fn a_version_1_database_opens_and_migrates() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "3");
+    assert_eq!(version, "4");
+    // Version 4's table exists after the migration.
+    let appends: i64 = db(tmp.path())
+        .query_row("SELECT count(*) FROM appends", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(appends, 0);
     let report = verify(tmp.path());
     assert_eq!(report.problem, None, "{report:?}");
     assert_eq!(report.entries, 8);

@@ -285,3 +285,55 @@ fn a_database_held_by_another_program_is_locked_not_a_hang() {
     drop(other);
     open_sqlite(tmp.path());
 }
+
+#[test]
+fn appends_and_outbox_markers_persist_and_go_with_their_inode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let append = |offset, time| {
+        Change::Append(AppendRecord {
+            ino: 2,
+            offset,
+            len: 5,
+            time,
+        })
+    };
+    {
+        let store = SqliteStore::open(tmp.path(), StoreOptions { create: true }).unwrap();
+        let batch = Batch {
+            changes: vec![
+                Change::PutInode(inode(2, FileKind::File)),
+                append(0, 100),
+                append(5, 200),
+                Change::SetMeta {
+                    key: "search-outbox/a".into(),
+                    value: "7".into(),
+                },
+            ],
+        };
+        store.commit(batch, Durability::Process).unwrap();
+        // A compare-and-delete with a stale value leaves the marker.
+        let mut stale = Batch::new();
+        stale.push(Change::DeleteMetaIf {
+            key: "search-outbox/a".into(),
+            value: "6".into(),
+        });
+        store.commit(stale, Durability::Process).unwrap();
+    }
+    let store = SqliteStore::open(tmp.path(), StoreOptions { create: false }).unwrap();
+    let got = store.appends(2).unwrap();
+    assert_eq!(
+        got.iter().map(|a| (a.offset, a.time)).collect::<Vec<_>>(),
+        [(0, 100), (5, 200)]
+    );
+    let marker = ("search-outbox/a".to_string(), "7".to_string());
+    assert!(store.load().unwrap().meta.contains(&marker));
+    let mut clear = Batch::new();
+    clear.push(Change::DeleteMetaIf {
+        key: marker.0.clone(),
+        value: marker.1.clone(),
+    });
+    clear.push(Change::DeleteInode(2));
+    store.commit(clear, Durability::Process).unwrap();
+    assert!(store.appends(2).unwrap().is_empty());
+    assert!(!store.load().unwrap().meta.contains(&marker));
+}

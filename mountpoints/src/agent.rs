@@ -31,6 +31,8 @@ pub struct Agent {
     pub cut: RwLock<()>,
     /// The last rollback: checkpoint name and when it took effect (read from `rollback`).
     pub last_rollback: Mutex<Option<(String, TimeNs)>>,
+    /// The last prune of episodic logs: logs deleted, the time given, when (read from `prune`).
+    pub last_prune: Mutex<Option<(usize, TimeNs, TimeNs)>>,
     ops: [AtomicU64; Op::ALL.len()],
     errors: AtomicU64,
     /// Bytes held per memory class: working, episodic, semantic.
@@ -53,6 +55,7 @@ impl Agent {
             limits: Mutex::new(()),
             cut: RwLock::new(()),
             last_rollback: Mutex::new(None),
+            last_prune: Mutex::new(None),
             ops: Default::default(),
             errors: AtomicU64::new(0),
             bytes: Default::default(),

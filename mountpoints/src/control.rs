@@ -70,6 +70,7 @@ impl Vfs {
             Virtual::Pids(_) => ("pids", "bind"),
             Virtual::Rollback(_) => ("rollback", "rollback"),
             Virtual::Index(_) => ("index", "reindex"),
+            Virtual::Prune(_) => ("prune", "episodes-prune"),
             _ => ("signal", "signal"),
         };
         let result = if caller.agent.is_some() {
@@ -86,6 +87,7 @@ impl Vfs {
                         Err(e) => Err(e),
                     }
                 }
+                Virtual::Prune(_) => self.write_prune(caller, agent, data),
                 Virtual::Index(_) => match control_word(data) {
                     b"rebuild" => self.request_reindex(agent),
                     _ => Err(VfsError::Invalid("write rebuild to an index file")),
@@ -110,6 +112,20 @@ impl Vfs {
             ..Default::default()
         });
         result.map(|()| data.len() as u32)
+    }
+
+    /// `echo NS > prune`: delete the agent's logs last written before NS.
+    fn write_prune(&self, caller: &Caller, agent: &Arc<Agent>, data: &[u8]) -> Result<()> {
+        let before = std::str::from_utf8(control_word(data))
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .filter(|t| *t >= 0)
+            .ok_or(VfsError::Invalid(
+                "write a time in nanoseconds since the epoch to a prune file",
+            ))?;
+        let logs = self.prune_episodes(caller, agent, before)?;
+        *agent.last_prune.lock() = Some((logs, before, now_ns()));
+        Ok(())
     }
 
     fn write_signal(&self, agent: &Arc<Agent>, data: &[u8]) -> Result<()> {

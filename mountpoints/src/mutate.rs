@@ -179,6 +179,18 @@ pub(crate) struct Txn {
 }
 
 impl Txn {
+    /// A change the daemon makes for an operator outside the choke point (a prune): recorded
+    /// like any other, decided by no policy.
+    pub(crate) fn operator(entry: AuditEntry) -> Txn {
+        Txn {
+            entry,
+            committed: false,
+            asker: None,
+            outbox_for: None,
+            ticket: None,
+        }
+    }
+
     /// Commits `batch` and this call's audit entry atomically: durable changes and the entry
     /// in one durable transaction; RAM changes into the RAM store with the entry queued for the
     /// next durable commit (working memory is recorded too, just not with the same fsync).

@@ -83,6 +83,9 @@ pub struct FileData {
     pub dirty: bool,
     /// Number of [`Slot::Dirty`] slots (their bytes are in RAM only).
     pub dirty_slots: usize,
+    /// Writes to an episodic log since the last commit, with their times: committed with the
+    /// content ([`agentfs_memory::Change::Append`]).
+    pub appends: Vec<agentfs_memory::AppendRecord>,
 }
 
 /// One chunk of a file.

@@ -339,10 +339,10 @@ impl Vfs {
         for (done, ino) in files.into_iter().enumerate() {
             all_sent &= self.index_file(ino);
             let done = done as u64 + 1;
-            if done % 256 == 0 || done == total {
+            if done.is_multiple_of(256) || done == total {
                 self.outbox.set_rebuild(&agent.name, Some((done, total)));
             }
-            if done % 10_000 == 0 {
+            if done.is_multiple_of(10_000) {
                 tracing::info!(agent = %agent.name, done, total, "rebuilding the search index");
             }
         }

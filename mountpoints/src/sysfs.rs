@@ -9,6 +9,8 @@
 //! ├── audit                 the whole flight record, JSON lines (grows)
 //! ├── agents/AGENT/rollback write a checkpoint name: mem/ becomes that checkpoint
 //! ├── agents/AGENT/index    JSON: the search index's state; write `rebuild` to rebuild it
+//! ├── agents/AGENT/episodes every write to the episodic logs with its time, JSON lines
+//! ├── agents/AGENT/prune    write a time (ns since the epoch): delete logs last written before
 //! └── policy/               the loaded policy sources and `version` (policyview.rs)
 //! ```
 
@@ -41,6 +43,8 @@ const AGENT_AUDIT: Ino = 5;
 /// `AGENT/mem/semantic/.search/`.
 const AGENT_SEARCH_DIR: Ino = 6;
 const AGENT_INDEX: Ino = 7;
+const AGENT_EPISODES: Ino = 10;
+const AGENT_PRUNE: Ino = 11;
 
 /// A node of the control tree.
 pub(crate) enum Virtual {
@@ -54,6 +58,10 @@ pub(crate) enum Virtual {
     Rollback(Arc<Agent>),
     /// `sys/agents/AGENT/index`: the search index's state; `rebuild` rebuilds it.
     Index(Arc<Agent>),
+    /// `sys/agents/AGENT/episodes`: the episodic timeline, JSON lines.
+    Episodes(Arc<Agent>),
+    /// `sys/agents/AGENT/prune`: write a time to delete the logs last written before it.
+    Prune(Arc<Agent>),
     /// `sys/policy/NN-NAME`: policy source `i` (0: the built-in policy), and `version`.
     PolicySource(usize),
     PolicyVersion,
@@ -100,6 +108,8 @@ impl Virtual {
                     AGENT_AUDIT => Some(Virtual::AgentAudit(agent)),
                     AGENT_SEARCH_DIR => Some(Virtual::SearchDir(agent)),
                     AGENT_INDEX => Some(Virtual::Index(agent)),
+                    AGENT_EPISODES => Some(Virtual::Episodes(agent)),
+                    AGENT_PRUNE => Some(Virtual::Prune(agent)),
                     _ => None,
                 }
             }
@@ -118,6 +128,8 @@ impl Virtual {
             Virtual::Pids(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_PIDS,
             Virtual::Rollback(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_ROLLBACK,
             Virtual::Index(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_INDEX,
+            Virtual::Episodes(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_EPISODES,
+            Virtual::Prune(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_PRUNE,
             Virtual::PolicySource(i) => SYS_POLICY_FILES + 1 + *i as Ino,
             Virtual::PolicyVersion => SYS_POLICY_FILES,
             Virtual::AgentPolicy(a, v) => {
@@ -144,6 +156,8 @@ impl Virtual {
             | Virtual::Pids(a)
             | Virtual::AgentAudit(a)
             | Virtual::Index(a)
+            | Virtual::Episodes(a)
+            | Virtual::Prune(a)
             | Virtual::Rollback(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_DIR,
             Virtual::PolicySource(_) | Virtual::PolicyVersion => SYS_POLICY_INO,
             Virtual::AgentPolicy(a, _) => vfs.policy_dir_of(a).unwrap_or(a.root),
@@ -183,7 +197,8 @@ impl Virtual {
                 Virtual::Signal(_)
                 | Virtual::Pids(_)
                 | Virtual::Rollback(_)
-                | Virtual::Index(_) => 0o644,
+                | Virtual::Index(_)
+                | Virtual::Prune(_) => 0o644,
                 _ => 0o444,
             },
             uid: 0,
@@ -220,7 +235,9 @@ impl Virtual {
                 .map(|a| (a.name.as_bytes().to_vec(), Virtual::AgentDir(a.clone())))
                 .collect(),
             Virtual::AgentDir(a) => vec![
+                (b"episodes".to_vec(), Virtual::Episodes(a.clone())),
                 (b"index".to_vec(), Virtual::Index(a.clone())),
+                (b"prune".to_vec(), Virtual::Prune(a.clone())),
                 (b"pids".to_vec(), Virtual::Pids(a.clone())),
                 (b"rollback".to_vec(), Virtual::Rollback(a.clone())),
                 (b"signal".to_vec(), Virtual::Signal(a.clone())),
@@ -340,6 +357,8 @@ impl Virtual {
             | Virtual::SearchDir(a)
             | Virtual::SearchQuery(a, _, _)
             | Virtual::Index(a)
+            | Virtual::Episodes(a)
+            | Virtual::Prune(a)
             | Virtual::Rollback(a) => Some(a),
             _ => None,
         }
@@ -348,9 +367,11 @@ impl Virtual {
     /// The agent whose control file this is, if it is a writable one.
     pub(crate) fn control_of(&self) -> Option<&Arc<Agent>> {
         match self {
-            Virtual::Signal(a) | Virtual::Pids(a) | Virtual::Rollback(a) | Virtual::Index(a) => {
-                Some(a)
-            }
+            Virtual::Signal(a)
+            | Virtual::Pids(a)
+            | Virtual::Rollback(a)
+            | Virtual::Index(a)
+            | Virtual::Prune(a) => Some(a),
             _ => None,
         }
     }
@@ -385,6 +406,13 @@ impl Virtual {
                 Ok(out)
             }
             Virtual::Signal(a) => Ok(format!("{}\n", a.gate.state().0).into_bytes()),
+            Virtual::Episodes(a) => vfs.episodes_file(a),
+            // The last prune, `LOGS BEFORE_NS AT_NS`, or nothing.
+            Virtual::Prune(a) => Ok(a
+                .last_prune
+                .lock()
+                .map(|(logs, before, at)| format!("{logs} {before} {at}\n").into_bytes())
+                .unwrap_or_default()),
             Virtual::Index(a) => {
                 let mut out = serde_json::to_vec(&vfs.index_status(&a.name))
                     .map_err(|_| VfsError::Invalid("index"))?;

@@ -7,6 +7,7 @@ use crate::error::CliError;
 pub mod agents;
 pub mod audit;
 pub mod checkpoints;
+pub mod episodes;
 pub mod mount;
 pub mod policy;
 pub mod search;
@@ -78,6 +79,10 @@ pub enum Command {
     Diff(checkpoints::DiffArgs),
     /// Search an agent's semantic memory (reads MNT/AGENT/mem/semantic/.search/QUERY)
     Search(search::SearchArgs),
+    /// An agent's episodic logs as a timeline (each write with its time), or prune old logs
+    Episodes(episodes::EpisodesArgs),
+    /// Rebuild the search index of one agent, or of all, from the store
+    Reindex(search::ReindexArgs),
 }
 
 impl Cli {
@@ -94,6 +99,8 @@ impl Cli {
             Command::Rollback(args) => checkpoints::rollback(args),
             Command::Diff(args) => checkpoints::diff(args),
             Command::Search(args) => search::run(args),
+            Command::Episodes(args) => episodes::run(args),
+            Command::Reindex(args) => search::reindex(args),
         }
     }
 }

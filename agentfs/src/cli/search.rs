@@ -63,3 +63,80 @@ fn query_file(mnt: &Path, agent: &str, query: &str) -> Result<String, CliError> 
     std::fs::read_to_string(&file)
         .map_err(|e| CliError::Reported(format!("{}: {}", file.display(), reason(&e))))
 }
+
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    /// Only this agent [default: every agent]
+    pub agent: Option<String>,
+    /// Start the rebuild and return; do not wait for it to finish
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub mount: MountSel,
+}
+
+/// `agentfs reindex [AGENT]`: writes `rebuild` to each agent's `sys/agents/A/index` and waits
+/// until every index reads `ready`, with progress on a terminal.
+pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
+    let mnt = args.mount.resolve()?;
+    let agents: Vec<String> = match &args.agent {
+        Some(a) => {
+            agent_dir(&mnt, a)?;
+            vec![a.clone()]
+        }
+        None => {
+            let dir = mnt.join("sys/agents");
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .map_err(|e| CliError::Reported(format!("{}: {}", dir.display(), reason(&e))))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    for agent in &agents {
+        let ctl = mnt.join("sys/agents").join(agent).join("index");
+        match std::fs::write(&ctl, "rebuild\n") {
+            Ok(()) => {}
+            // One is running already: wait for that one.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => {
+                let why = match e.raw_os_error() {
+                    Some(libc::EPERM) => {
+                        "refused: only an operator (an unbound process) may reindex".into()
+                    }
+                    _ => reason(&e),
+                };
+                return Err(CliError::Reported(format!("{}: {why}", ctl.display())));
+            }
+        }
+    }
+    if args.no_wait {
+        return Ok(());
+    }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    for agent in &agents {
+        let ctl = mnt.join("sys/agents").join(agent).join("index");
+        loop {
+            let text = std::fs::read_to_string(&ctl)
+                .map_err(|e| CliError::Reported(format!("{}: {}", ctl.display(), reason(&e))))?;
+            let status: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::Reported(format!("{}: not JSON ({e})", ctl.display())))?;
+            if status["state"] == "ready" {
+                break;
+            }
+            if tty {
+                let done = status["rebuild"]["done"].as_u64().unwrap_or(0);
+                let total = status["rebuild"]["total"].as_u64().unwrap_or(0);
+                eprint!("\ragentfs: reindexing {agent}: {done}/{total} files   ");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if tty {
+            eprint!("\r\x1b[K");
+        }
+        eprintln!("agentfs: {agent}: search index rebuilt");
+    }
+    Ok(())
+}

@@ -23,7 +23,7 @@ mod tables;
 use crate::audit::{canonical_body, AuditRecord, ChainHead};
 use crate::checks::{check_batch, check_chunk_len, missing_chunk};
 use crate::Change;
-use crate::{Batch, ChunkId, Durability, LoadedState, Store, StoreError};
+use crate::{AppendRecord, Batch, ChunkId, Durability, Ino, LoadedState, Store, StoreError};
 use applier::Applier;
 use head::HeadPin;
 use journal::{Journal, Link, Record, SEGMENT_LIMIT};
@@ -421,6 +421,12 @@ impl Store for SqliteStore {
         // Every entry up to `head` is on the disk (in the journal): pin it. The head file is
         // not fsynced here: after a power loss it may be older, never newer, than the chain.
         self.pin.advance(head, false)
+    }
+
+    /// Waits for the applier first, so an append acknowledged before the call is listed.
+    fn appends(&self, ino: Ino) -> Result<Vec<AppendRecord>, StoreError> {
+        self.wait_applied()?;
+        tables::appends(&self.conn.lock(), &self.db_path, ino)
     }
 
     fn audit_after(

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Version written by this code. Bump it (and add a migration) on any schema change.
-pub(super) const SCHEMA_VERSION: u32 = 3;
+pub(super) const SCHEMA_VERSION: u32 = 4;
 
 /// Meta key holding the schema version.
 pub(super) const VERSION_KEY: &str = "schema_version";
@@ -87,6 +87,27 @@ CREATE TABLE IF NOT EXISTS audit(
     prev_hash BLOB,
     hash BLOB
 );
+CREATE TABLE IF NOT EXISTS appends(
+    ino INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    PRIMARY KEY(ino, "offset")
+) WITHOUT ROWID;
+"#;
+
+/// Version 4 keeps the time of every append to an episodic log (`appends`).
+const MIGRATE_3_TO_4: &str = r#"
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS appends(
+    ino INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    PRIMARY KEY(ino, "offset")
+) WITHOUT ROWID;
+UPDATE meta SET value = '4' WHERE key = 'schema_version';
+COMMIT;
 "#;
 
 /// Version 2 added the policy decision and the fields the flight recorder needs to the
@@ -198,9 +219,14 @@ pub(super) fn init_or_check(conn: &Connection, db: &Path, create: bool) -> Resul
         Ok(1) => {
             conn.execute_batch(MIGRATE_1_TO_2)
                 .map_err(|e| errors::sql_at_open(e, db))?;
-            migrate_2_to_3(conn, db)
+            migrate_2_to_3(conn, db)?;
+            migrate_3_to_4(conn, db)
         }
-        Ok(2) => migrate_2_to_3(conn, db),
+        Ok(2) => {
+            migrate_2_to_3(conn, db)?;
+            migrate_3_to_4(conn, db)
+        }
+        Ok(3) => migrate_3_to_4(conn, db),
         Ok(v) => Err(StoreError::Corrupt(format!(
             "{}: schema version {v} is older than {SCHEMA_VERSION} and no migration exists",
             db.display()
@@ -210,6 +236,11 @@ pub(super) fn init_or_check(conn: &Connection, db: &Path, create: bool) -> Resul
             db.display()
         ))),
     }
+}
+
+fn migrate_3_to_4(conn: &Connection, db: &Path) -> Result<(), StoreError> {
+    conn.execute_batch(MIGRATE_3_TO_4)
+        .map_err(|e| errors::sql_at_open(e, db))
 }
 
 /// Adds the chain columns and chains every existing row, in seq order, in one transaction. The

@@ -7,7 +7,9 @@ use super::packs::Loc;
 use super::schema::{APPLIED_SEQ_KEY, SYNC_SEQ_KEY};
 use crate::audit::ChainHead;
 use crate::checks::{check_meta_key, is_reserved_meta, missing_chunk};
-use crate::{AuditEntry, Change, ChunkId, FileKind, InodeRecord, LoadedState, StoreError};
+use crate::{
+    AppendRecord, AuditEntry, Change, ChunkId, FileKind, Ino, InodeRecord, LoadedState, StoreError,
+};
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use std::path::Path;
 
@@ -61,6 +63,7 @@ pub(super) fn apply(
                 "DELETE FROM inodes WHERE ino = ?1",
                 "DELETE FROM chunks WHERE ino = ?1",
                 "DELETE FROM xattrs WHERE ino = ?1",
+                "DELETE FROM appends WHERE ino = ?1",
             ] {
                 conn.prepare_cached(stmt)
                     .and_then(|mut s| s.execute([*ino as i64]))
@@ -123,6 +126,20 @@ pub(super) fn apply(
             conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")
                 .and_then(|mut s| s.execute(params![key, value]))
                 .map_err(sql)?;
+        }
+        Change::Append(a) => {
+            conn.prepare_cached(
+                r#"INSERT OR REPLACE INTO appends(ino, "offset", len, time) VALUES (?1, ?2, ?3, ?4)"#,
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    a.ino as i64,
+                    a.offset as i64,
+                    a.len as i64,
+                    a.time
+                ])
+            })
+            .map_err(sql)?;
         }
         Change::DeleteMetaIf { key, value } => {
             check_meta_key(key)?;
@@ -438,4 +455,29 @@ fn chunk_id(hash: Vec<u8>, table: &str, db: &Path) -> Result<ChunkId, StoreError
                 hash.len()
             ))
         })
+}
+
+/// The `appends` rows of one file, in offset order.
+pub(super) fn appends(
+    conn: &Connection,
+    db: &Path,
+    ino: Ino,
+) -> Result<Vec<AppendRecord>, StoreError> {
+    let sql = |e| errors::sql(e, db);
+    let mut stmt = conn
+        .prepare_cached(
+            r#"SELECT "offset", len, time FROM appends WHERE ino = ?1 ORDER BY "offset""#,
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([ino as i64], |r| {
+            Ok(AppendRecord {
+                ino,
+                offset: r.get::<_, i64>(0)? as u64,
+                len: r.get::<_, i64>(1)? as u64,
+                time: r.get(2)?,
+            })
+        })
+        .map_err(sql)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sql)
 }

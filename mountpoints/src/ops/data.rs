@@ -10,7 +10,9 @@ use crate::error::{Result, VfsError};
 use crate::mutate::Txn;
 use crate::node::{Body, Class, FileData, Node, Slot};
 use crate::vfs::{now_ns, Vfs};
-use agentfs_memory::{AuditEntry, Batch, Change, ChunkId, Durability, Ino, Store, CHUNK_SIZE};
+use agentfs_memory::{
+    AppendRecord, AuditEntry, Batch, Change, ChunkId, Durability, Ino, Store, CHUNK_SIZE,
+};
 use rayon::prelude::*;
 
 /// Writes past 1 TiB get EFBIG.
@@ -60,7 +62,8 @@ impl Vfs {
         }
         // After the policy: its append-only rule (a violation) answers first; this fixed
         // rule holds whatever the policy says.
-        if n.class == Class::Episodic && offset != old_size {
+        let episodic = n.class == Class::Episodic;
+        if episodic && offset != old_size {
             return Err(VfsError::NotPermitted(
                 "mem/episodic is append-only: writes go at the end",
             ));
@@ -122,6 +125,14 @@ impl Vfs {
             let _ = seal_all(file, store.as_ref());
         }
         let now = now_ns();
+        if episodic {
+            file.appends.push(AppendRecord {
+                ino,
+                offset,
+                len: data.len() as u64,
+                time: now,
+            });
+        }
         n.attr.size = old_size.max(end);
         n.attr.mtime = now;
         n.attr.ctime = now;
@@ -234,6 +245,9 @@ impl Vfs {
                     .collect();
                 batch.push(Change::SetChunks { ino, chunks });
             }
+            batch
+                .changes
+                .extend(file.appends.iter().copied().map(Change::Append));
         }
         batch.push(Change::PutInode(n.attr.clone()));
         Ok(batch)
@@ -280,6 +294,7 @@ pub(crate) fn mark_synced(n: &mut Node) {
         file.unsynced.clear();
         file.truncated_from = None;
         file.dirty = false;
+        file.appends.clear();
     }
 }
 

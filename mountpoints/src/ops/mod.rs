@@ -3,5 +3,6 @@
 pub(crate) mod attr;
 pub(crate) mod checkpoint;
 pub(crate) mod data;
+pub(crate) mod episodes;
 pub(crate) mod namespace;
 pub(crate) mod working;
