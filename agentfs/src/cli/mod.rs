@@ -8,6 +8,8 @@ pub mod agents;
 pub mod audit;
 pub mod checkpoints;
 pub mod mount;
+pub mod mounthelper;
+pub mod mountopts;
 pub mod policy;
 pub mod search;
 pub mod unmount;
