@@ -136,3 +136,49 @@ fn data_dir_falls_back_to_home_local_share() {
     );
     let _ = fs::remove_dir_all(&d);
 }
+
+/// The systemd units under contrib/systemd/ pass `systemd-analyze verify` (skipped where it
+/// is not installed). The units name /usr/local/bin/agentfs, which need not exist here: the
+/// copies checked point at the binary under test instead.
+#[test]
+fn contrib_systemd_units_verify() {
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        eprintln!(
+            "SKIP contrib_systemd_units_verify: no {}",
+            analyze.display()
+        );
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd");
+    let dir = fresh_dir("cli-units");
+    let bin_path = std::path::absolute(bin()).expect("absolute binary path");
+    let mut units = Vec::new();
+    for name in ["agentfs@.service", "agents.mount"] {
+        let text = fs::read_to_string(src.join(name))
+            .unwrap_or_else(|e| panic!("read contrib/systemd/{name}: {e}"));
+        assert!(
+            name.ends_with(".mount") || text.contains("/usr/local/bin/agentfs "),
+            "{name} no longer names /usr/local/bin/agentfs: update this test and the docs"
+        );
+        let text = text.replace("/usr/local/bin/agentfs", &bin_path.to_string_lossy());
+        fs::write(dir.join(name), text).expect("write the unit copy");
+        // A template is verified through one of its instances.
+        units.push(dir.join(name.replace("@.", "@agents.")));
+    }
+    let out = run(Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .current_dir(&dir));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("agentfs") || l.contains("agents.mount"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {}\n{stderr}",
+        out.status
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
