@@ -182,3 +182,83 @@ fn contrib_systemd_units_verify() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Every verb of `agentfs --help`, for the completion and man page checks.
+const VERBS: &[&str] = &[
+    "mount",
+    "unmount",
+    "policy",
+    "signal",
+    "ps",
+    "run",
+    "audit",
+    "snapshot",
+    "rollback",
+    "diff",
+    "search",
+    "completions",
+    "man",
+];
+
+#[test]
+fn completions_for_every_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(Command::new(bin()).args(["completions", shell]));
+        assert!(out.status.success(), "completions {shell}: {}", out.status);
+        let script = String::from_utf8_lossy(&out.stdout);
+        for verb in ["mount", "audit"] {
+            assert!(
+                script.contains(verb),
+                "{shell} completion lacks {verb}:\n{script}"
+            );
+        }
+    }
+    let out = run(Command::new(bin()).args(["completions", "bash"]));
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F _agentfs"), "{script}");
+    // An unknown shell is a usage error.
+    let out = run(Command::new(bin()).args(["completions", "tcsh"]));
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// The first roff request of a page, after the two-line apostrophe preamble roff writes.
+fn first_request(page: &str) -> &str {
+    page.lines()
+        .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn man_page_on_stdout_and_in_a_directory() {
+    let out = run(Command::new(bin()).arg("man"));
+    assert!(out.status.success(), "agentfs man: {}", out.status);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(first_request(&page).starts_with(".TH agentfs 1"), "{page}");
+    for verb in VERBS {
+        assert!(page.contains(verb), "agentfs.1 does not name {verb}");
+    }
+
+    let dir = fresh_dir("cli-man").join("man1");
+    let out = run(Command::new(bin()).arg("man").arg("--out").arg(&dir));
+    assert!(
+        out.status.success(),
+        "agentfs man --out: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pages = vec![
+        String::from("agentfs.1"),
+        String::from("mount.fuse.agentfs.8"),
+    ];
+    pages.extend(VERBS.iter().map(|v| format!("agentfs-{v}.1")));
+    pages.push(String::from("agentfs-audit-tail.1"));
+    for name in &pages {
+        let text = fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("man --out did not write {name}: {e}"));
+        assert!(first_request(&text).starts_with(".TH"), "{name}: {text}");
+    }
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.lines().count(), fs::read_dir(&dir).unwrap().count());
+    if let Some(parent) = dir.parent() {
+        let _ = fs::remove_dir_all(parent);
+    }
+}

@@ -7,6 +7,7 @@ use crate::error::CliError;
 pub mod agents;
 pub mod audit;
 pub mod checkpoints;
+pub mod completions;
 pub mod mount;
 pub mod mounthelper;
 pub mod mountopts;
@@ -80,6 +81,10 @@ pub enum Command {
     Diff(checkpoints::DiffArgs),
     /// Search an agent's semantic memory (reads MNT/AGENT/mem/semantic/.search/QUERY)
     Search(search::SearchArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    Completions(completions::CompletionsArgs),
+    /// Print the agentfs(1) man page, or write every page into a directory with --out DIR
+    Man(completions::ManArgs),
 }
 
 impl Cli {
@@ -96,6 +101,8 @@ impl Cli {
             Command::Rollback(args) => checkpoints::rollback(args),
             Command::Diff(args) => checkpoints::diff(args),
             Command::Search(args) => search::run(args),
+            Command::Completions(args) => completions::completions(args),
+            Command::Man(args) => completions::man(args),
         }
     }
 }

@@ -71,6 +71,12 @@ struct HelperArgs {
     fstype: Option<String>,
 }
 
+/// The helper's command line, for its man page (mount.fuse.agentfs.8).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    HelperArgs::command()
+}
+
 /// Some(exit status) when this process was started as the mount helper.
 pub fn dispatch() -> Option<ExitCode> {
     let argv: Vec<OsString> = std::env::args_os().collect();
