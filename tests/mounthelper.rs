@@ -315,3 +315,75 @@ fn mount_8_and_an_fstab_line_use_the_helper() {
     drop(m);
     let _ = fs::remove_dir_all(&root);
 }
+
+/// What systemd would run for `agentfs@.service`, without systemd: its ExecStartPre,
+/// ExecStart, ExecReload and ExecStop lines with %f, %i and the binary path filled in for a
+/// temp mountpoint, and the Type=forking contract: once ExecStart returns, PIDFile names the
+/// running daemon; ExecStop returns only after that daemon has exited.
+#[test]
+fn systemd_service_commands_follow_the_forking_contract() {
+    if !can_mount() {
+        return;
+    }
+    let _wd = Watchdog::new(DEFAULT_TEST_SECS);
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd/agentfs@.service"),
+    )
+    .expect("read contrib/systemd/agentfs@.service");
+    let root = fresh_dir("test-unit");
+    let mnt = root.join("mnt");
+    let state = root.join("state");
+    let bin_path = std::path::absolute(bin()).expect("absolute binary path");
+    let fill = |s: &str| {
+        s.replace("/usr/local/bin/agentfs", &bin_path.to_string_lossy())
+            .replace("/var/lib/agentfs/%i", &state.to_string_lossy())
+            .replace("%f", &mnt.to_string_lossy())
+            .replace("$AGENTFS_MOUNT_FLAGS", "")
+    };
+    let key = |k: &str| -> String {
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("agentfs@.service has no {k}="));
+        fill(line)
+    };
+    assert_eq!(key("Type"), "forking");
+    let exec = |k: &str| {
+        let line = key(k);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let out = run(Command::new(words[0]).args(&words[1..]));
+        assert!(out.status.success(), "{k}={line}: {}", text(&out));
+    };
+    // StateDirectory= would create the state dir; agentfs creates a missing data dir itself.
+    exec("ExecStartPre");
+    exec("ExecStart");
+    let mut m = Mount::unmounted(mnt.clone(), state.clone(), None);
+    m.mark_mounted();
+    let pid_file = PathBuf::from(key("PIDFile"));
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("no PIDFile {} after ExecStart: {e}", pid_file.display()))
+        .trim()
+        .parse()
+        .expect("a pid in the PIDFile");
+    assert!(pid_alive(pid), "PIDFile names {pid}, which is not running");
+    assert_eq!(Some(pid), m.daemon_pid());
+    fs::create_dir(mnt.join("a")).expect("mkdir agent a");
+    fs::write(mnt.join("a/mem/semantic/fact"), b"kept\n").expect("write a fact");
+    exec("ExecReload");
+    exec("ExecStop");
+    m.mark_unmounted();
+    assert!(
+        !pid_alive(pid),
+        "the daemon still runs after ExecStop returned"
+    );
+    assert!(!is_mounted(&mnt), "still mounted after ExecStop");
+    // What was written is in the store: mount again and read it back.
+    m.mount();
+    assert_eq!(
+        fs::read(mnt.join("a/mem/semantic/fact")).expect("read the fact"),
+        b"kept\n"
+    );
+    m.unmount();
+    drop(m);
+    let _ = fs::remove_dir_all(&root);
+}
