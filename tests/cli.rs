@@ -136,3 +136,129 @@ fn data_dir_falls_back_to_home_local_share() {
     );
     let _ = fs::remove_dir_all(&d);
 }
+
+/// The systemd units under contrib/systemd/ pass `systemd-analyze verify` (skipped where it
+/// is not installed). The units name /usr/local/bin/agentfs, which need not exist here: the
+/// copies checked point at the binary under test instead.
+#[test]
+fn contrib_systemd_units_verify() {
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        eprintln!(
+            "SKIP contrib_systemd_units_verify: no {}",
+            analyze.display()
+        );
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd");
+    let dir = fresh_dir("cli-units");
+    let bin_path = std::path::absolute(bin()).expect("absolute binary path");
+    let mut units = Vec::new();
+    for name in ["agentfs@.service", "agents.mount"] {
+        let text = fs::read_to_string(src.join(name))
+            .unwrap_or_else(|e| panic!("read contrib/systemd/{name}: {e}"));
+        assert!(
+            name.ends_with(".mount") || text.contains("/usr/local/bin/agentfs "),
+            "{name} no longer names /usr/local/bin/agentfs: update this test and the docs"
+        );
+        let text = text.replace("/usr/local/bin/agentfs", &bin_path.to_string_lossy());
+        fs::write(dir.join(name), text).expect("write the unit copy");
+        // A template is verified through one of its instances.
+        units.push(dir.join(name.replace("@.", "@agents.")));
+    }
+    let out = run(Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .current_dir(&dir));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("agentfs") || l.contains("agents.mount"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {}\n{stderr}",
+        out.status
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Every verb of `agentfs --help`, for the completion and man page checks.
+const VERBS: &[&str] = &[
+    "mount",
+    "unmount",
+    "policy",
+    "signal",
+    "ps",
+    "run",
+    "audit",
+    "snapshot",
+    "rollback",
+    "diff",
+    "search",
+    "completions",
+    "man",
+];
+
+#[test]
+fn completions_for_every_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(Command::new(bin()).args(["completions", shell]));
+        assert!(out.status.success(), "completions {shell}: {}", out.status);
+        let script = String::from_utf8_lossy(&out.stdout);
+        for verb in ["mount", "audit"] {
+            assert!(
+                script.contains(verb),
+                "{shell} completion lacks {verb}:\n{script}"
+            );
+        }
+    }
+    let out = run(Command::new(bin()).args(["completions", "bash"]));
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F _agentfs"), "{script}");
+    // An unknown shell is a usage error.
+    let out = run(Command::new(bin()).args(["completions", "tcsh"]));
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// The first roff request of a page, after the two-line apostrophe preamble roff writes.
+fn first_request(page: &str) -> &str {
+    page.lines()
+        .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn man_page_on_stdout_and_in_a_directory() {
+    let out = run(Command::new(bin()).arg("man"));
+    assert!(out.status.success(), "agentfs man: {}", out.status);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(first_request(&page).starts_with(".TH agentfs 1"), "{page}");
+    for verb in VERBS {
+        assert!(page.contains(verb), "agentfs.1 does not name {verb}");
+    }
+
+    let dir = fresh_dir("cli-man").join("man1");
+    let out = run(Command::new(bin()).arg("man").arg("--out").arg(&dir));
+    assert!(
+        out.status.success(),
+        "agentfs man --out: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pages = vec![
+        String::from("agentfs.1"),
+        String::from("mount.fuse.agentfs.8"),
+    ];
+    pages.extend(VERBS.iter().map(|v| format!("agentfs-{v}.1")));
+    pages.push(String::from("agentfs-audit-tail.1"));
+    for name in &pages {
+        let text = fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("man --out did not write {name}: {e}"));
+        assert!(first_request(&text).starts_with(".TH"), "{name}: {text}");
+    }
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.lines().count(), fs::read_dir(&dir).unwrap().count());
+    if let Some(parent) = dir.parent() {
+        let _ = fs::remove_dir_all(parent);
+    }
+}

@@ -142,6 +142,7 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
 
     let mut opts = MountOptions {
         fsname: format!("{FSNAME_PREFIX}{}", data_dir.display()),
+        read_only: args.read_only,
         ..MountOptions::default()
     };
     if let Some(n) = args.threads {
@@ -179,8 +180,9 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
         })?;
 
     info!(
-        "mounted {} with {} FUSE threads",
+        "mounted {}{} with {} FUSE threads",
         mnt.display(),
+        if opts.read_only { " read-only" } else { "" },
         opts.threads
     );
     pipe.ready();

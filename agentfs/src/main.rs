@@ -19,6 +19,10 @@ use crate::cli::Cli;
 use crate::error::CliError;
 
 fn main() -> ExitCode {
+    // Started as /sbin/mount.fuse.agentfs by mount(8): the mount helper's own command line.
+    if let Some(code) = cli::mounthelper::dispatch() {
+        return code;
+    }
     // Usage errors print clap's message and exit with status 2.
     let cli = Cli::parse();
     match cli.run() {

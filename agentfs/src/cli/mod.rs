@@ -7,8 +7,11 @@ use crate::error::CliError;
 pub mod agents;
 pub mod audit;
 pub mod checkpoints;
+pub mod completions;
 pub mod episodes;
 pub mod mount;
+pub mod mounthelper;
+pub mod mountopts;
 pub mod policy;
 pub mod search;
 pub mod unmount;
@@ -83,6 +86,10 @@ pub enum Command {
     Episodes(episodes::EpisodesArgs),
     /// Rebuild the search index of one agent, or of all, from the store
     Reindex(search::ReindexArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    Completions(completions::CompletionsArgs),
+    /// Print the agentfs(1) man page, or write every page into a directory with --out DIR
+    Man(completions::ManArgs),
 }
 
 impl Cli {
@@ -101,6 +108,8 @@ impl Cli {
             Command::Search(args) => search::run(args),
             Command::Episodes(args) => episodes::run(args),
             Command::Reindex(args) => search::reindex(args),
+            Command::Completions(args) => completions::completions(args),
+            Command::Man(args) => completions::man(args),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use clap::Args;
 
 use crate::checks;
+use crate::cli::mountopts::{self, MountOpt};
 use crate::daemon;
 use crate::datadir;
 use crate::error::CliError;
@@ -60,9 +61,51 @@ pub struct MountArgs {
     #[arg(long, value_name = "L", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
 
+    /// Mount the tree read-only: every write, control files included, fails with EROFS
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Mount options as in fstab, comma-separated, repeatable: ro, rw, allow_other,
+    /// default_permissions, data_dir=D, policy=FILE, audit_reads, threads=N, log_level=L
+    /// (they win over the flags); fstab-only ones (defaults, noauto, nofail, _netdev, x-*,
+    /// …) are ignored
+    #[arg(short = 'o', value_name = "OPTS", value_parser = parse_options)]
+    pub options: Vec<MountOptList>,
+
     /// (internal) the pipe a daemon started by `agentfs mount` reports readiness on
     #[arg(long, value_name = "FD", hide = true, requires = "foreground")]
     pub ready_fd: Option<i32>,
+}
+
+/// The options of one `-o` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptList(pub Vec<MountOpt>);
+
+fn parse_options(s: &str) -> Result<MountOptList, String> {
+    mountopts::parse_strict(s).map(MountOptList)
+}
+
+impl MountArgs {
+    /// Folds the `-o` options into the flags: an option wins over a flag for a single value
+    /// (`data_dir`, `threads`, `log_level`, `ro`/`rw`); `policy` adds a file.
+    pub fn apply_options(&mut self) {
+        let all: Vec<MountOpt> = self.options.drain(..).flat_map(|l| l.0).collect();
+        let a = mountopts::fold(&all);
+        if a.data_dir.is_some() {
+            self.data_dir = a.data_dir;
+        }
+        self.policies.extend(a.policies);
+        self.audit_reads |= a.audit_reads;
+        if a.threads.is_some() {
+            self.threads = a.threads;
+        }
+        if let Some(level) = a.log_level {
+            self.log_level = level;
+        }
+        if let Some(ro) = a.read_only {
+            self.read_only = ro;
+        }
+    }
 }
 
 fn parse_log_level(s: &str) -> Result<String, String> {
@@ -71,7 +114,8 @@ fn parse_log_level(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-pub fn run(args: MountArgs) -> Result<(), CliError> {
+pub fn run(mut args: MountArgs) -> Result<(), CliError> {
+    args.apply_options();
     if args.foreground {
         return daemon::run(&args);
     }
@@ -122,7 +166,18 @@ fn daemon_args(args: &MountArgs, mnt: &Path, data_dir: &Path, ready_fd: i32) -> 
     if args.audit_reads {
         out.push("--audit-reads".into());
     }
+    if args.read_only {
+        out.push("--read-only".into());
+    }
     out
+}
+
+/// The daemon's argv[0]: ours, unless we run as the mount helper (the daemon must not).
+fn daemon_arg0() -> OsString {
+    match std::env::args_os().next() {
+        Some(a) if !crate::cli::mounthelper::is_helper_name(&a) => a,
+        _ => OsString::from("agentfs"),
+    }
 }
 
 fn start_daemon(args: &MountArgs, mnt: &Path, data_dir: &Path) -> Result<(), CliError> {
@@ -144,16 +199,12 @@ fn start_daemon(args: &MountArgs, mnt: &Path, data_dir: &Path) -> Result<(), Cli
     let ready_fd = ready_w.as_raw_fd();
 
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0(
-        std::env::args_os()
-            .next()
-            .unwrap_or_else(|| "agentfs".into()),
-    )
-    .args(daemon_args(args, mnt, data_dir, ready_fd))
-    .current_dir("/")
-    .stdin(Stdio::null())
-    .stdout(log)
-    .stderr(log2);
+    cmd.arg0(daemon_arg0())
+        .args(daemon_args(args, mnt, data_dir, ready_fd))
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
     // SAFETY: the closure runs in the child between fork and exec and only makes two
     // async-signal-safe system calls (setsid, fcntl); it allocates nothing.
     unsafe {
@@ -222,6 +273,8 @@ mod tests {
             ready_fd: None,
             policies: vec![PathBuf::from("/etc/p.toml")],
             audit_reads: true,
+            read_only: true,
+            options: vec![],
         };
         let got = daemon_args(&args, Path::new("/abs/m"), Path::new("/abs/d"), 7);
         let got: Vec<&str> = got.iter().map(|s| s.to_str().unwrap()).collect();
@@ -241,9 +294,38 @@ mod tests {
                 "3",
                 "--policy",
                 "/etc/p.toml",
-                "--audit-reads"
+                "--audit-reads",
+                "--read-only"
             ]
         );
+    }
+
+    #[test]
+    fn options_win_over_flags() {
+        let mut args = MountArgs {
+            mountpoint: PathBuf::from("/m"),
+            data_dir: Some(PathBuf::from("/flag")),
+            foreground: false,
+            threads: Some(2),
+            log_level: String::from("info"),
+            ready_fd: None,
+            policies: vec![PathBuf::from("/a.toml")],
+            audit_reads: false,
+            read_only: true,
+            options: vec![
+                parse_options("data_dir=/opt,threads=9,policy=/b.toml").unwrap(),
+                parse_options("rw,audit_reads,log_level=debug,noauto").unwrap(),
+            ],
+        };
+        args.apply_options();
+        assert_eq!(args.data_dir, Some(PathBuf::from("/opt")));
+        assert_eq!(args.threads, Some(9));
+        assert_eq!(
+            args.policies,
+            [PathBuf::from("/a.toml"), PathBuf::from("/b.toml")]
+        );
+        assert!(args.audit_reads && !args.read_only && args.options.is_empty());
+        assert_eq!(args.log_level, "debug");
     }
 
     #[test]
