@@ -29,6 +29,7 @@ mod policyview;
 mod record;
 mod reload;
 mod semantic;
+mod space;
 mod sysfs;
 mod vfs;
 

@@ -378,6 +378,7 @@ impl Vfs {
             self.guard(caller, &m, &located)
                 .and_then(|()| self.ask_policy(&mut txn, &m, op, &located))
                 .and_then(|()| self.guard_episodic(&m, &located))
+                .and_then(|()| self.check_headroom(&m, &located))
                 .and_then(|()| {
                     // `apply` consumes the mutation; keep what the index needs to know.
                     let event = crate::semantic::NsEvent::of(&m);
@@ -833,6 +834,28 @@ impl Vfs {
     /// Episodic memory is append-only for everyone, whatever the policy says. Checked after
     /// the policy, so that a policy's append-only rule on these paths (the built-in
     /// `episodic-append-only`) answers first: a violation, not just EPERM.
+    /// ENOSPC for a call that adds data or names to a durable class while the data dir's
+    /// filesystem is down to its reserve (space.rs). Removing, renaming and shrinking pass.
+    fn check_headroom(&self, m: &Mutation<'_>, at: &Located) -> Result<()> {
+        if at.class.is_volatile() {
+            return Ok(());
+        }
+        let need = match m {
+            Mutation::Write { data, .. } => data.len() as u64,
+            Mutation::Create { .. }
+            | Mutation::Mkdir { .. }
+            | Mutation::Symlink { .. }
+            | Mutation::Link { .. } => crate::space::NAME_COST,
+            Mutation::SetXattr { value, .. } => crate::space::NAME_COST + value.len() as u64,
+            Mutation::Unlink { .. }
+            | Mutation::Rmdir { .. }
+            | Mutation::Rename { .. }
+            | Mutation::SetAttr { .. }
+            | Mutation::RemoveXattr { .. } => return Ok(()),
+        };
+        self.headroom.check(need)
+    }
+
     fn guard_episodic(&self, m: &Mutation<'_>, at: &Located) -> Result<()> {
         if at.class != Class::Episodic {
             return Ok(());

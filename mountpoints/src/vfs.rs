@@ -86,6 +86,8 @@ pub struct Vfs {
     pub(crate) index_recovery: Mutex<Vec<Arc<str>>>,
     /// This core itself, for work it hands to its own threads (a background reindex).
     pub(crate) me: std::sync::Weak<Vfs>,
+    /// ENOSPC before the data dir's filesystem is full (space.rs).
+    pub(crate) headroom: crate::space::Headroom,
 }
 
 /// `(directory, name)`: forget that entry; `(inode, b"")`: forget the inode's attributes.
@@ -261,6 +263,7 @@ impl Vfs {
             outbox,
             index_recovery: Mutex::new(Vec::new()),
             me: me.clone(),
+            headroom: crate::space::Headroom::new(data_dir),
         });
         vfs.load(loaded)?;
         Ok(vfs)
