@@ -13,7 +13,7 @@
 //! * Every search is ANDed with an exact match on the agent: an agent only ever finds its own
 //!   facts, whatever the query text says (`agent:` is not a field the query parser knows).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -85,14 +85,18 @@ enum Op {
         text: String,
         mtime: i64,
     },
+    /// One file's document, or with `subtree` everything at or under `path`.
     Delete {
         agent: String,
         path: String,
+        subtree: bool,
     },
+    /// One file's document, or with `subtree` a directory's.
     Rename {
         agent: String,
         from: String,
         to: String,
+        subtree: bool,
     },
     /// Reply once everything sent before this is committed and searchable.
     Flush(Sender<()>),
@@ -174,6 +178,7 @@ impl SearchIndex {
             writer,
             reader: Clone::clone(&reader),
             fields,
+            uncommitted: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("agentfs-indexer".into())
@@ -220,42 +225,78 @@ impl SearchIndex {
                 tracing::debug!(agent, path, "not UTF-8: not indexed");
                 self.skipped.lock().insert((agent.clone(), path.clone()));
                 // A binary file that replaced a text one must not keep its old hits.
-                self.send(Op::Delete { agent, path })?;
+                self.send(Op::Delete {
+                    agent,
+                    path,
+                    subtree: false,
+                })?;
                 Ok(Indexed::SkippedBinary)
             }
         }
     }
 
-    /// Remove a file (or, if `path` is a directory, everything under it) from the index.
+    /// Remove everything at or under `path` (a directory; `""`: all of the agent's facts)
+    /// from the index. A non-empty `path` makes the indexer commit first (it has to find the
+    /// documents): use [`SearchIndex::delete_file`] for one file.
     pub fn delete(&self, agent: &str, path: &str) -> Result<(), SearchError> {
-        self.skipped
-            .lock()
-            .retain(|(a, p)| !(a == agent && under(p, path)));
+        self.forget_skipped(agent, path);
         self.send(Op::Delete {
             agent: agent.to_owned(),
             path: path.to_owned(),
+            subtree: true,
         })
     }
 
-    /// Move a file (or a directory's files) from `from` to `to` within one agent.
+    /// Remove one file's document (cheap: no commit of its own).
+    pub fn delete_file(&self, agent: &str, path: &str) -> Result<(), SearchError> {
+        self.forget_skipped(agent, path);
+        self.send(Op::Delete {
+            agent: agent.to_owned(),
+            path: path.to_owned(),
+            subtree: false,
+        })
+    }
+
+    fn forget_skipped(&self, agent: &str, path: &str) {
+        self.skipped
+            .lock()
+            .retain(|(a, p)| !(a == agent && under(p, path)));
+    }
+
+    /// Move a directory's files from `from` to `to` within one agent (the indexer commits
+    /// first, to find them).
     pub fn rename(&self, agent: &str, from: &str, to: &str) -> Result<(), SearchError> {
-        {
-            let mut skipped = self.skipped.lock();
-            let moved: Vec<_> = skipped
-                .iter()
-                .filter(|(a, p)| a == agent && under(p, from))
-                .cloned()
-                .collect();
-            for (a, p) in moved {
-                skipped.remove(&(a.clone(), p.clone()));
-                skipped.insert((a, format!("{to}{}", &p[from.len()..])));
-            }
-        }
+        self.move_skipped(agent, from, to);
         self.send(Op::Rename {
             agent: agent.to_owned(),
             from: from.to_owned(),
             to: to.to_owned(),
+            subtree: true,
         })
+    }
+
+    /// Move one file's document (cheap: no commit of its own).
+    pub fn rename_file(&self, agent: &str, from: &str, to: &str) -> Result<(), SearchError> {
+        self.move_skipped(agent, from, to);
+        self.send(Op::Rename {
+            agent: agent.to_owned(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+            subtree: false,
+        })
+    }
+
+    fn move_skipped(&self, agent: &str, from: &str, to: &str) {
+        let mut skipped = self.skipped.lock();
+        let moved: Vec<_> = skipped
+            .iter()
+            .filter(|(a, p)| a == agent && under(p, from))
+            .cloned()
+            .collect();
+        for (a, p) in moved {
+            skipped.remove(&(a.clone(), p.clone()));
+            skipped.insert((a, format!("{to}{}", &p[from.len()..])));
+        }
     }
 
     /// Block until everything sent so far is committed and searchable.
@@ -396,6 +437,9 @@ struct Indexer {
     writer: IndexWriter,
     reader: IndexReader,
     fields: Fields,
+    /// Documents added (`Some`) or deleted (`None`) since the last commit, by key: what a
+    /// file rename must see that the committed reader does not yet.
+    uncommitted: HashMap<String, Option<(String, i64)>>,
 }
 
 impl Indexer {
@@ -449,6 +493,7 @@ impl Indexer {
 
     /// Commits and reloads; false when the commit failed (the updates are not durable).
     fn commit(&mut self) -> bool {
+        self.uncommitted.clear();
         if let Err(e) = self.writer.commit() {
             tracing::error!(error = %e, "search index commit failed");
             return false;
@@ -467,47 +512,54 @@ impl Indexer {
                 path,
                 text,
                 mtime,
-            } => {
+            } => self.put(agent, path, text, mtime)?,
+            Op::Delete {
+                agent,
+                path,
+                subtree: false,
+            } => self.remove(&agent, &path),
+            Op::Delete {
+                agent,
+                path,
+                subtree: true,
+            } if path.is_empty() => {
+                // A reset (reindex, rollback): rare, so committed at once, which keeps later
+                // lookups in this batch from finding the agent's old documents.
                 self.writer
-                    .delete_term(Term::from_field_text(f.key, &key(&agent, &path)));
-                self.writer.add_document(doc!(
-                    f.key => key(&agent, &path),
-                    f.agent => agent,
-                    f.path => path,
-                    f.content => text,
-                    f.mtime => mtime,
-                ))?;
+                    .delete_term(Term::from_field_text(f.agent, &agent));
+                self.writer.commit()?;
+                self.uncommitted.clear();
+                self.reader.reload()?;
             }
-            Op::Delete { agent, path } => {
+            Op::Delete { agent, path, .. } => {
                 for p in self.paths_under(&agent, &path)? {
-                    self.writer
-                        .delete_term(Term::from_field_text(f.key, &key(&agent, &p)));
+                    self.remove(&agent, &p);
                 }
             }
-            Op::Rename { agent, from, to } => {
+            Op::Rename {
+                agent,
+                from,
+                to,
+                subtree,
+            } => {
                 if from == to {
                     return Ok(());
                 }
                 // A rename replaces its destination, even when the source has no document
                 // (a binary file moved over a text one).
-                self.writer
-                    .delete_term(Term::from_field_text(f.key, &key(&agent, &to)));
-                for p in self.paths_under(&agent, &from)? {
-                    let Some(old) = self.stored(&agent, &p)? else {
+                self.remove(&agent, &to);
+                let moving = if subtree {
+                    self.paths_under(&agent, &from)?
+                } else {
+                    vec![from.clone()]
+                };
+                for p in moving {
+                    let Some((content, mtime)) = self.current(&agent, &p)? else {
                         continue;
                     };
                     let new_path = format!("{to}{}", &p[from.len()..]);
-                    self.writer
-                        .delete_term(Term::from_field_text(f.key, &key(&agent, &p)));
-                    self.writer
-                        .delete_term(Term::from_field_text(f.key, &key(&agent, &new_path)));
-                    self.writer.add_document(doc!(
-                        f.key => key(&agent, &new_path),
-                        f.agent => agent.clone(),
-                        f.path => new_path,
-                        f.content => old.0,
-                        f.mtime => old.1,
-                    ))?;
+                    self.remove(&agent, &p);
+                    self.put(agent.clone(), new_path, content, mtime)?;
                 }
             }
             Op::Flush(_) | Op::AfterCommit(_) => {}
@@ -515,10 +567,48 @@ impl Indexer {
         Ok(())
     }
 
+    fn put(
+        &mut self,
+        agent: String,
+        path: String,
+        text: String,
+        mtime: i64,
+    ) -> tantivy::Result<()> {
+        let f = self.fields;
+        let k = key(&agent, &path);
+        self.writer.delete_term(Term::from_field_text(f.key, &k));
+        self.uncommitted
+            .insert(k.clone(), Some((text.clone(), mtime)));
+        self.writer.add_document(doc!(
+            f.key => k,
+            f.agent => agent,
+            f.path => path,
+            f.content => text,
+            f.mtime => mtime,
+        ))?;
+        Ok(())
+    }
+
+    fn remove(&mut self, agent: &str, path: &str) {
+        let k = key(agent, path);
+        self.writer
+            .delete_term(Term::from_field_text(self.fields.key, &k));
+        self.uncommitted.insert(k, None);
+    }
+
+    /// A document's content and mtime as of the ops applied so far.
+    fn current(&self, agent: &str, path: &str) -> tantivy::Result<Option<(String, i64)>> {
+        match self.uncommitted.get(&key(agent, path)) {
+            Some(doc) => Ok(doc.clone()),
+            None => self.stored(agent, path),
+        }
+    }
+
     /// Paths of `agent`'s documents at or under `path`. Commits first, so that documents
-    /// added earlier in this batch are seen (renames and directory deletes are rare).
+    /// added earlier in this batch are seen (directory renames and deletes are rare).
     fn paths_under(&mut self, agent: &str, path: &str) -> tantivy::Result<Vec<String>> {
         self.writer.commit()?;
+        self.uncommitted.clear();
         self.reader.reload()?;
         let f = self.fields;
         let searcher = self.reader.searcher();
@@ -680,6 +770,24 @@ mod tests {
         i.rename("a", "same", "same").unwrap();
         i.flush().unwrap();
         assert!(i.search("a", "stale", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_ops_in_one_batch_see_each_other_without_a_commit() {
+        let i = idx();
+        // All before one flush: they land in one indexer batch.
+        i.upsert("a", "x", b"a quick ibis", 1).unwrap();
+        i.rename_file("a", "x", "y").unwrap();
+        i.upsert("a", "z", b"a slow sloth", 2).unwrap();
+        i.delete_file("a", "z").unwrap();
+        i.rename_file("a", "z", "w").unwrap();
+        i.flush().unwrap();
+        assert_eq!(paths(&i.search("a", "ibis", 10).unwrap()), ["y"]);
+        assert!(i.search("a", "sloth", 10).unwrap().is_empty());
+        // And against committed documents.
+        i.rename_file("a", "y", "v").unwrap();
+        i.flush().unwrap();
+        assert_eq!(paths(&i.search("a", "ibis", 10).unwrap()), ["v"]);
     }
 
     #[test]

@@ -182,12 +182,18 @@ impl Vfs {
             }
             return;
         };
-        let result = match event {
-            NsEvent::Remove => self.search.delete(&agent, &rel),
-            NsEvent::Content(_) => return,
-            NsEvent::Rename => match at.dest.as_ref().and_then(|d| semantic_rel(&d.path)) {
-                Some((_, to)) => self.search.rename(&agent, &rel, &to),
-                None => self.search.delete(&agent, &rel),
+        // Only a directory's events need the indexer to look for documents (and commit
+        // first); a file's is one key. An rmdir'd directory was empty: nothing to drop.
+        let dir = at.kind == Some(FileKind::Dir);
+        let result = match (event, dir) {
+            (NsEvent::Remove, true) => Ok(()),
+            (NsEvent::Remove, false) => self.search.delete_file(&agent, &rel),
+            (NsEvent::Content(_), _) => return,
+            (NsEvent::Rename, _) => match at.dest.as_ref().and_then(|d| semantic_rel(&d.path)) {
+                Some((_, to)) if dir => self.search.rename(&agent, &rel, &to),
+                Some((_, to)) => self.search.rename_file(&agent, &rel, &to),
+                None if dir => self.search.delete(&agent, &rel),
+                None => self.search.delete_file(&agent, &rel),
             },
         };
         match result {
