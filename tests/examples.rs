@@ -335,7 +335,7 @@ fn expected_failure(comment: &str) -> Option<&str> {
 }
 
 /// Which kind of README block this is: the three that are checked rather than run, or the
-/// tour (anything that starts with `agentfs mount`).
+/// tour (the block whose first line mounts `/tmp/agents`).
 #[derive(Debug, PartialEq)]
 enum Block {
     Install,
@@ -352,7 +352,7 @@ fn classify(block: &str) -> Block {
         Block::BuildAndMount
     } else if first == "scripts/test.sh" {
         Block::TestSuite
-    } else if first.starts_with("agentfs mount /tmp/agents") {
+    } else if first.ends_with("agentfs mount /tmp/agents") {
         Block::Tour
     } else {
         panic!(
@@ -540,6 +540,7 @@ fn run_tour(shell: &str, check_messages: bool) {
         .unwrap();
     let (mut guard, root) = Cleanup::new("readme-tour");
     let mnt = root.join("mnt");
+    fs::remove_dir(&mnt).unwrap(); // the tour's `mkdir -p` makes it
     let data = root.join("data");
     let mnt_s = mnt.to_str().unwrap();
 
