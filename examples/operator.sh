@@ -31,6 +31,7 @@ line="operator-demo $(date +%s)-$$: written by the agent while stopped"
 note="operator-demo $(date +%s)-$$: written by the operator while stopped"
 writer=
 parked=
+paused=
 
 # proc_state PID: the state letter of a process (R, S, T …) from /proc/PID/stat.
 proc_state() {
@@ -39,7 +40,9 @@ proc_state() {
 fail() {
   echo "operator: FAILED: $*" >&2
   # Never leave the agent paused behind us.
-  echo CONT > "$ctl/signal" 2>/dev/null
+  if [ -n "$paused" ]; then
+    { echo CONT > "$ctl/signal"; } 2>/dev/null
+  fi
   exit 1
 }
 
@@ -48,6 +51,7 @@ fail() {
 
 # 1. Pause.
 echo STOP > "$ctl/signal" || fail "cannot write STOP"
+paused=1
 state=$(cat "$ctl/signal")
 [ "$state" = stopped ] || fail "after STOP the agent is $state"
 echo "1. $agent is $state"
