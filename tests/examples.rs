@@ -364,6 +364,23 @@ fn classify(block: &str) -> Block {
 
 #[test]
 fn readme_blocks_are_all_known() {
+    // Shell commands only in ```sh blocks, so none escapes this test under another tag.
+    let text = read(&repo().join("README.md"));
+    let mut open = false;
+    for (n, line) in text.lines().enumerate() {
+        if let Some(tag) = line.trim_end().strip_prefix("```") {
+            if !open {
+                assert_eq!(
+                    tag,
+                    "sh",
+                    "README.md line {}: a code block tagged {tag:?}; shell blocks are ```sh \
+                     (and are run by this test)",
+                    n + 1
+                );
+            }
+            open = !open;
+        }
+    }
     let kinds: Vec<Block> = readme_blocks().iter().map(|b| classify(b)).collect();
     assert_eq!(
         kinds,
