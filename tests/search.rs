@@ -355,3 +355,22 @@ fn a_thousand_facts_each_found_by_its_word() {
         );
     }
 }
+
+#[test]
+fn queries_work_after_the_kernel_forgets_their_inodes() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("f"), "a lonely aardvark").unwrap();
+    eventually(&sem, "aardvark", &["f"]);
+    for i in 0..300 {
+        assert!(search(&sem, &format!("nothing{i}")).is_empty());
+    }
+    // Make the kernel drop its cached dentries and inodes: it sends FUSE forgets, and the
+    // daemon drops the query inodes it no longer needs.
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    eventually(&sem, "aardvark", &["f"]);
+    assert!(search(&sem, "nothing7").is_empty());
+    fs::write(sem.join("g"), "another aardvark").unwrap();
+    eventually(&sem, "aardvark", &["f", "g"]);
+}

@@ -437,6 +437,10 @@ impl Filesystem for AgentFs {
         })
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vfs.forget(ino.0, nlookup);
+    }
+
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         Self::opened(reply, self.vfs.open_file(&self.caller(req), ino.0, flags.0))
     }

@@ -29,8 +29,9 @@ pub(crate) const QUERY_FILE_HITS: usize = 100;
 pub(crate) const SEARCH_NAME: &[u8] = b".search";
 
 /// Inodes of query files. A query names a file the kernel caches by inode, so the same query
-/// must keep its inode. Grows with distinct queries (a few dozen bytes each); TODO: forget
-/// entries the kernel has forgotten (FUSE `forget`).
+/// keeps its inode while the kernel holds it; once the kernel forgets it (FUSE `forget`: its
+/// lookup count is back to zero) the entry goes, so the table holds only the queries the
+/// kernel still caches, not every query ever asked.
 #[derive(Default)]
 pub(crate) struct QueryInodes {
     inner: Mutex<QueryTable>,
@@ -39,23 +40,51 @@ pub(crate) struct QueryInodes {
 #[derive(Default)]
 struct QueryTable {
     by_query: HashMap<(u64, Arc<str>), Ino>,
-    by_ino: HashMap<Ino, (u64, Arc<str>)>,
+    /// The query of each inode and how many lookups of it the kernel was answered.
+    by_ino: HashMap<Ino, ((u64, Arc<str>), u64)>,
+    /// Next inode to hand out, above [`QUERY_INO_BASE`]; never reused within a run.
+    next: Ino,
 }
 
 impl QueryInodes {
+    /// The inode of `query` of the agent with `agent_index`, for a lookup reply (counted).
     pub(crate) fn intern(&self, agent_index: u64, query: &Arc<str>) -> Ino {
         let mut t = self.inner.lock();
-        if let Some(ino) = t.by_query.get(&(agent_index, query.clone())) {
-            return *ino;
+        let key = (agent_index, query.clone());
+        if let Some(ino) = t.by_query.get(&key).copied() {
+            if let Some((_, lookups)) = t.by_ino.get_mut(&ino) {
+                *lookups += 1;
+            }
+            return ino;
         }
-        let ino = QUERY_INO_BASE + t.by_ino.len() as Ino;
-        t.by_query.insert((agent_index, query.clone()), ino);
-        t.by_ino.insert(ino, (agent_index, query.clone()));
+        let ino = QUERY_INO_BASE + t.next;
+        t.next += 1;
+        t.by_query.insert(key.clone(), ino);
+        t.by_ino.insert(ino, (key, 1));
         ino
     }
 
     pub(crate) fn get(&self, ino: Ino) -> Option<(u64, Arc<str>)> {
-        self.inner.lock().by_ino.get(&ino).cloned()
+        self.inner.lock().by_ino.get(&ino).map(|(k, _)| k.clone())
+    }
+
+    /// The kernel dropped `nlookup` references to `ino`.
+    pub(crate) fn forget(&self, ino: Ino, nlookup: u64) {
+        let mut t = self.inner.lock();
+        let Some((key, lookups)) = t.by_ino.get_mut(&ino) else {
+            return;
+        };
+        *lookups = lookups.saturating_sub(nlookup);
+        if *lookups == 0 {
+            let key = key.clone();
+            t.by_ino.remove(&ino);
+            t.by_query.remove(&key);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().by_ino.len()
     }
 }
 
@@ -430,6 +459,14 @@ impl Vfs {
         (self.semantic_dir_of(&agent)? == dir).then(|| Virtual::SearchDir(agent).ino())
     }
 
+    /// FUSE `forget`: the kernel dropped `nlookup` references to `ino`. Only query files keep
+    /// per-inode state that can go; every other inode lives as long as its file.
+    pub fn forget(&self, ino: Ino, nlookup: u64) {
+        if ino >= QUERY_INO_BASE {
+            self.query_inodes.forget(ino, nlookup);
+        }
+    }
+
     /// Wait until every update sent so far is searchable (tests, `agentfs search`).
     pub fn flush_search(&self) -> std::result::Result<(), SearchError> {
         self.search.flush()
@@ -441,4 +478,38 @@ fn one_line(s: &str) -> String {
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_inodes_live_while_the_kernel_holds_them() {
+        let t = QueryInodes::default();
+        let cat: Arc<str> = "cat".into();
+        let dog: Arc<str> = "dog".into();
+        let a = t.intern(0, &cat);
+        assert_eq!(t.intern(0, &cat), a, "same query, same inode");
+        let b = t.intern(0, &dog);
+        assert_ne!(a, b);
+        assert_ne!(
+            t.intern(1, &cat),
+            a,
+            "another agent's query is another file"
+        );
+        assert_eq!(t.len(), 3);
+        // Two lookups of "cat": one forget of one reference keeps it.
+        t.forget(a, 1);
+        assert_eq!(t.get(a), Some((0, cat.clone())));
+        t.forget(a, 1);
+        assert_eq!(t.get(a), None);
+        assert_eq!(t.len(), 2);
+        // Asked again: a new inode, never one still in use.
+        let a2 = t.intern(0, &cat);
+        assert!(a2 != a && a2 != b);
+        t.forget(b, 5);
+        t.forget(b, 1);
+        assert_eq!(t.get(b), None);
+    }
 }
