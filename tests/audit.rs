@@ -541,6 +541,25 @@ fn export_writes_a_prefix_that_verifies_elsewhere() {
         "{}",
         stderr(&out)
     );
+
+    // A database altered behind agentfs's back is not exported: the same check as verify.
+    {
+        let db = rusqlite::Connection::open(m.data.join("agentfs.db")).unwrap();
+        db.execute(
+            "UPDATE audit SET path = 'forged' WHERE seq = ?1",
+            [k as i64],
+        )
+        .unwrap();
+    }
+    let refused = dir.join("from-altered-db.jsonl");
+    let out = export(until, &refused);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("audit chain broken at entry {k}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!refused.exists() && !refused.with_extension("partial").exists());
 }
 
 /// Reads are recorded only with `--audit-reads`: one `read` entry per read(2), with the

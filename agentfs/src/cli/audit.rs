@@ -234,31 +234,50 @@ fn export(args: ExportArgs) -> Result<(), CliError> {
             std::fs::File::create_new(&partial).map_err(io)?,
         ))
     };
+    // Entries are checked by the same code as `audit verify --file` (`verify_run`) as they
+    // stream past on their way into the export, so the two can never disagree.
+    let until = args.until;
     let mut after = 0;
-    let mut head = agentfs_memory::ChainHead::default();
-    while after < args.until {
-        let batch = log
-            .after(after, None, PAGE)
-            .map_err(|e| store_error(&dir, e))?;
-        if batch.is_empty() {
-            break;
-        }
-        for rec in batch.iter().take_while(|r| r.seq <= args.until) {
-            if rec.seq != head.seq + 1 || rec.prev_hash != head.hash || !rec.self_valid() {
-                let _ = std::fs::remove_file(&partial);
-                return Err(CliError::Reported(format!(
-                    "audit chain broken at entry {}: not exported (run `agentfs audit verify`)",
-                    rec.seq
-                )));
+    let mut page = std::collections::VecDeque::new();
+    let mut read_error = None;
+    let mut write_error = None;
+    let records = std::iter::from_fn(|| {
+        if page.is_empty() && after < until {
+            match log.after(after, None, PAGE) {
+                Ok(batch) => page.extend(batch.into_iter().filter(|r| r.seq <= until)),
+                Err(e) => {
+                    read_error = Some(e);
+                    return None;
+                }
             }
-            writeln!(out, "{}", rec.to_json()).map_err(io)?;
-            head = agentfs_memory::ChainHead {
-                seq: rec.seq,
-                hash: rec.hash,
-            };
-            after = rec.seq;
         }
+        let rec = page.pop_front()?;
+        after = rec.seq;
+        if write_error.is_none() {
+            if let Err(e) = writeln!(out, "{}", rec.to_json()) {
+                write_error = Some(e);
+            }
+        }
+        Some(Ok(rec))
+    });
+    let checked = agentfs_memory::audit::verify_run(records);
+    let fail = |msg: String| {
+        let _ = std::fs::remove_file(&partial);
+        CliError::Reported(msg)
+    };
+    if let Some(e) = read_error {
+        return Err(fail(store_error(&dir, e).to_string()));
     }
+    if let Some(e) = write_error {
+        return Err(fail(format!("{}: {e}", args.file.display())));
+    }
+    let head = match checked {
+        Ok(Some((_, head))) => head,
+        Ok(None) => agentfs_memory::ChainHead::default(),
+        Err((seq, why)) => return Err(fail(format!(
+            "audit chain broken at entry {seq} ({why}): not exported (run `agentfs audit verify`)"
+        ))),
+    };
     out.flush().map_err(io)?;
     drop(out);
     if head.seq != args.until {
