@@ -155,34 +155,47 @@ fn main() {
     );
 }
 
+/// Runs `work` on a fresh mount (made by `mount` from a fresh root dir) whose data dir is on
+/// its own tmpfs, with agent `bench` registered; unmounts and removes everything after.
+fn on_tmpfs_data<T>(
+    tag: &str,
+    mount: impl FnOnce(&Path) -> Mount,
+    work: impl FnOnce(&Mount) -> T,
+) -> T {
+    let root = fresh_dir(tag);
+    mount_tmpfs(&root.join("data-fs"));
+    let mut m = mount(&root);
+    m.mount();
+    m.agent("bench");
+    let out = work(&m);
+    drop(m);
+    umount(&root.join("data-fs"));
+    let _ = fs::remove_dir_all(&root);
+    out
+}
+
 /// 4 KiB preads of a 16 MiB file (direct I/O: every one reaches the daemon), data dir on a
 /// tmpfs, without and with `--audit-reads`, interleaved three times; best of each.
 fn report_audit_reads_cost() {
     const FILE_MIB: usize = 16;
     const READS: usize = 40_000;
     let rate = |args: &[&str]| -> f64 {
-        let root = fresh_dir("bench-auditreads");
-        mount_tmpfs(&root.join("data-fs"));
-        let mut m =
-            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None).with_args(args);
-        m.mount();
-        m.agent("bench");
-        let path = m.mem("bench", "semantic").join("big");
-        fs::write(&path, vec![7u8; FILE_MIB << 20]).unwrap();
-        let file = File::open(&path).unwrap();
-        let mut buf = [0u8; 4096];
-        let blocks = (FILE_MIB << 20) / 4096;
-        let t0 = Instant::now();
-        for i in 0..READS {
-            let at = ((i * 7919) % blocks) * 4096;
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, at as u64).unwrap();
-        }
-        let r = READS as f64 / t0.elapsed().as_secs_f64();
-        drop(file);
-        drop(m);
-        umount(&root.join("data-fs"));
-        let _ = fs::remove_dir_all(&root);
-        r
+        let mount = |root: &Path| {
+            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None).with_args(args)
+        };
+        on_tmpfs_data("bench-auditreads", mount, |m| {
+            let path = m.mem("bench", "semantic").join("big");
+            fs::write(&path, vec![7u8; FILE_MIB << 20]).unwrap();
+            let file = File::open(&path).unwrap();
+            let mut buf = [0u8; 4096];
+            let blocks = (FILE_MIB << 20) / 4096;
+            let t0 = Instant::now();
+            for i in 0..READS {
+                let at = ((i * 7919) % blocks) * 4096;
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, at as u64).unwrap();
+            }
+            READS as f64 / t0.elapsed().as_secs_f64()
+        })
     };
     let (mut off, mut on) = (0f64, 0f64);
     for _ in 0..3 {
@@ -207,24 +220,20 @@ fn report_recorder_cost() {
     };
     const FILES: usize = 5_000;
     let rate = |binary: std::ffi::OsString| -> f64 {
-        let root = fresh_dir("bench-recorder");
-        mount_tmpfs(&root.join("data-fs"));
-        let mut m =
-            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None).with_binary(binary);
-        m.mount();
-        m.agent("bench");
-        let dir = m.mem("bench", "semantic");
-        let four_k = [b'x'; 4096];
-        let t0 = Instant::now();
-        for i in 0..FILES {
-            let mut fh = File::create(dir.join(format!("f{i:06}"))).unwrap();
-            fh.write_all(&four_k).unwrap();
-        }
-        let r = FILES as f64 / t0.elapsed().as_secs_f64();
-        drop(m);
-        umount(&root.join("data-fs"));
-        let _ = fs::remove_dir_all(&root);
-        r
+        let mount = |root: &Path| {
+            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None)
+                .with_binary(binary.clone())
+        };
+        on_tmpfs_data("bench-recorder", mount, |m| {
+            let dir = m.mem("bench", "semantic");
+            let four_k = [b'x'; 4096];
+            let t0 = Instant::now();
+            for i in 0..FILES {
+                let mut fh = File::create(dir.join(format!("f{i:06}"))).unwrap();
+                fh.write_all(&four_k).unwrap();
+            }
+            FILES as f64 / t0.elapsed().as_secs_f64()
+        })
     };
     let (mut with, mut off) = (0f64, 0f64);
     for _ in 0..5 {

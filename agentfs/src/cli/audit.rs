@@ -274,9 +274,11 @@ fn export(args: ExportArgs) -> Result<(), CliError> {
     let head = match checked {
         Ok(Some((_, head))) => head,
         Ok(None) => agentfs_memory::ChainHead::default(),
-        Err((seq, why)) => return Err(fail(format!(
+        Err((seq, why)) => {
+            return Err(fail(format!(
             "audit chain broken at entry {seq} ({why}): not exported (run `agentfs audit verify`)"
-        ))),
+        )))
+        }
     };
     out.flush().map_err(io)?;
     drop(out);
