@@ -308,8 +308,17 @@ fn read_tree(base: &Path, classes: &[&str], out: &mut Tree) {
     }
 }
 
-/// Where two trees first differ, for the failure message.
-fn first_difference(want: &Tree, got: &Tree) -> String {
+/// Where two states first differ, for the failure message.
+fn first_difference(want_state: &State, got_state: &State) -> String {
+    let (want, got) = (&want_state.tree, &got_state.tree);
+    if want == got {
+        let names = |s: &State| s.checkpoints.keys().cloned().collect::<Vec<_>>().join(",");
+        return format!(
+            "checkpoints [{}], want [{}]",
+            names(got_state),
+            names(want_state)
+        );
+    }
     for (p, w) in want {
         match got.get(p) {
             None => return format!("{p} missing"),
@@ -451,11 +460,14 @@ fn crash_loop() {
                 Some(c) => a.state = c.clone(),
                 None => panic!(
                     "cycle {cycle}, agent {}: the tree after kill -9 is none of the {} \
-                     acceptable states; against the last acknowledged one: {} (seed {seed}); \
-                     last operations:\n{}",
+                     acceptable states; against each: {} (seed {seed}); last operations:\n{}",
                     a.name,
                     candidates.len(),
-                    first_difference(&a.state.tree, &got.tree),
+                    candidates
+                        .iter()
+                        .map(|c| first_difference(c, &got))
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     a.history.join("\n"),
                 ),
             }
