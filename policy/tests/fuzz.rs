@@ -343,6 +343,7 @@ const TEST_OPS: &[&str] = &[
     "removexattr",
     "register",
     "bogus",
+    "write\nmore",
 ];
 const KINDS: &[&str] = &[
     "file", "dir", "symlink", "fifo", "socket", "char", "block", "x",
@@ -609,7 +610,7 @@ fn any_section() -> BoxedStrategy<Section> {
                 entry(
                     "disable",
                     0.5,
-                    list_of(str_from(&["max-file-size", "own-memory", "github-token", "nope", ""]))
+                    list_of(str_from(&["max-file-size", "own-memory", "github-token", "nope", "", "two\nlines"]))
                 ),
             ]
         ),
@@ -619,6 +620,7 @@ fn any_section() -> BoxedStrategy<Section> {
             vec![
                 entry("1001", 0.8, str_from(AGENTS)),
                 entry("1002", 0.5, str_from(AGENTS)),
+                entry("01001", 0.2, str_from(AGENTS)),
                 entry("root", 0.1, str_from(AGENTS)),
                 entry("-1", 0.1, str_from(AGENTS)),
             ]
