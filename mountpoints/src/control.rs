@@ -209,9 +209,14 @@ pub(crate) fn parse_pids(data: &[u8]) -> Result<Vec<u32>> {
     let text = std::str::from_utf8(data).map_err(|_| VfsError::Invalid("pids: not text"))?;
     let pids: Vec<u32> = text
         .split_ascii_whitespace()
-        .map(|w| w.parse::<u32>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| VfsError::Invalid("write a decimal pid to a pids file"))?;
+        // Digits only: `str::parse` would also take a sign (`+42`).
+        .map(|w| {
+            w.parse::<u32>()
+                .ok()
+                .filter(|_| w.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect::<Option<_>>()
+        .ok_or(VfsError::Invalid("write a decimal pid to a pids file"))?;
     if pids.is_empty() {
         return Err(VfsError::Invalid("write a decimal pid to a pids file"));
     }

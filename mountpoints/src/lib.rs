@@ -289,4 +289,6 @@ impl Vfs {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
