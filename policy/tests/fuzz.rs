@@ -1129,10 +1129,18 @@ fn fuzz_policy_text() {
         1 => proptest::collection::vec(any::<u8>(), 0..200)
             .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
     ];
-    harness::fuzz_for("policy-text", text, |text| {
-        check_compile(&text)?;
+    let loaded = std::cell::Cell::new(0u64);
+    let r = harness::fuzz_for("policy-text", text, |text| {
+        if check_compile(&text)?.is_some() {
+            loaded.set(loaded.get() + 1);
+        }
         Ok(())
     });
+    println!(
+        "fuzz policy-text: {} of {} inputs loaded",
+        loaded.get(),
+        r.inputs
+    );
 }
 
 #[test]
@@ -1147,26 +1155,42 @@ fn fuzz_policy_mutated() {
             t
         }),
     ];
-    harness::fuzz_for("policy-mutated", text, |text| {
+    let (loaded, round_trips) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let r = harness::fuzz_for("policy-mutated", text, |text| {
         if let Some(rules) = check_compile(&text)? {
+            loaded.set(loaded.get() + 1);
             // [[test]] cases are not rendered, but a policy that passed them decides the
             // same without them.
             if !text.contains("[default]") || stated_default(&text).is_some() {
                 check_roundtrip(&rules, stated_default(&text))?;
+                round_trips.set(round_trips.get() + 1);
             }
         }
         Ok(())
     });
+    println!(
+        "fuzz policy-mutated: {} of {} inputs loaded, {} rendered and reloaded",
+        loaded.get(),
+        r.inputs,
+        round_trips.get()
+    );
 }
 
 #[test]
 fn fuzz_policy_roundtrip() {
-    harness::fuzz_for("policy-roundtrip", valid_policy(), |p| {
+    let loaded = std::cell::Cell::new(0u64);
+    let r = harness::fuzz_for("policy-roundtrip", valid_policy(), |p| {
         if let Some(rules) = check_compile(&p.text)? {
             check_roundtrip(&rules, p.default_action)?;
+            loaded.set(loaded.get() + 1);
         }
         Ok(())
     });
+    println!(
+        "fuzz policy-roundtrip: {} of {} inputs loaded, rendered and reloaded",
+        loaded.get(),
+        r.inputs
+    );
 }
 
 // ---------------------------------------------------------------------------------------
