@@ -44,7 +44,8 @@ run agentfs-vfs "--lib" 5 "$@"
 
 echo
 echo "== fuzz summary (${secs} s per target, $(( $(date +%s) - start )) s in all)"
-grep -E '^fuzz [a-z-]+: ' "$log" | sort
+# (libtest may print `test NAME ... ` in front of a target's line.)
+grep -oE 'fuzz [a-z-]+: .*' "$log" | sort
 if [[ "$status" != 0 ]]; then
   echo "scripts/fuzz.sh: FAILED (see above)"
 fi
