@@ -342,11 +342,14 @@ impl SearchIndex {
             (Occur::Must, Box::new(only_agent) as Box<dyn Query>),
         ]);
         let searcher = self.reader.searcher();
-        let top = searcher.search(
-            &restricted,
-            &TopDocs::with_limit(limit.max(1)).order_by_score(),
-        )?;
-        let mut snippets = SnippetGenerator::create(&searcher, &*user, f.content)?;
+        let top = searcher
+            .search(
+                &restricted,
+                &TopDocs::with_limit(limit.max(1)).order_by_score(),
+            )
+            .map_err(|e| query_fault(e, query))?;
+        let mut snippets = SnippetGenerator::create(&searcher, &*user, f.content)
+            .map_err(|e| query_fault(e, query))?;
         snippets.set_max_num_chars(SNIPPET_CHARS);
         let mut hits = Vec::with_capacity(top.len());
         for (score, addr) in top {
@@ -381,6 +384,22 @@ impl SearchIndex {
 impl Drop for SearchIndex {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// An error of running a parsed query. Our schema is fixed, so a schema error, an unknown
+/// field or an invalid argument is the query's fault (`path:*` asks whether a field exists,
+/// which only a fast field can answer; `nofield:*` names no field): a query error, not an
+/// index failure (which the mount answers EIO).
+fn query_fault(e: tantivy::TantivyError, query: &str) -> SearchError {
+    match e {
+        tantivy::TantivyError::SchemaError(why) | tantivy::TantivyError::InvalidArgument(why) => {
+            SearchError::Query(format!("{why} (in {query:?})"))
+        }
+        tantivy::TantivyError::FieldNotFound(field) => {
+            SearchError::Query(format!("there is no field `{field}` (in {query:?})"))
+        }
+        e => SearchError::Index(e),
     }
 }
 
@@ -797,6 +816,56 @@ mod tests {
             Err(SearchError::Query(why)) => assert!(why.contains("nofield"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Found by the `search-query` fuzz target: `path:*` and `catpath:*` failed at search
+    /// time with a schema error or an unknown field, which the mount answered EIO.
+    #[test]
+    fn a_query_the_schema_cannot_answer_is_a_query_error() {
+        let i = idx();
+        i.upsert("a", "cats", b"the cat", 1).unwrap();
+        i.flush().unwrap();
+        for (q, why_contains) in [
+            ("path:*", "fast field"),
+            ("(path:*)", "fast field"),
+            ("content:* AND cat", "fast field"),
+            ("catpath:*", "no field `catpath`"),
+        ] {
+            match i.search("a", q, 10) {
+                Err(SearchError::Query(why)) => assert!(why.contains(why_contains), "{why}"),
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+    }
+
+    /// Found by the `search-query` fuzz target: an excluded phrase tripped a debug
+    /// assertion inside tantivy (its `Exclude` seeks a phrase scorer backwards), so debug
+    /// builds panicked on `NOT "a b"`; tantivy is built without debug assertions (the
+    /// workspace Cargo.toml), as in release, where the answer is right.
+    #[test]
+    fn excluded_phrases_are_answered() {
+        let i = idx();
+        i.upsert("a", "cats", b"The cat sat on the mat. It purred.", 1)
+            .unwrap();
+        i.upsert("a", "dogs", b"The dog barked at the cat.", 2)
+            .unwrap();
+        i.flush().unwrap();
+        assert_eq!(
+            paths(&i.search("a", "NOT \"cat dog\"", 10).unwrap()),
+            ["cats", "dogs"]
+        );
+        assert_eq!(
+            paths(&i.search("a", "cat -\"dog barked\"", 10).unwrap()),
+            ["cats"]
+        );
+        assert_eq!(
+            paths(&i.search("a", "cat -\"it purred\"", 10).unwrap()),
+            ["dogs"]
+        );
+        assert_eq!(
+            paths(&i.search("a", "cat AND NOT \"cat sat\"", 10).unwrap()),
+            ["dogs"]
+        );
     }
 
     #[test]

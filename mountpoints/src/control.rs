@@ -145,15 +145,7 @@ impl Vfs {
     /// `echo PID > pids`: one or more decimal pids, whitespace-separated. All are checked
     /// before any is bound, so a bad one binds nothing.
     fn write_pids(&self, agent: &Arc<Agent>, data: &[u8]) -> Result<()> {
-        let text = std::str::from_utf8(data).map_err(|_| VfsError::Invalid("pids: not text"))?;
-        let pids: Vec<u32> = text
-            .split_ascii_whitespace()
-            .map(|w| w.parse::<u32>())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| VfsError::Invalid("write a decimal pid to a pids file"))?;
-        if pids.is_empty() {
-            return Err(VfsError::Invalid("write a decimal pid to a pids file"));
-        }
+        let pids = parse_pids(data)?;
         for pid in &pids {
             if agentfs_signals::proc_info(*pid).is_err() {
                 return Err(VfsError::NoProcess);
@@ -227,8 +219,28 @@ impl Vfs {
     }
 }
 
+/// What may be written to a `pids` file: one or more decimal pids, separated by ASCII
+/// whitespace. Anything else is EINVAL.
+pub(crate) fn parse_pids(data: &[u8]) -> Result<Vec<u32>> {
+    let text = std::str::from_utf8(data).map_err(|_| VfsError::Invalid("pids: not text"))?;
+    let pids: Vec<u32> = text
+        .split_ascii_whitespace()
+        // Digits only: `str::parse` would also take a sign (`+42`).
+        .map(|w| {
+            w.parse::<u32>()
+                .ok()
+                .filter(|_| w.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect::<Option<_>>()
+        .ok_or(VfsError::Invalid("write a decimal pid to a pids file"))?;
+    if pids.is_empty() {
+        return Err(VfsError::Invalid("write a decimal pid to a pids file"));
+    }
+    Ok(pids)
+}
+
 /// The text written to a control file, without one trailing newline (`echo NAME > file`).
-fn control_word(data: &[u8]) -> &[u8] {
+pub(crate) fn control_word(data: &[u8]) -> &[u8] {
     let data = data.strip_suffix(b"\n").unwrap_or(data);
     data.strip_suffix(b"\r").unwrap_or(data)
 }

@@ -290,4 +290,6 @@ impl Vfs {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -52,9 +52,27 @@ impl Diagnostic {
             file: source.name.clone(),
             line,
             col,
-            message: message.into(),
+            message: one_line(message.into()),
         }
     }
+}
+
+/// Every error is one line: control characters a file put into a string that a message
+/// quotes (a newline in a rule name to disable, in a test's op or path) are shown escaped.
+fn one_line(message: String) -> String {
+    if !message.chars().any(char::is_control) {
+        return message;
+    }
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl fmt::Display for Diagnostic {
@@ -134,5 +152,20 @@ mod tests {
         let d = t.find('d').unwrap();
         assert_eq!(line_col(t, d), (2, 4));
         assert_eq!(line_col(t, 999), (3, 1));
+    }
+
+    /// Found by the `policy-mutated` fuzz target: a newline in a quoted string made a
+    /// two-line error.
+    #[test]
+    fn messages_are_one_line_whatever_the_file_quotes() {
+        for text in [
+            "[builtin]\ndisable = [\"two\\nlines\"]\n",
+            "[[test]]\nagent = \"a\"\nop = \"write\\nx\"\npath = \"mem/x\"\nexpect = \"allow\"\n",
+        ] {
+            let e = crate::Ruleset::compile(vec![Source::new("p.toml", text)]).unwrap_err();
+            assert_eq!(e.diagnostics.len(), 1, "{e}");
+            let m = &e.diagnostics[0].message;
+            assert!(!m.contains('\n') && m.contains("\\n"), "{m:?}");
+        }
     }
 }

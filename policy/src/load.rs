@@ -15,6 +15,7 @@ use crate::limits::{
 };
 use crate::parse::{List, PathOp, RawFile, RawTest, Scope, Str, TypeKind};
 use crate::paths::{self, Effect, PathRules, PathRulesBuilder, Rights};
+use crate::render::toml_string;
 use crate::scan::{self, ContentRule, ContentRules, Scopes};
 
 /// Combines the files' `[builtin]` tables: any file can leave parts out.
@@ -220,8 +221,8 @@ impl Compiler {
             let scopes = self.scopes(source, r.scope.as_ref());
             let measured = scan::measure(r.regex.get_ref());
             let detail = format!(
-                "regex = {:?}, in = {}",
-                r.regex.get_ref(),
+                "regex = {}, in = {}",
+                toml_string(r.regex.get_ref()),
                 scopes_text(scopes)
             );
             let Some(i) = self.header(source, &file_name, file, &h, RuleKind::Content, detail)
@@ -232,7 +233,7 @@ impl Compiler {
                 Ok(p) => {
                     self.rules[i]
                         .detail
-                        .push_str(&format!(", max_len = {}", p.max_len));
+                        .push_str(&format!(", # longest match: {} bytes", p.max_len));
                     self.content.push((
                         ContentRule {
                             rule: i,
@@ -658,7 +659,7 @@ fn list(v: &List<String>) -> String {
     let items: Vec<String> = v
         .get_ref()
         .iter()
-        .map(|s| format!("{:?}", s.get_ref()))
+        .map(|s| toml_string(s.get_ref()))
         .collect();
     format!("[{}]", items.join(", "))
 }

@@ -93,9 +93,9 @@ impl Ruleset {
         for r in self.rules.iter().filter(|r| r.agents.applies(agent)) {
             let _ = writeln!(out);
             let _ = writeln!(out, "[[{}]]  # {}:{}", r.kind.table(), r.file, r.line);
-            let _ = writeln!(out, "name = {:?}", &*r.name);
+            let _ = writeln!(out, "name = {}", toml_string(&r.name));
             if r.kind != RuleKind::Allow {
-                let _ = writeln!(out, "action = {:?}", r.action.name());
+                let _ = writeln!(out, "action = {}", toml_string(r.action.name()));
             }
             for part in split_top(&r.detail) {
                 let _ = writeln!(out, "{part}");
@@ -114,11 +114,31 @@ impl Ruleset {
         if !uids.is_empty() {
             let _ = writeln!(out, "\n[identity]");
             for u in uids {
-                let _ = writeln!(out, "{u} = {agent:?}");
+                let _ = writeln!(out, "{u} = {}", toml_string(agent));
             }
         }
         out
     }
+}
+
+/// `s` as a TOML basic string: what the policy file said, so that the rendered rules are
+/// policy text that loads again (Rust's `{:?}` writes `\u{1}` and `\0`, which TOML refuses).
+pub(crate) fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Splits `a = [x, y], b = 1` at the top-level commas.
@@ -193,6 +213,52 @@ impl fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_string_escapes_what_toml_needs() {
+        assert_eq!(toml_string(r"(?-u:\b)a"), r#""(?-u:\\b)a""#);
+        assert_eq!(
+            toml_string("a\"b\n\u{1}\0\u{85}é"),
+            r#""a\"b\n\u0001\u0000\u0085é""#
+        );
+    }
+
+    /// Found by the `policy-roundtrip` fuzz target: the rendered rules had a `max_len = N`
+    /// key and Rust-escaped strings (`\u{1}`), so they did not load again.
+    #[test]
+    fn rendered_rules_load_again_and_decide_the_same() {
+        use crate::{Call, Content, Op, Source};
+        let text = "[[allow]]\nname = \"odd\"\npaths = [\"mem/a\\u0001b\", \"x/\\\\*\"]\n\
+                    [[content]]\nname = \"c\"\nregex = '\\x01{1,3}zebra'\n";
+        let original = Ruleset::compile(vec![Source::new("p.toml", text)]).unwrap();
+        let rendered = original.render_for("a");
+        let again = Ruleset::compile(vec![Source::new(
+            "r.toml",
+            format!("[builtin]\nenabled = false\n{rendered}"),
+        )])
+        .unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+        for (path, data) in [
+            (&b"mem/a\x01b"[..], &b"hi"[..]),
+            (b"x/*", b"hi"),
+            (b"x/y", b"hi"),
+            (b"mem/x", b"\x01zebra"),
+        ] {
+            let call = Call {
+                content: Some(Content {
+                    bytes: data,
+                    at: 0,
+                    changed: 0..data.len() as u64,
+                    file_size: data.len() as u64,
+                }),
+                ..Call::new("a", Op::Write, path)
+            };
+            assert_eq!(
+                original.decide(&call).decision,
+                again.decide(&call).decision,
+                "{path:?}\n{rendered}"
+            );
+        }
+    }
 
     #[test]
     fn split_top_respects_brackets_and_quotes() {
