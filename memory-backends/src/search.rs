@@ -79,7 +79,17 @@ pub enum Indexed {
 
 /// Work for the indexer thread.
 enum Op {
+    /// Index the file's latest content, taken from [`Pending`] when the op is applied (none
+    /// there: a later op already took it, or dropped it).
     Upsert {
+        agent: String,
+        path: String,
+        /// Which queued text this is: one queued after a later delete or rename of the same
+        /// file has a newer generation, and is that op's to apply, not this one's.
+        generation: u64,
+    },
+    /// Index this content (a pending update flushed ahead of a rename of its file).
+    Put {
         agent: String,
         path: String,
         text: String,
@@ -106,6 +116,23 @@ enum Op {
 
 /// Work to run on the indexer thread once the updates sent before it are committed.
 pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
+/// The latest content of each file whose [`Op::Upsert`] is queued, by document key.
+///
+/// Updates of one file coalesce: while its upsert waits in the queue, a newer version just
+/// replaces the text here, so a file rewritten a thousand times while the indexer is behind
+/// costs one queue entry and one text, and the memory held is bounded by the number of
+/// distinct files waiting, not by the number of writes. An op that removes or moves a file
+/// takes its pending text out first (under the same lock as its send), so a queued upsert
+/// never applies content across a later delete or rename.
+type Pending = Arc<Mutex<PendingTexts>>;
+
+#[derive(Default)]
+struct PendingTexts {
+    /// Document key → (text, mtime, generation of the queued upsert that will take it).
+    texts: HashMap<String, (String, i64, u64)>,
+    next_generation: u64,
+}
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -150,6 +177,7 @@ pub struct SearchIndex {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Files skipped because they are not text, `(agent, path)`: reported by `status`.
     skipped: Arc<Mutex<BTreeSet<(String, String)>>>,
+    pending: Pending,
 }
 
 impl SearchIndex {
@@ -174,11 +202,14 @@ impl SearchIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let (tx, rx) = mpsc::channel();
+        let pending = Pending::default();
         let worker = Indexer {
             writer,
             reader: Clone::clone(&reader),
             fields,
             uncommitted: HashMap::new(),
+            reset: BTreeSet::new(),
+            pending: pending.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("agentfs-indexer".into())
@@ -191,6 +222,7 @@ impl SearchIndex {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             skipped: Arc::default(),
+            pending,
         })
     }
 
@@ -210,20 +242,33 @@ impl SearchIndex {
         mtime: i64,
     ) -> Result<Indexed, SearchError> {
         let (agent, path) = (agent.to_owned(), path.to_owned());
+        let mut pending = self.pending.lock();
         match std::str::from_utf8(content) {
             Ok(text) => {
                 self.skipped.lock().remove(&(agent.clone(), path.clone()));
-                self.send(Op::Upsert {
-                    agent,
-                    path,
-                    text: text.to_owned(),
-                    mtime,
-                })?;
+                let k = key(&agent, &path);
+                if let Some(waiting) = pending.texts.get_mut(&k) {
+                    // Its upsert is still queued: it will take this newer text.
+                    waiting.0 = text.to_owned();
+                    waiting.1 = mtime;
+                } else {
+                    pending.next_generation += 1;
+                    let generation = pending.next_generation;
+                    pending
+                        .texts
+                        .insert(k, (text.to_owned(), mtime, generation));
+                    self.send(Op::Upsert {
+                        agent,
+                        path,
+                        generation,
+                    })?;
+                }
                 Ok(Indexed::Queued)
             }
             Err(_) => {
                 tracing::debug!(agent, path, "not UTF-8: not indexed");
                 self.skipped.lock().insert((agent.clone(), path.clone()));
+                pending.texts.remove(&key(&agent, &path));
                 // A binary file that replaced a text one must not keep its old hits.
                 self.send(Op::Delete {
                     agent,
@@ -240,6 +285,11 @@ impl SearchIndex {
     /// documents): use [`SearchIndex::delete_file`] for one file.
     pub fn delete(&self, agent: &str, path: &str) -> Result<(), SearchError> {
         self.forget_skipped(agent, path);
+        let mut pending = self.pending.lock();
+        let prefix = format!("{agent}\0");
+        pending
+            .texts
+            .retain(|k, _| !k.strip_prefix(&prefix).is_some_and(|p| under(p, path)));
         self.send(Op::Delete {
             agent: agent.to_owned(),
             path: path.to_owned(),
@@ -250,6 +300,8 @@ impl SearchIndex {
     /// Remove one file's document (cheap: no commit of its own).
     pub fn delete_file(&self, agent: &str, path: &str) -> Result<(), SearchError> {
         self.forget_skipped(agent, path);
+        let mut pending = self.pending.lock();
+        pending.texts.remove(&key(agent, path));
         self.send(Op::Delete {
             agent: agent.to_owned(),
             path: path.to_owned(),
@@ -267,6 +319,8 @@ impl SearchIndex {
     /// first, to find them).
     pub fn rename(&self, agent: &str, from: &str, to: &str) -> Result<(), SearchError> {
         self.move_skipped(agent, from, to);
+        let mut pending = self.pending.lock();
+        self.settle_for_rename(&mut pending, agent, from, to, true)?;
         self.send(Op::Rename {
             agent: agent.to_owned(),
             from: from.to_owned(),
@@ -278,12 +332,57 @@ impl SearchIndex {
     /// Move one file's document (cheap: no commit of its own).
     pub fn rename_file(&self, agent: &str, from: &str, to: &str) -> Result<(), SearchError> {
         self.move_skipped(agent, from, to);
+        let mut pending = self.pending.lock();
+        self.settle_for_rename(&mut pending, agent, from, to, false)?;
         self.send(Op::Rename {
             agent: agent.to_owned(),
             from: from.to_owned(),
             to: to.to_owned(),
             subtree: false,
         })
+    }
+
+    /// Before a rename is queued: the pending texts of what moves are sent ahead of it (the
+    /// rename moves documents), and those of what it replaces are dropped.
+    fn settle_for_rename(
+        &self,
+        pending: &mut PendingTexts,
+        agent: &str,
+        from: &str,
+        to: &str,
+        subtree: bool,
+    ) -> Result<(), SearchError> {
+        let prefix = format!("{agent}\0");
+        let matching = |p: &PendingTexts, base: &str| -> Vec<String> {
+            p.texts
+                .keys()
+                .filter(|k| {
+                    k.strip_prefix(&prefix).is_some_and(|rel| {
+                        if subtree {
+                            under(rel, base)
+                        } else {
+                            rel == base
+                        }
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        for k in matching(pending, from) {
+            if let Some((text, mtime, _)) = pending.texts.remove(&k) {
+                let path = k[prefix.len()..].to_owned();
+                self.send(Op::Put {
+                    agent: agent.to_owned(),
+                    path,
+                    text,
+                    mtime,
+                })?;
+            }
+        }
+        for k in matching(pending, to) {
+            pending.texts.remove(&k);
+        }
+        Ok(())
     }
 
     fn move_skipped(&self, agent: &str, from: &str, to: &str) {
@@ -459,6 +558,10 @@ struct Indexer {
     /// Documents added (`Some`) or deleted (`None`) since the last commit, by key: what a
     /// file rename must see that the committed reader does not yet.
     uncommitted: HashMap<String, Option<(String, i64)>>,
+    /// Agents whose documents were all deleted since the last commit: the committed reader's
+    /// copies of theirs no longer count.
+    reset: BTreeSet<String>,
+    pending: Pending,
 }
 
 impl Indexer {
@@ -513,6 +616,7 @@ impl Indexer {
     /// Commits and reloads; false when the commit failed (the updates are not durable).
     fn commit(&mut self) -> bool {
         self.uncommitted.clear();
+        self.reset.clear();
         if let Err(e) = self.writer.commit() {
             tracing::error!(error = %e, "search index commit failed");
             return false;
@@ -529,6 +633,23 @@ impl Indexer {
             Op::Upsert {
                 agent,
                 path,
+                generation,
+            } => {
+                let latest = {
+                    let mut pending = self.pending.lock();
+                    let k = key(&agent, &path);
+                    match pending.texts.get(&k) {
+                        Some((_, _, g)) if *g == generation => pending.texts.remove(&k),
+                        _ => None,
+                    }
+                };
+                if let Some((text, mtime, _)) = latest {
+                    self.put(agent, path, text, mtime)?;
+                }
+            }
+            Op::Put {
+                agent,
+                path,
                 text,
                 mtime,
             } => self.put(agent, path, text, mtime)?,
@@ -542,13 +663,13 @@ impl Indexer {
                 path,
                 subtree: true,
             } if path.is_empty() => {
-                // A reset (reindex, rollback): rare, so committed at once, which keeps later
-                // lookups in this batch from finding the agent's old documents.
+                // A reset (reindex, rollback): one delete by the agent term, no commit; later
+                // lookups in this batch ignore the agent's committed documents.
                 self.writer
                     .delete_term(Term::from_field_text(f.agent, &agent));
-                self.writer.commit()?;
-                self.uncommitted.clear();
-                self.reader.reload()?;
+                let prefix = format!("{agent}\0");
+                self.uncommitted.retain(|k, _| !k.starts_with(&prefix));
+                self.reset.insert(agent);
             }
             Op::Delete { agent, path, .. } => {
                 for p in self.paths_under(&agent, &path)? {
@@ -619,6 +740,7 @@ impl Indexer {
     fn current(&self, agent: &str, path: &str) -> tantivy::Result<Option<(String, i64)>> {
         match self.uncommitted.get(&key(agent, path)) {
             Some(doc) => Ok(doc.clone()),
+            None if self.reset.contains(agent) => Ok(None),
             None => self.stored(agent, path),
         }
     }
@@ -628,6 +750,7 @@ impl Indexer {
     fn paths_under(&mut self, agent: &str, path: &str) -> tantivy::Result<Vec<String>> {
         self.writer.commit()?;
         self.uncommitted.clear();
+        self.reset.clear();
         self.reader.reload()?;
         let f = self.fields;
         let searcher = self.reader.searcher();
@@ -807,6 +930,43 @@ mod tests {
         i.rename_file("a", "y", "v").unwrap();
         i.flush().unwrap();
         assert_eq!(paths(&i.search("a", "ibis", 10).unwrap()), ["v"]);
+    }
+
+    #[test]
+    fn queued_updates_of_a_file_coalesce_without_crossing_deletes_and_renames() {
+        let i = idx();
+        for n in 0..1000 {
+            i.upsert("a", "x", format!("version{n} of x").as_bytes(), n)
+                .unwrap();
+        }
+        // Only one text per file waits, whatever the number of writes.
+        assert!(i.pending.lock().texts.len() <= 1);
+        i.upsert("a", "d", b"doomed dodo", 1).unwrap();
+        i.delete_file("a", "d").unwrap();
+        i.upsert("a", "d", b"reborn dodo", 2).unwrap();
+        i.upsert("a", "m", b"moving moose", 1).unwrap();
+        i.rename_file("a", "m", "n").unwrap();
+        i.upsert("a", "m", b"second moose", 2).unwrap();
+        i.upsert("a", "t", b"target tapir", 1).unwrap();
+        i.upsert("a", "s", b"source skunk", 1).unwrap();
+        i.rename_file("a", "s", "t").unwrap();
+        i.flush().unwrap();
+        assert_eq!(paths(&i.search("a", "version999", 10).unwrap()), ["x"]);
+        assert!(i.search("a", "version998", 10).unwrap().is_empty());
+        assert_eq!(paths(&i.search("a", "reborn", 10).unwrap()), ["d"]);
+        assert!(i.search("a", "doomed", 10).unwrap().is_empty());
+        assert_eq!(paths(&i.search("a", "moving", 10).unwrap()), ["n"]);
+        assert_eq!(paths(&i.search("a", "second", 10).unwrap()), ["m"]);
+        assert_eq!(paths(&i.search("a", "skunk", 10).unwrap()), ["t"]);
+        assert!(i.search("a", "tapir", 10).unwrap().is_empty());
+        // A reset (reindex) in the same batch as a rename of an old document: the old
+        // document is gone, not resurrected under the new name.
+        i.delete("a", "").unwrap();
+        i.rename_file("a", "x", "y").unwrap();
+        i.upsert("a", "z", b"fresh zebra", 3).unwrap();
+        i.flush().unwrap();
+        assert!(i.search("a", "version999", 10).unwrap().is_empty());
+        assert_eq!(paths(&i.search("a", "zebra", 10).unwrap()), ["z"]);
     }
 
     #[test]

@@ -88,6 +88,9 @@ impl QueryInodes {
     }
 }
 
+/// A background rebuild waits for the indexer after this many files (memory bound).
+const REBUILD_PACE: u64 = 4096;
+
 /// Files larger than this are not indexed: they are not "facts", and reading one whole into
 /// memory on every close would stall the daemon.
 pub(crate) const MAX_INDEXED_BYTES: u64 = 8 * 1024 * 1024;
@@ -297,7 +300,7 @@ impl Vfs {
             .spawn(move || {
                 for (agent, ticket) in work {
                     let Some(vfs) = vfs.upgrade() else { return };
-                    vfs.reindex_agent(&agent, ticket);
+                    vfs.reindex_agent(&agent, ticket, true);
                 }
             });
         if let Err(e) = spawned {
@@ -360,7 +363,11 @@ impl Vfs {
 
     /// Index `agent`'s semantic memory afresh from the store (a rollback replaced it, the
     /// index was lost, an operator asked). Reports progress to `status` as it goes.
-    pub(crate) fn reindex_agent(&self, agent: &Agent, ticket: Option<Ticket>) {
+    ///
+    /// `paced` (a background rebuild) waits for the indexer every [`REBUILD_PACE`] files, so
+    /// the texts waiting for it stay bounded whatever the agent's size; a rollback, which
+    /// runs on the caller's thread, does not wait.
+    pub(crate) fn reindex_agent(&self, agent: &Agent, ticket: Option<Ticket>, paced: bool) {
         let started = std::time::Instant::now();
         let files = self.semantic_files(agent);
         let total = files.len() as u64;
@@ -379,6 +386,12 @@ impl Vfs {
             }
             if done.is_multiple_of(10_000) {
                 tracing::info!(agent = %agent.name, done, total, "rebuilding the search index");
+            }
+            if paced && done.is_multiple_of(REBUILD_PACE) {
+                if let Err(e) = self.search.flush() {
+                    tracing::error!(agent = %agent.name, error = %e, "search index rebuild stopped");
+                    break;
+                }
             }
         }
         if let (true, Some(t)) = (all_sent, ticket) {

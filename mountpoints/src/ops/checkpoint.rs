@@ -624,7 +624,7 @@ impl Vfs {
         let swapped = started.elapsed();
         self.invalidate(agent, invalidate);
         // mem/semantic is now the checkpoint's: the index follows.
-        self.reindex_agent(agent, Some(ticket));
+        self.reindex_agent(agent, Some(ticket), false);
         tracing::info!(
             agent = %agent.name,
             checkpoint = %String::from_utf8_lossy(name),
