@@ -232,7 +232,7 @@ fn dir_bytes(p: &Path) -> u64 {
     let mut queue = vec![p.to_path_buf()];
     while let Some(d) = queue.pop() {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(md) = e.symlink_metadata() else {
+            let Ok(md) = e.metadata() else {
                 continue;
             };
             if md.is_dir() {
@@ -308,6 +308,61 @@ fn vm_hwm_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
+/// CPU ticks (user + system) of each live thread of `pid`, summed by thread name, and of the
+/// whole process (which includes threads that have exited).
+fn cpu_ticks(pid: i32) -> (std::collections::BTreeMap<String, u64>, u64) {
+    let ticks = |stat: &str| -> Option<(String, u64)> {
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some((stat[open + 1..close].to_owned(), t))
+    };
+    let mut by_name = std::collections::BTreeMap::new();
+    let tasks = fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    for e in tasks.flatten() {
+        if let Some((name, t)) = fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| ticks(&s))
+        {
+            *by_name.entry(name).or_insert(0) += t;
+        }
+    }
+    let total = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| ticks(&s))
+        .map_or(0, |(_, t)| t);
+    (by_name, total)
+}
+
+/// Where the daemon's CPU went between two [`cpu_ticks`] snapshots, as one line.
+fn cpu_report(
+    before: &(std::collections::BTreeMap<String, u64>, u64),
+    after: &(std::collections::BTreeMap<String, u64>, u64),
+) -> String {
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut by: Vec<(String, u64)> = after
+        .0
+        .iter()
+        .map(|(n, t)| (n.clone(), t - before.0.get(n).copied().unwrap_or(0).min(*t)))
+        .filter(|(_, t)| *t > 0)
+        .collect();
+    by.sort_by(|a, b| b.1.cmp(&a.1));
+    let listed: u64 = by.iter().map(|(_, t)| t).sum();
+    let total = after.1.saturating_sub(before.1);
+    let mut line = format!("{:.1} s CPU in all:", total as f64 / hz);
+    for (name, t) in by.iter().take(8) {
+        line += &format!(" {name} {:.1} s,", *t as f64 / hz);
+    }
+    line += &format!(
+        " exited threads {:.1} s",
+        total.saturating_sub(listed) as f64 / hz
+    );
+    line
+}
+
 /// p50/p99 (ms) and wrong answers of one kind of query.
 struct Lat {
     name: &'static str,
@@ -358,6 +413,8 @@ fn main() {
     for d in 0..DIRS {
         fs::create_dir(sem.join(format!("d{d:03}"))).unwrap();
     }
+    let daemon = m.daemon_pid().expect("daemon pid");
+    let cpu_before = cpu_ticks(daemon);
     let write_start = Instant::now();
     for i in 0..n {
         fs::write(sem.join(rel_path(i)), fact(i).text).unwrap();
@@ -385,6 +442,7 @@ fn main() {
     };
     let ready = wait_ready(&m.mnt, last_close, Duration::from_secs(600));
     let ready_at = write_start.elapsed();
+    let cpu_write = cpu_report(&cpu_before, &cpu_ticks(daemon));
     // A random sample, each must be found now that the index says ready.
     let mut rng = Rng::new(42);
     let ids: Vec<usize> = (0..sample).map(|_| rng.below(n)).collect();
@@ -413,6 +471,7 @@ fn main() {
         missing_at_ready,
         missing.len()
     );
+    println!("searchbench: daemon during the writes and the catch-up: {cpu_write}");
     std::thread::sleep(Duration::from_millis(500));
     let index_dir = m.data.join("search-index");
     let index_bytes = dir_bytes(&index_dir);
@@ -477,6 +536,7 @@ fn main() {
     );
 
     // ---- 4. Rebuild from the store. -------------------------------------------------------
+    let cpu_before = cpu_ticks(daemon);
     let t = Instant::now();
     fs::write(
         m.mnt.join("sys/agents").join(AGENT).join("index"),
@@ -484,6 +544,7 @@ fn main() {
     )
     .unwrap();
     let rebuilt = wait_ready(&m.mnt, t, Duration::from_secs(900));
+    let cpu_rebuild = cpu_report(&cpu_before, &cpu_ticks(daemon));
     let rebuild_missing = (0..100)
         .map(|_| rng.below(n))
         .filter(|&i| !found_in_mount(&sem, i))
@@ -495,7 +556,8 @@ fn main() {
         fmt_opt(rebuilt),
         rebuild_missing
     );
-    let rss = m.daemon_pid().and_then(vm_hwm_kib);
+    println!("searchbench: daemon during the rebuild: {cpu_rebuild}");
+    let rss = vm_hwm_kib(daemon);
     m.unmount();
 
     // ---- 5. grep over the same files on tmpfs. --------------------------------------------
