@@ -410,6 +410,69 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// Runs `f` while a thread samples this process's `RssAnon`; returns `f`'s result, the
+/// growth of `RssAnon` at its highest over the value before, in MiB, and the time taken.
+fn peak_anon_growth<T>(f: impl FnOnce() -> T) -> (T, u64, Duration) {
+    let me = std::process::id() as i32;
+    let base = vm_kib(me, "RssAnon:").unwrap_or(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(vm_kib(me, "RssAnon:").unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let t = Instant::now();
+    let out = f();
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(0);
+    (out, peak.saturating_sub(base) / 1024, took)
+}
+
+/// `AGENTFS_BENCH_ONLY=library-memory`: how much memory indexing `n` facts with the library
+/// takes when every upsert is queued at once (what a rebuild from the store does) against a
+/// `flush` every 5,000 upserts (a bounded backlog). No mount.
+fn library_memory(n: usize) {
+    println!(
+        "searchbench: library memory, {n} facts; load average {}",
+        loadavg()
+    );
+    for (label, every) in [
+        ("flush every 5,000", 5_000),
+        ("one flush at the end", usize::MAX),
+    ] {
+        let dir = std::env::temp_dir().join(format!(
+            "agentfs-searchbench-mem-{}-{every}",
+            std::process::id()
+        ));
+        let idx = SearchIndex::open(Some(&dir)).expect("open the library index");
+        let ((), grew, took) = peak_anon_growth(|| {
+            for i in 0..n {
+                idx.upsert(AGENT, &rel_path(i), fact(i).text.as_bytes(), 1)
+                    .unwrap();
+                if (i + 1) % every == 0 {
+                    idx.flush().unwrap();
+                }
+            }
+            idx.flush().unwrap();
+        });
+        idx.shutdown();
+        drop(idx);
+        let _ = fs::remove_dir_all(&dir);
+        println!(
+            "searchbench: library {label:<22} {:.1} s, {:.0} facts/s, RssAnon peak +{grew} MiB",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
         println!("searchbench: SKIPPED — needs root and /dev/fuse (it mounts agentfs)");
@@ -418,6 +481,9 @@ fn main() {
     let _wd = Watchdog::new(3600);
     let quick = std::env::var("AGENTFS_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
     let n: usize = if quick { 10_000 } else { 100_000 };
+    if std::env::var("AGENTFS_BENCH_ONLY").as_deref() == Ok("library-memory") {
+        return library_memory(n);
+    }
     // `AGENTFS_BENCH_GREPS=N`: fewer grep runs (each reads every fact).
     let greps = std::env::var("AGENTFS_BENCH_GREPS")
         .ok()
