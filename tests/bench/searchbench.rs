@@ -16,7 +16,9 @@
 //!
 //! Figures are printed with PASS/MISS against the targets (p50 ≤ 2 ms through the
 //! mount, ≥ 100× faster than grep over 100k facts); it never fails on a MISS.
-//! `AGENTFS_BENCH_QUICK=1`: 10,000 facts.
+//! `AGENTFS_BENCH_QUICK=1`: 10,000 facts. `AGENTFS_BENCH_GREPS=N`: N grep runs instead of 20.
+//! `AGENTFS_BENCH_ONLY=library-memory`: only the library's memory when every upsert is queued
+//! at once (as a rebuild from the store does) against a bounded backlog.
 
 #[path = "../common/mod.rs"]
 mod common;
