@@ -356,7 +356,7 @@ fn cpu_report(
         .map(|(n, t)| (n.clone(), t - before.0.get(n).copied().unwrap_or(0).min(*t)))
         .filter(|(_, t)| *t > 0)
         .collect();
-    by.sort_by(|a, b| b.1.cmp(&a.1));
+    by.sort_by_key(|b| std::cmp::Reverse(b.1));
     let listed: u64 = by.iter().map(|(_, t)| t).sum();
     let total = after.1.saturating_sub(before.1);
     let mut line = format!("{:.1} s CPU in all:", total as f64 / hz);
