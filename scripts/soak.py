@@ -9,7 +9,7 @@ deleted, a bounded set of queries), so any growth is the daemon's, not the data'
 thread loops over: overwrite a fact, append to the episodic log, read a fact back, search,
 delete a fact, snapshot + rollback + delete the checkpoint now and then, STOP/CONT now and then.
 Needs root and /dev/fuse. Prints a table and exits 1 if RSS grew by more than 20 % after the
-first minute or the fd count grew.
+first minute or the fd count grew by more than 8 (a few come and go with the load).
 """
 
 import argparse
@@ -147,7 +147,9 @@ def main():
             f"RSS {first[2]} -> {last[2]} MiB ({growth:+.0%} after minute 1), "
             f"fds {first[3]} -> {last[3]}, threads {first[4]} -> {last[4]}"
         )
-        if growth > 0.20 or last[3] > first[3]:
+        # fds: a few come and go with the load (pack files, journal segments, open files);
+        # a leak grows without bound.
+        if growth > 0.20 or last[3] > first[3] + 8:
             print("soak: FAIL (growth)")
             sys.exit(1)
     print("soak: ok")
