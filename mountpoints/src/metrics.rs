@@ -209,7 +209,7 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
             for (result, v) in [("ok", ok), ("error", err)] {
                 t.sample(
                     "agentfs_ops_total",
-                    &[("agent", &a.name), ("op", op.name()), ("result", result)],
+                    &[("agent", &*a.name), ("op", op.name()), ("result", result)],
                     v,
                 );
             }
@@ -261,7 +261,7 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
                 if v > 0 {
                     t.sample(
                         "agentfs_policy_decisions_total",
-                        &[("agent", &a.name), ("rule", rule), ("action", action)],
+                        &[("agent", &*a.name), ("rule", &**rule), ("action", *action)],
                         v,
                     );
                 }
@@ -279,7 +279,7 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
         for (sig, c) in SIGNALS.iter().zip(&a.metrics.signals) {
             t.sample(
                 "agentfs_signals_total",
-                &[("agent", &a.name), ("signal", sig.name())],
+                &[("agent", &*a.name), ("signal", sig.name())],
                 c.load(Ordering::Relaxed),
             );
         }
@@ -294,7 +294,7 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
         (
             "agentfs_files",
             "Files an agent holds, by memory class.",
-            Agent::class_files,
+            Agent::class_files as fn(&Agent, usize) -> i64,
         ),
     ] {
         t.family(name, "gauge", help);
@@ -302,7 +302,7 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
             for (i, class) in CLASS_NAMES.iter().enumerate() {
                 t.sample(
                     name,
-                    &[("agent", &s.agent.name), ("class", class)],
+                    &[("agent", &*s.agent.name), ("class", *class)],
                     f(s.agent, i),
                 );
             }
@@ -317,7 +317,7 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
     for s in agents {
         t.sample(
             "agentfs_index_pending",
-            &[("agent", &s.agent.name)],
+            &[("agent", &*s.agent.name)],
             s.index_pending,
         );
     }
@@ -330,7 +330,7 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
     for s in agents {
         t.sample(
             "agentfs_parked_calls",
-            &[("agent", &s.agent.name)],
+            &[("agent", &*s.agent.name)],
             s.agent.gate.parked(),
         );
     }
@@ -349,7 +349,7 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
         ] {
             t.sample(
                 "agentfs_agent_state",
-                &[("agent", &s.agent.name), ("state", state.name())],
+                &[("agent", &*s.agent.name), ("state", state.name())],
                 u8::from(state == now),
             );
         }
@@ -365,7 +365,7 @@ impl Vfs {
             .iter()
             .map(|a| AgentSample {
                 agent: a,
-                index_pending: self.outbox.progress_of(&a.name).pending as u64,
+                index_pending: self.outbox.progress_of(&a.name).pending,
             })
             .collect();
         render(&self.metrics, &samples)
@@ -394,7 +394,7 @@ mod tests {
                     reason: String::new(),
                 })
                 .collect(),
-            version: PolicyVersion(1),
+            version: PolicyVersion([0; 32]),
         }
     }
 
@@ -534,7 +534,7 @@ mod tests {
         let d = |rule, action| {
             get(
                 "agentfs_policy_decisions_total",
-                &[("agent", who), ("rule", rule), ("action", action)],
+                &[("agent", who), ("rule", &**rule), ("action", *action)],
             )
         };
         assert_eq!(d("own-mem", "allow"), 1.0);
