@@ -66,9 +66,10 @@ fn parse(text: &str) -> Exposition {
         let mut labels = BTreeMap::new();
         if chars.next_if_eq(&'{').is_some() {
             loop {
-                let key: String =
-                    std::iter::from_fn(|| chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '_'))
-                        .collect();
+                let key: String = std::iter::from_fn(|| {
+                    chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '_')
+                })
+                .collect();
                 assert!(!key.is_empty(), "bad label name: {line}");
                 assert_eq!(chars.next(), Some('='), "{line}");
                 assert_eq!(chars.next(), Some('"'), "{line}");
@@ -121,7 +122,10 @@ fn parse(text: &str) -> Exposition {
         assert!(e.types.contains_key(family), "no TYPE for {}", s.name);
         assert!(e.help.contains(family), "no HELP for {}", s.name);
         if e.types[family] == "counter" {
-            assert!(family.ends_with("_total"), "counter {family} ends in _total");
+            assert!(
+                family.ends_with("_total"),
+                "counter {family} ends in _total"
+            );
         }
     }
     e
@@ -188,7 +192,10 @@ fn metrics_follow_writes_violations_and_signals() {
     assert!(names.contains(&"metrics".to_string()), "{names:?}");
     let before = metrics(&m);
     assert!(
-        before.samples.iter().all(|s| !s.labels.contains_key("agent")),
+        before
+            .samples
+            .iter()
+            .all(|s| !s.labels.contains_key("agent")),
         "no agents yet"
     );
 
@@ -250,7 +257,10 @@ fn metrics_follow_writes_violations_and_signals() {
     assert_eq!(x.state("b"), "running");
 
     // Ops by agent, kind and result.
-    assert!(x.ops("a", "create", "ok") >= 4.0, "three facts and the leak");
+    assert!(
+        x.ops("a", "create", "ok") >= 4.0,
+        "three facts and the leak"
+    );
     assert_eq!(x.ops("a", "write", "ok"), 3.0);
     assert_eq!(x.ops("a", "write", "error"), 1.0, "the refused secret");
     assert_eq!(x.ops("b", "write", "ok"), 4.0);
@@ -280,8 +290,16 @@ fn metrics_follow_writes_violations_and_signals() {
             .map(|s| s.value)
             .sum()
     };
-    assert!(allowed("a") >= 7.0, "creates and writes of a: {}", allowed("a"));
-    assert!(allowed("b") >= 7.0, "creates and writes of b: {}", allowed("b"));
+    assert!(
+        allowed("a") >= 7.0,
+        "creates and writes of a: {}",
+        allowed("a")
+    );
+    assert!(
+        allowed("b") >= 7.0,
+        "creates and writes of b: {}",
+        allowed("b")
+    );
 
     // Signals.
     assert_eq!(x.signals("a", "POLICY"), 1.0);
@@ -292,9 +310,8 @@ fn metrics_follow_writes_violations_and_signals() {
     assert_eq!(x.signals("b", "KILL"), 0.0);
 
     // Bytes and files per class.
-    let class = |name: &str, agent: &str, class: &str| {
-        x.get(name, &[("agent", agent), ("class", class)])
-    };
+    let class =
+        |name: &str, agent: &str, class: &str| x.get(name, &[("agent", agent), ("class", class)]);
     assert_eq!(class("agentfs_bytes", "b", "working"), 20.0);
     assert_eq!(class("agentfs_files", "b", "working"), 2.0);
     assert_eq!(
@@ -323,9 +340,7 @@ fn metrics_follow_writes_violations_and_signals() {
         let mut buckets: Vec<(f64, f64)> = x
             .samples
             .iter()
-            .filter(|s| {
-                s.name == "agentfs_op_latency_seconds_bucket" && s.labels["op"] == op
-            })
+            .filter(|s| s.name == "agentfs_op_latency_seconds_bucket" && s.labels["op"] == op)
             .map(|s| {
                 let le = &s.labels["le"];
                 let le = if le == "+Inf" {
@@ -339,7 +354,10 @@ fn metrics_follow_writes_violations_and_signals() {
         assert!(buckets.len() > 2, "{op}: {buckets:?}");
         let sorted = buckets.windows(2).all(|w| w[0].0 < w[1].0);
         assert!(sorted, "le ascending: {buckets:?}");
-        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative: {buckets:?}");
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "cumulative: {buckets:?}"
+        );
         let (last_le, inf) = buckets.pop().unwrap();
         assert!(last_le.is_infinite());
         let count = x.get("agentfs_op_latency_seconds_count", &[("op", op)]);
@@ -354,7 +372,11 @@ fn metrics_follow_writes_violations_and_signals() {
         .arg(&m.mnt)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli = parse(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(cli.signals("b", "CONT"), 1.0);
 }

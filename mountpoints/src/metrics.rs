@@ -242,7 +242,11 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
             &[("op", op.name())],
             seconds(sum_ns),
         );
-        t.sample("agentfs_op_latency_seconds_count", &[("op", op.name())], count);
+        t.sample(
+            "agentfs_op_latency_seconds_count",
+            &[("op", op.name())],
+            count,
+        );
     }
 
     t.family(
@@ -342,11 +346,7 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
     );
     for s in agents {
         let (now, _) = s.agent.gate.state();
-        for state in [
-            AgentState::Running,
-            AgentState::Stopped,
-            AgentState::Killed,
-        ] {
+        for state in [AgentState::Running, AgentState::Stopped, AgentState::Killed] {
             t.sample(
                 "agentfs_agent_state",
                 &[("agent", &*s.agent.name), ("state", state.name())],
@@ -403,8 +403,8 @@ mod tests {
         let mut out = Vec::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let mut chars = line.chars().peekable();
-            let name: String = std::iter::from_fn(|| chars.next_if(|c| *c != '{' && *c != ' '))
-                .collect();
+            let name: String =
+                std::iter::from_fn(|| chars.next_if(|c| *c != '{' && *c != ' ')).collect();
             let mut labels = Vec::new();
             if chars.next_if_eq(&'{').is_some() {
                 loop {
@@ -472,7 +472,8 @@ mod tests {
         a.metrics.count_signal(Signal::Stop);
         a.metrics.count_signal(Signal::Policy);
         a.metrics.count_decision(&verdict(Decision::Allow, &[]));
-        a.metrics.count_decision(&verdict(Decision::Allow, &["watch"]));
+        a.metrics
+            .count_decision(&verdict(Decision::Allow, &["watch"]));
         a.metrics.count_decision(&verdict(
             Decision::Kill {
                 rule: "no-secrets".into(),
@@ -519,18 +520,36 @@ mod tests {
         let who = "we\"ird\\name\n";
         assert!(text.contains(r#"agent="we\"ird\\name\n""#));
         let w = [("agent", who), ("op", "write")];
-        assert_eq!(get("agentfs_ops_total", &[w[0], w[1], ("result", "ok")]), 2.0);
-        assert_eq!(get("agentfs_ops_total", &[w[0], w[1], ("result", "error")]), 1.0);
         assert_eq!(
-            get("agentfs_op_latency_seconds_bucket", &[("op", "write"), ("le", "0.00005")]),
+            get("agentfs_ops_total", &[w[0], w[1], ("result", "ok")]),
+            2.0
+        );
+        assert_eq!(
+            get("agentfs_ops_total", &[w[0], w[1], ("result", "error")]),
             1.0
         );
         assert_eq!(
-            get("agentfs_op_latency_seconds_bucket", &[("op", "write"), ("le", "0.000025")]),
+            get(
+                "agentfs_op_latency_seconds_bucket",
+                &[("op", "write"), ("le", "0.00005")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            get(
+                "agentfs_op_latency_seconds_bucket",
+                &[("op", "write"), ("le", "0.000025")]
+            ),
             0.0
         );
-        assert_eq!(get("agentfs_op_latency_seconds_count", &[("op", "write")]), 1.0);
-        assert_eq!(get("agentfs_op_latency_seconds_sum", &[("op", "write")]), 0.00004);
+        assert_eq!(
+            get("agentfs_op_latency_seconds_count", &[("op", "write")]),
+            1.0
+        );
+        assert_eq!(
+            get("agentfs_op_latency_seconds_sum", &[("op", "write")]),
+            0.00004
+        );
         let d = |rule, action| {
             get(
                 "agentfs_policy_decisions_total",
@@ -541,11 +560,17 @@ mod tests {
         assert_eq!(d("watch", "audit"), 1.0);
         assert_eq!(d("no-secrets", "kill"), 1.0);
         assert_eq!(
-            get("agentfs_signals_total", &[("agent", who), ("signal", "POLICY")]),
+            get(
+                "agentfs_signals_total",
+                &[("agent", who), ("signal", "POLICY")]
+            ),
             1.0
         );
         assert_eq!(
-            get("agentfs_signals_total", &[("agent", who), ("signal", "CONT")]),
+            get(
+                "agentfs_signals_total",
+                &[("agent", who), ("signal", "CONT")]
+            ),
             0.0
         );
         assert_eq!(
@@ -555,11 +580,17 @@ mod tests {
         assert_eq!(get("agentfs_index_pending", &[("agent", who)]), 3.0);
         assert_eq!(get("agentfs_parked_calls", &[("agent", who)]), 0.0);
         assert_eq!(
-            get("agentfs_agent_state", &[("agent", who), ("state", "running")]),
+            get(
+                "agentfs_agent_state",
+                &[("agent", who), ("state", "running")]
+            ),
             1.0
         );
         assert_eq!(
-            get("agentfs_agent_state", &[("agent", who), ("state", "killed")]),
+            get(
+                "agentfs_agent_state",
+                &[("agent", who), ("state", "killed")]
+            ),
             0.0
         );
     }

@@ -1209,8 +1209,8 @@ fn sys_metrics_counts_ops_decisions_and_signals() {
     assert!(f.vfs.write(&op(), ino, 0, b"X", false).is_err());
     let metrics = f.ino("sys/metrics").expect("sys/metrics");
     let opened = f.vfs.open_file(&op(), metrics, libc::O_RDONLY).unwrap();
-    let text = String::from_utf8(f.vfs.read(&op(), metrics, opened.fh, 0, 1 << 20).unwrap())
-        .unwrap();
+    let text =
+        String::from_utf8(f.vfs.read(&op(), metrics, opened.fh, 0, 1 << 20).unwrap()).unwrap();
     f.vfs.release(metrics, opened.fh).unwrap();
     for want in [
         "agentfs_ops_total{agent=\"a\",op=\"create\",result=\"ok\"} 1\n",

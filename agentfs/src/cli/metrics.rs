@@ -21,10 +21,9 @@ pub fn run(args: MetricsArgs) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     // A closed pipe (`agentfs metrics | head`) is not an error worth a message.
     match out.write_all(&text).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Reported(format!(
-            "stdout: {}",
-            reason(&e)
-        ))),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Reported(format!("stdout: {}", reason(&e))))
+        }
         _ => Ok(()),
     }
 }
