@@ -550,10 +550,10 @@ mod tests {
             get("agentfs_op_latency_seconds_sum", &[("op", "write")]),
             0.00004
         );
-        let d = |rule, action| {
+        let d = |rule: &str, action: &str| {
             get(
                 "agentfs_policy_decisions_total",
-                &[("agent", who), ("rule", &**rule), ("action", *action)],
+                &[("agent", who), ("rule", rule), ("action", action)],
             )
         };
         assert_eq!(d("own-mem", "allow"), 1.0);
