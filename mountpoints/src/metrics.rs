@@ -399,7 +399,10 @@ mod tests {
     }
 
     /// Every non-comment line is `name{labels} value` or `name value`; returns them parsed.
-    fn parse(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    /// A parsed sample: name, labels, value.
+    type Parsed = (String, Vec<(String, String)>, f64);
+
+    fn parse(text: &str) -> Vec<Parsed> {
         let mut out = Vec::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let mut chars = line.chars().peekable();
