@@ -38,6 +38,8 @@ pub struct Agent {
     /// Bytes held per memory class: working, episodic, semantic.
     bytes: [AtomicI64; 3],
     files: [AtomicI64; 3],
+    /// Counters only `sys/metrics` shows (metrics.rs).
+    pub(crate) metrics: crate::metrics::AgentMetrics,
 }
 
 pub const CLASS_NAMES: [&str; 3] = ["working", "episodic", "semantic"];
@@ -60,6 +62,7 @@ impl Agent {
             errors: AtomicU64::new(0),
             bytes: Default::default(),
             files: Default::default(),
+            metrics: Default::default(),
         }
     }
 
@@ -68,7 +71,23 @@ impl Agent {
             self.ops[op.index()].fetch_add(1, Ordering::Relaxed);
         } else {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.count_error(op);
         }
+    }
+
+    /// Successful calls of kind `op`.
+    pub fn op_count(&self, op: Op) -> u64 {
+        self.ops[op.index()].load(Ordering::Relaxed)
+    }
+
+    /// Bytes held in memory class `class_index` (see [`CLASS_NAMES`]).
+    pub fn class_bytes(&self, class_index: usize) -> i64 {
+        self.bytes[class_index].load(Ordering::Relaxed).max(0)
+    }
+
+    /// Files held in memory class `class_index`.
+    pub fn class_files(&self, class_index: usize) -> i64 {
+        self.files[class_index].load(Ordering::Relaxed).max(0)
     }
 
     pub fn add_bytes(&self, class_index: usize, delta: i64) {

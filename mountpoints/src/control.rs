@@ -197,6 +197,7 @@ impl Vfs {
     pub(crate) fn deliver_gate(&self, agent: &Arc<Agent>, signal: Signal) -> AgentState {
         let now = now_ns();
         let t = agent.gate.signal(signal, now);
+        agent.metrics.count_signal(signal);
         *agent.last_signal.lock() = Some((signal.name().to_string(), now));
         tracing::info!(agent = %agent.name, %signal, from = %t.from, to = %t.to, released = t.release.len(), failed = t.fail.len(), "signal");
         for call in t.fail {

@@ -130,6 +130,10 @@ impl Vfs {
             }
         }
         record_verdict(entry, &verdict);
+        // One count per call: its last decision, or the one that refused it.
+        if let (Some(agent), true) = (&asker.agent, rated || !verdict.is_allowed()) {
+            agent.metrics.count_decision(&verdict);
+        }
         let (rule, killed) = match &verdict.decision {
             Decision::Allow => return Ok(()),
             Decision::Deny { rule } => (rule.clone(), false),

@@ -20,6 +20,7 @@ mod caller;
 mod control;
 mod enforce;
 mod error;
+mod metrics;
 mod mutate;
 mod names;
 mod node;

@@ -279,6 +279,7 @@ impl Vfs {
     /// The choke point: guard → policy → apply → record.
     pub(crate) fn mutate(&self, caller: &Caller, m: Mutation<'_>) -> Result<Outcome> {
         let op = m.op();
+        let started = std::time::Instant::now();
         let located = self.locate(&m)?;
         let agent = located.agent.as_deref().and_then(|a| self.agent(a));
         let span = tracing::debug_span!(
@@ -410,6 +411,7 @@ impl Vfs {
         if let Some(agent) = &agent {
             agent.count_op(op, result.is_ok());
         }
+        self.metrics.observe(op, started.elapsed());
         match &result {
             Ok(_) => {
                 if !txn.committed {

@@ -7,6 +7,7 @@
 //! ├── agents/AGENT/pids     write a pid to bind it (and its descendants); read: live bound pids
 //! ├── agents/AGENT/audit    this agent's flight record, JSON lines (grows; see auditfs.rs)
 //! ├── audit                 the whole flight record, JSON lines (grows)
+//! ├── metrics               counters and latency histograms, Prometheus text (metrics.rs)
 //! ├── agents/AGENT/rollback write a checkpoint name: mem/ becomes that checkpoint
 //! ├── agents/AGENT/index    JSON: the search index's state; write `rebuild` to rebuild it
 //! ├── agents/AGENT/episodes every write to the episodic logs with its time, JSON lines
@@ -26,6 +27,7 @@ pub const SYS_INO: Ino = 2;
 pub const SYS_AGENTS_INO: Ino = 3;
 pub const SYS_POLICY_INO: Ino = 4;
 pub const SYS_AUDIT_INO: Ino = 5;
+pub const SYS_METRICS_INO: Ino = 6;
 /// Per-agent virtual inodes: `VIRTUAL_BASE + index * 16 + k`, far above any stored inode.
 const VIRTUAL_BASE: Ino = 1 << 48;
 const PER_AGENT: Ino = 16;
@@ -71,6 +73,8 @@ pub(crate) enum Virtual {
     Audit,
     /// `sys/agents/AGENT/audit`.
     AgentAudit(Arc<Agent>),
+    /// `sys/metrics`: Prometheus text, taken at open.
+    Metrics,
     /// `AGENT/mem/semantic/.search/`: lookup-only, lists nothing.
     SearchDir(Arc<Agent>),
     /// `AGENT/mem/semantic/.search/QUERY`: the ranked hits, taken at open.
@@ -90,6 +94,7 @@ impl Virtual {
                     .then_some(Virtual::PolicySource(index))
             }
             SYS_AUDIT_INO => Some(Virtual::Audit),
+            SYS_METRICS_INO => Some(Virtual::Metrics),
             i if i >= crate::semantic::QUERY_INO_BASE => {
                 let (index, query) = vfs.query_inodes.get(i)?;
                 Some(Virtual::SearchQuery(vfs.agent_by_index(index)?, query, i))
@@ -140,6 +145,7 @@ impl Virtual {
                 VIRTUAL_BASE + a.index * PER_AGENT + k
             }
             Virtual::Audit => SYS_AUDIT_INO,
+            Virtual::Metrics => SYS_METRICS_INO,
             Virtual::AgentAudit(a) => VIRTUAL_BASE + a.index * PER_AGENT + AGENT_AUDIT,
             Virtual::SearchDir(a) => search_dir_ino(a),
             Virtual::SearchQuery(_, _, ino) => *ino,
@@ -149,7 +155,7 @@ impl Virtual {
     fn parent(&self, vfs: &Vfs) -> Ino {
         match self {
             Virtual::Sys => ROOT_INO,
-            Virtual::Agents | Virtual::Policy | Virtual::Audit => SYS_INO,
+            Virtual::Agents | Virtual::Policy | Virtual::Audit | Virtual::Metrics => SYS_INO,
             Virtual::AgentDir(_) => SYS_AGENTS_INO,
             Virtual::Status(a)
             | Virtual::Signal(a)
@@ -227,6 +233,7 @@ impl Virtual {
                 (b"agents".to_vec(), Virtual::Agents),
                 (b"policy".to_vec(), Virtual::Policy),
                 (b"audit".to_vec(), Virtual::Audit),
+                (b"metrics".to_vec(), Virtual::Metrics),
             ],
             Virtual::Agents => vfs
                 .agents_by_index
@@ -323,6 +330,7 @@ impl Virtual {
     pub(crate) fn may_open(&self, caller: &Caller) -> Result<()> {
         match (&caller.agent, self) {
             (Some(_), Virtual::Audit) => Err(VfsError::AccessDenied("the whole flight record")),
+            (Some(_), Virtual::Metrics) => Err(VfsError::AccessDenied("every agent's metrics")),
             (Some(mine), Virtual::AgentAudit(a)) if **mine != *a.name => {
                 Err(VfsError::AccessDenied("another agent's flight record"))
             }
@@ -432,6 +440,7 @@ impl Virtual {
             Virtual::PolicyVersion => Ok(policyview::version_line(&vfs.policy.current())),
             Virtual::AgentPolicy(a, v) => Ok(v.content(&vfs.policy.current(), a)),
             Virtual::SearchQuery(a, q, _) => vfs.search_file(&a.name, q),
+            Virtual::Metrics => Ok(vfs.metrics_text().into_bytes()),
             _ => Err(VfsError::IsDir),
         }
     }

@@ -1197,3 +1197,43 @@ fn a_bound_process_cannot_roll_back() {
         Some(libc::EPERM)
     );
 }
+
+/// `sys/metrics` through the core: listed in `sys/`, generated at open, counting ops,
+/// errors, the policy decision that killed the agent and its POLICY signal; bound agents
+/// may not read it.
+#[test]
+fn sys_metrics_counts_ops_decisions_and_signals() {
+    let f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/episodic", "log", b"one\n");
+    assert!(f.vfs.write(&op(), ino, 0, b"X", false).is_err());
+    let metrics = f.ino("sys/metrics").expect("sys/metrics");
+    let opened = f.vfs.open_file(&op(), metrics, libc::O_RDONLY).unwrap();
+    let text =
+        String::from_utf8(f.vfs.read(&op(), metrics, opened.fh, 0, 1 << 20).unwrap()).unwrap();
+    f.vfs.release(metrics, opened.fh).unwrap();
+    for want in [
+        "agentfs_ops_total{agent=\"a\",op=\"create\",result=\"ok\"} 1\n",
+        "agentfs_ops_total{agent=\"a\",op=\"write\",result=\"ok\"} 1\n",
+        "agentfs_ops_total{agent=\"a\",op=\"write\",result=\"error\"} 1\n",
+        "agentfs_signals_total{agent=\"a\",signal=\"POLICY\"} 1\n",
+        "agentfs_agent_state{agent=\"a\",state=\"killed\"} 1\n",
+        "agentfs_files{agent=\"a\",class=\"episodic\"} 1\n",
+        "action=\"kill\"} 1\n",
+        "agentfs_op_latency_seconds_count{op=\"write\"} 2\n",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    let bound = Caller {
+        agent: Some("a".into()),
+        ..op()
+    };
+    assert_eq!(
+        f.vfs
+            .open_file(&bound, metrics, libc::O_RDONLY)
+            .map(|_| ())
+            .unwrap_err()
+            .errno(),
+        libc::EACCES
+    );
+}

@@ -88,6 +88,8 @@ pub struct Vfs {
     pub(crate) me: std::sync::Weak<Vfs>,
     /// ENOSPC before the data dir's filesystem is full (space.rs).
     pub(crate) headroom: crate::space::Headroom,
+    /// Latency histograms of the choke point (metrics.rs, `sys/metrics`).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// `(directory, name)`: forget that entry; `(inode, b"")`: forget the inode's attributes.
@@ -264,6 +266,7 @@ impl Vfs {
             index_recovery: Mutex::new(Vec::new()),
             me: me.clone(),
             headroom: crate::space::Headroom::new(data_dir),
+            metrics: Default::default(),
         });
         vfs.load(loaded)?;
         Ok(vfs)

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod checkpoints;
 pub mod completions;
 pub mod episodes;
+pub mod metrics;
 pub mod mount;
 pub mod mounthelper;
 pub mod mountopts;
@@ -90,6 +91,8 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Print the agentfs(1) man page, or write every page into a directory with --out DIR
     Man(completions::ManArgs),
+    /// Print MNT/sys/metrics: counters and latency histograms in Prometheus text format
+    Metrics(metrics::MetricsArgs),
 }
 
 impl Cli {
@@ -110,6 +113,7 @@ impl Cli {
             Command::Reindex(args) => search::reindex(args),
             Command::Completions(args) => completions::completions(args),
             Command::Man(args) => completions::man(args),
+            Command::Metrics(args) => metrics::run(args),
         }
     }
 }
