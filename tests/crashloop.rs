@@ -93,18 +93,6 @@ fn fact(tok: &str, rng: &mut Rng) -> Vec<u8> {
     v
 }
 
-/// close(2) with its result: `drop(File)` ignores a failed close, which is how a write the
-/// daemon never committed (it died during the flush) would pass for acknowledged.
-fn close(f: fs::File) -> std::io::Result<()> {
-    use std::os::fd::IntoRawFd;
-    // SAFETY: the descriptor is owned (taken from the File) and closed exactly once.
-    if unsafe { libc::close(f.into_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// The error of a call, as an errno.
 fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
@@ -145,7 +133,7 @@ fn step(mnt: &Path, a: &mut Agent, rng: &mut Rng, cycle: u64) -> Result<State, (
                 .map_err(|e| fail(e, cands.clone()))?;
             f.write_all(&data).map_err(|e| fail(e, cands.clone()))?;
             f.sync_all().map_err(|e| fail(e, cands.clone()))?;
-            close(f).map_err(|e| fail(e, cands.clone()))?;
+            close_checked(f).map_err(|e| fail(e, cands.clone()))?;
         }
         // An experience: one append to an episodic log.
         30..=49 => {
@@ -172,7 +160,7 @@ fn step(mnt: &Path, a: &mut Agent, rng: &mut Rng, cycle: u64) -> Result<State, (
                 .map_err(|e| fail(e, cands.clone()))?;
             f.write_all(line.as_bytes())
                 .map_err(|e| fail(e, cands.clone()))?;
-            close(f).map_err(|e| fail(e, cands.clone()))?;
+            close_checked(f).map_err(|e| fail(e, cands.clone()))?;
         }
         // Rename a fact (atomic).
         50..=59 if !sem_files.is_empty() => {
@@ -199,7 +187,7 @@ fn step(mnt: &Path, a: &mut Agent, rng: &mut Rng, cycle: u64) -> Result<State, (
                 .map_err(|e| fail(e, vec![before.clone(), after.clone()]))?;
             f.set_len(keep)
                 .map_err(|e| fail(e, vec![before.clone(), after.clone()]))?;
-            close(f).map_err(|e| fail(e, vec![before.clone(), after.clone()]))?;
+            close_checked(f).map_err(|e| fail(e, vec![before.clone(), after.clone()]))?;
         }
         // Delete a fact.
         68..=75 if !sem_files.is_empty() => {
@@ -483,18 +471,7 @@ fn crash_loop() {
             }
         }
         // The flight recorder's chain holds (verify works while mounted).
-        let out = agentfs(&[
-            "audit".as_ref(),
-            "verify".as_ref(),
-            "--data-dir".as_ref(),
-            m.data.as_os_str(),
-        ]);
-        assert!(
-            out.status.success(),
-            "cycle {cycle}: audit verify failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_audit_verifies(&m.data, &format!("cycle {cycle}"));
         // The index agrees with the store once caught up.
         for a in &agents {
             assert!(

@@ -44,23 +44,13 @@ fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .truncate(true)
         .open(path)?;
     f.write_all(data)?;
-    use std::os::fd::IntoRawFd;
-    // SAFETY: an owned descriptor, closed once.
-    if unsafe { libc::close(f.into_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    close_checked(f)
 }
 
 fn append(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = OpenOptions::new().append(true).create(true).open(path)?;
     f.write_all(data)?;
-    use std::os::fd::IntoRawFd;
-    // SAFETY: an owned descriptor, closed once.
-    if unsafe { libc::close(f.into_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    close_checked(f)
 }
 
 fn state(mnt: &Path, agent: &str) -> String {
@@ -295,18 +285,7 @@ fn storm() {
     for (n, files) in names.iter().zip(&expected) {
         check(&m.mnt, n, files, "after a remount");
     }
-    let out = agentfs(&[
-        "audit".as_ref(),
-        "verify".as_ref(),
-        "--data-dir".as_ref(),
-        m.data.as_os_str(),
-    ]);
-    assert!(
-        out.status.success(),
-        "audit verify after the storm: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_audit_verifies(&m.data, "after the storm");
     eprintln!(
         "storm: {AGENTS} agents x {ops} ops in {secs:.1} s ({:.0} ops/s), {signals} signals, \
          {reloads} policy reloads, {bytes} bytes verified, chain verified",

@@ -768,3 +768,31 @@ pub fn loadavg() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
+
+/// `agentfs audit verify --data-dir DATA` must pass (it works while mounted too).
+pub fn assert_audit_verifies(data: &Path, when: &str) {
+    let out = agentfs(&[
+        "audit".as_ref(),
+        "verify".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{when}: audit verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// close(2) with its result: `drop(File)` ignores a failed close, which is how a write the
+/// daemon never committed (it died during the flush) would pass for acknowledged.
+pub fn close_checked(f: fs::File) -> io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the descriptor is owned (taken from the File) and closed exactly once.
+    if unsafe { libc::close(f.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -87,6 +87,10 @@ CREATE TABLE IF NOT EXISTS audit(
     prev_hash BLOB,
     hash BLOB
 );
+"#;
+
+/// The `appends` table (version 4): created with the rest, and by the 3 → 4 migration.
+const APPENDS_DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS appends(
     ino INTEGER NOT NULL,
     "offset" INTEGER NOT NULL,
@@ -97,18 +101,7 @@ CREATE TABLE IF NOT EXISTS appends(
 "#;
 
 /// Version 4 keeps the time of every append to an episodic log (`appends`).
-const MIGRATE_3_TO_4: &str = r#"
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS appends(
-    ino INTEGER NOT NULL,
-    "offset" INTEGER NOT NULL,
-    len INTEGER NOT NULL,
-    time INTEGER NOT NULL,
-    PRIMARY KEY(ino, "offset")
-) WITHOUT ROWID;
-UPDATE meta SET value = '4' WHERE key = 'schema_version';
-COMMIT;
-"#;
+const MIGRATE_3_TO_4_END: &str = "UPDATE meta SET value = '4' WHERE key = 'schema_version';";
 
 /// Version 2 added the policy decision and the fields the flight recorder needs to the
 /// audit table; older rows get empty values.
@@ -188,7 +181,7 @@ pub(super) fn init_or_check(conn: &Connection, db: &Path, create: bool) -> Resul
             )));
         }
         let batch = format!(
-            "BEGIN IMMEDIATE; {DDL} INSERT INTO meta(key, value) VALUES('{VERSION_KEY}', \
+            "BEGIN IMMEDIATE; {DDL} {APPENDS_DDL} INSERT INTO meta(key, value) VALUES('{VERSION_KEY}', \
              '{SCHEMA_VERSION}'); COMMIT;"
         );
         return conn
@@ -239,8 +232,10 @@ pub(super) fn init_or_check(conn: &Connection, db: &Path, create: bool) -> Resul
 }
 
 fn migrate_3_to_4(conn: &Connection, db: &Path) -> Result<(), StoreError> {
-    conn.execute_batch(MIGRATE_3_TO_4)
-        .map_err(|e| errors::sql_at_open(e, db))
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {APPENDS_DDL} {MIGRATE_3_TO_4_END} COMMIT;"
+    ))
+    .map_err(|e| errors::sql_at_open(e, db))
 }
 
 /// Adds the chain columns and chains every existing row, in seq order, in one transaction. The
