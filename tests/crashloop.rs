@@ -346,7 +346,9 @@ fn crash_loop() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let Some(mut m) = Mount::try_new_with_budget(60 + cycles * 20) else {
+    // Garbage collection rounds every 100 ms, so kills land in the middle of them too.
+    let Some(mut m) = Mount::try_new_with(60 + cycles * 20, None, &["--gc-interval", "100ms"])
+    else {
         return;
     };
     let seed: u64 = std::env::var("AGENTFS_CRASH_SEED")

@@ -217,7 +217,12 @@ fn storm() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
-    let Some(mut m) = Mount::try_new_with_policy(POLICY) else {
+    // Garbage collection rounds every 200 ms race the storm too.
+    let Some(mut m) = Mount::try_new_with(
+        common::DEFAULT_TEST_SECS,
+        Some(POLICY),
+        &["--gc-interval", "200ms"],
+    ) else {
         return;
     };
     let names: Vec<String> = (0..AGENTS).map(|i| format!("s{i}")).collect();
@@ -276,6 +281,11 @@ fn storm() {
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(done.load(Ordering::Relaxed), ops * AGENTS as u64);
 
+    let metrics = fs::read_to_string(m.mnt.join("sys/metrics")).expect("read sys/metrics");
+    let gc: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("agentfs_gc_") && l.contains("durable"))
+        .collect();
     let mut bytes = 0;
     for (n, files) in names.iter().zip(&expected) {
         assert_ne!(state(&m.mnt, n), "killed");
@@ -290,5 +300,11 @@ fn storm() {
         "storm: {AGENTS} agents x {ops} ops in {secs:.1} s ({:.0} ops/s), {signals} signals, \
          {reloads} policy reloads, {bytes} bytes verified, chain verified",
         (ops * AGENTS as u64) as f64 / secs
+    );
+    eprintln!("storm: garbage collection during it: {gc:?}");
+    assert!(
+        gc.iter()
+            .any(|l| l.starts_with("agentfs_gc_rounds_total") && !l.ends_with(" 0")),
+        "the collector ran during the storm: {gc:?}"
     );
 }

@@ -164,6 +164,16 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
         what: "start the audit flush thread",
         err,
     })?;
+    let collector = if args.gc_interval.is_zero() {
+        None
+    } else {
+        Some(
+            agentfs_vfs::Collector::start(&vfs, args.gc_interval).map_err(|err| CliError::Os {
+                what: "start the garbage collection thread",
+                err,
+            })?,
+        )
+    };
     let unmounter = session.unmount_callable();
     let signal_mnt = mnt.clone();
     let reloader = Reloader {
@@ -191,6 +201,9 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
     match &served {
         Ok(()) => info!("{} unmounted; flushing the store", mnt.display()),
         Err(e) => error!("the FUSE session failed: {e}; flushing the store"),
+    }
+    if let Some(c) = collector {
+        c.stop();
     }
     flusher.stop();
     if let Err(e) = vfs.record_event("unmount", &mnt.display().to_string()) {

@@ -45,6 +45,11 @@ pub(crate) fn check_batch(
                 }
             }
             Change::SetMeta { key, .. } | Change::DeleteMetaIf { key, .. } => check_meta_key(key)?,
+            Change::DropChunks(_) => {
+                return Err(invalid(
+                    "DropChunks is the store's own change (its garbage collector)".into(),
+                ))
+            }
             _ => {}
         }
     }

@@ -29,6 +29,8 @@ pub use sqlite::{
 };
 pub use types::*;
 
+use std::collections::HashSet;
+
 /// Size of one content chunk. Files are cut at multiples of this offset; the last chunk of a
 /// file may be shorter. Chosen so that one FUSE write of up to 128 KiB touches at most two chunks
 /// and a 1 GiB file needs 8,192 chunk-map rows.
@@ -71,12 +73,6 @@ pub trait Store: Send + Sync {
     /// Up to `limit` flight-recorder entries with seq above `after`, in seq order (only
     /// `agent`'s when given). A store that keeps no entries returns none. Entries a commit
     /// acknowledged may show up a few milliseconds later (the durable store's applier).
-    /// The appends recorded for file `ino` ([`Change::Append`]), in offset order. Like
-    /// [`Store::audit_after`], a store that keeps none returns none.
-    fn appends(&self, _ino: Ino) -> Result<Vec<AppendRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-
     fn audit_after(
         &self,
         _after: u64,
@@ -84,5 +80,26 @@ pub trait Store: Send + Sync {
         _limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         Ok(Vec::new())
+    }
+
+    /// The appends recorded for file `ino` ([`Change::Append`]), in offset order. Like
+    /// [`Store::audit_after`], a store that keeps none returns none.
+    fn appends(&self, _ino: Ino) -> Result<Vec<AppendRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// One round of garbage collection: frees the chunks that nothing references.
+    ///
+    /// `live` holds every chunk id the caller keeps outside committed chunk maps (an open
+    /// file's sealed but uncommitted slots; passing every id it holds is fine). A chunk is freed
+    /// when, at two consecutive rounds, no committed chunk map names it and it is not in
+    /// `live`, and no `put_chunk` returned it and no commit named it since the round before
+    /// the previous one. So an id obtained from `put_chunk` stays valid for at least one full
+    /// round even before any node holds it, and a reader that copied an id out of a file just
+    /// before the file dropped it can still read it for a round. Rounds are serialised; the
+    /// caller spaces them (seconds, not microseconds) so that those windows mean something.
+    /// `docs/storage.md#garbage-collection` has the whole argument.
+    fn collect_garbage(&self, _live: &HashSet<ChunkId>) -> Result<GcReport, StoreError> {
+        Ok(GcReport::default())
     }
 }

@@ -13,17 +13,17 @@
 //! `put_chunk` that deduplicates against a chunk some commit is releasing must not lose it).
 //! Each `put_chunk` adds one claim-to-be and each new reference in a commit settles one, so a
 //! chunk put but never referenced (a write superseded before it was committed, or the same
-//! bytes put twice for one slot) lingers until the store is dropped. That leak is bounded by
-//! the writes the core abandons and is accepted for a store that lives as long as one mount.
+//! bytes put twice for one slot) lingers until the garbage collector
+//! ([`Store::collect_garbage`]) finds nothing references it for two rounds.
 
 use crate::audit::{canonical_body, AuditRecord, ChainHead};
 use crate::checks::{check_batch, check_chunk_len, is_reserved_meta, missing_chunk};
 use crate::{
-    AppendRecord, Batch, Change, ChunkId, Durability, Ino, InodeRecord, LoadedState, Store,
-    StoreError,
+    AppendRecord, Batch, Change, ChunkId, Durability, GcReport, Ino, InodeRecord, LoadedState,
+    Store, StoreError,
 };
 use parking_lot::{Mutex, RwLock};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -35,6 +35,8 @@ struct RamChunk {
     data: Arc<[u8]>,
     /// `put_chunk` calls not yet settled by a committed reference (see the module docs).
     unclaimed: AtomicU32,
+    /// The garbage-collection round in which `put_chunk` last returned this chunk.
+    stamp: AtomicU64,
 }
 
 /// The committed metadata tables, ordered like the SQLite primary keys so `load` matches.
@@ -60,6 +62,10 @@ pub struct RamStore {
     shards: Box<[RwLock<HashMap<ChunkId, RamChunk>>]>,
     tables: Mutex<Tables>,
     bytes: AtomicU64,
+    /// The current garbage-collection round.
+    round: AtomicU64,
+    /// Chunks the last round found unreferenced (held while a round runs).
+    suspects: Mutex<HashSet<ChunkId>>,
 }
 
 impl Default for RamStore {
@@ -75,6 +81,8 @@ impl RamStore {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             tables: Mutex::new(Tables::default()),
             bytes: AtomicU64::new(0),
+            round: AtomicU64::new(0),
+            suspects: Mutex::new(HashSet::new()),
         }
     }
 
@@ -221,6 +229,8 @@ impl Tables {
                     self.meta.remove(&key);
                 }
             }
+            // Refused by `check_batch`: only the durable store's collector writes it.
+            Change::DropChunks(_) => {}
             Change::Audit(entry) => {
                 let prev_hash = self.chain.hash;
                 let (seq, hash) = self.chain.advance(&canonical_body(&entry));
@@ -239,8 +249,10 @@ impl Store for RamStore {
     fn put_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError> {
         check_chunk_len(data.len())?;
         let id = ChunkId::of(data);
+        let round = self.round.load(Ordering::Acquire);
         if let Some(chunk) = self.shard(&id).read().get(&id) {
             chunk.unclaimed.fetch_add(1, Ordering::AcqRel);
+            chunk.stamp.store(round, Ordering::Release);
             return Ok(id);
         }
         let mut shard = self.shard(&id).write();
@@ -248,6 +260,7 @@ impl Store for RamStore {
             // Another thread stored the same bytes between our read and write lock.
             Some(chunk) => {
                 chunk.unclaimed.fetch_add(1, Ordering::AcqRel);
+                chunk.stamp.store(round, Ordering::Release);
             }
             None => {
                 shard.insert(
@@ -255,6 +268,7 @@ impl Store for RamStore {
                     RamChunk {
                         data: Arc::from(data),
                         unclaimed: AtomicU32::new(1),
+                        stamp: AtomicU64::new(round),
                     },
                 );
                 self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -329,6 +343,42 @@ impl Store for RamStore {
 
     fn chunk_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Frees chunks that were put but that no commit references, by the rule of
+    /// [`Store::collect_garbage`] (committed references free their chunks at once, at the
+    /// commit that drops the last one). Runs under the tables lock, so no commit can add a
+    /// reference meanwhile, and takes each shard's write lock, so no `put_chunk` can hand out
+    /// a chunk while it is being freed.
+    fn collect_garbage(&self, live: &HashSet<ChunkId>) -> Result<GcReport, StoreError> {
+        let mut suspects = self.suspects.lock();
+        let round = self.round.load(Ordering::Acquire);
+        let tables = self.tables.lock();
+        let mut next = HashSet::new();
+        let mut report = GcReport::default();
+        for shard in self.shards.iter() {
+            shard.write().retain(|id, chunk| {
+                if tables.refs.contains_key(id) || live.contains(id) {
+                    return true;
+                }
+                let quiet = chunk.stamp.load(Ordering::Acquire).saturating_add(2) <= round;
+                if quiet && suspects.contains(id) {
+                    report.freed_chunks += 1;
+                    report.freed_bytes += chunk.data.len() as u64;
+                    return false;
+                }
+                next.insert(*id);
+                true
+            });
+        }
+        drop(tables);
+        self.bytes.fetch_sub(report.freed_bytes, Ordering::Relaxed);
+        // RAM given back is the bytes freed (no file to punch).
+        report.reclaimed_bytes = report.freed_bytes;
+        report.suspects = next.len() as u64;
+        *suspects = next;
+        self.round.fetch_add(1, Ordering::AcqRel);
+        Ok(report)
     }
 
     fn appends(&self, ino: Ino) -> Result<Vec<AppendRecord>, StoreError> {

@@ -188,6 +188,10 @@ pub enum Change {
     /// One append to an episodic log: `len` bytes at `offset` of file `ino`, written at `time`
     /// (kept so an agent's experience can be replayed in order; `agentfs episodes`).
     Append(AppendRecord),
+    /// Forget where these chunks' bytes are (their `blobs` rows): written only by the durable
+    /// store's own garbage collector, in the journal record that frees them. A batch from the
+    /// core naming it is refused.
+    DropChunks(Vec<ChunkId>),
 }
 
 /// When a range of an episodic log was written.
@@ -217,6 +221,21 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
+}
+
+/// What one garbage-collection round did ([`crate::Store::collect_garbage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Chunks freed by this round.
+    pub freed_chunks: u64,
+    /// Their bytes.
+    pub freed_bytes: u64,
+    /// Chunks nothing referenced this round: freed by the next one if still unreferenced.
+    pub suspects: u64,
+    /// Bytes given back to the filesystem holding the store (holes punched, packs deleted).
+    pub reclaimed_bytes: u64,
+    /// Pack files deleted because nothing in them was referenced any more.
+    pub packs_deleted: u64,
 }
 
 /// Everything a store holds, as loaded at mount.

@@ -69,6 +69,8 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     latency: [Histogram; Op::ALL.len()],
+    /// Garbage collection totals: the durable store's, then working memory's.
+    pub(crate) gc: [crate::gc::GcTotals; 2],
 }
 
 impl Metrics {
@@ -191,6 +193,13 @@ pub(crate) struct AgentSample<'a> {
     pub agent: &'a Agent,
     pub index_pending: u64,
 }
+
+/// A garbage-collection counter: name, help, and which total it shows.
+type GcCounter = (
+    &'static str,
+    &'static str,
+    fn(&crate::gc::GcTotals) -> &std::sync::atomic::AtomicU64,
+);
 
 /// Renders the whole exposition: `agents` in registration order, `metrics` the daemon's.
 pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
@@ -336,6 +345,52 @@ pub(crate) fn render(metrics: &Metrics, agents: &[AgentSample<'_>]) -> String {
             "agentfs_parked_calls",
             &[("agent", &*s.agent.name)],
             s.agent.gate.parked(),
+        );
+    }
+
+    let gc: [GcCounter; 5] = [
+        (
+            "agentfs_gc_rounds_total",
+            "Garbage collection rounds run.",
+            |g| &g.rounds,
+        ),
+        (
+            "agentfs_gc_failures_total",
+            "Garbage collection rounds that failed.",
+            |g| &g.failures,
+        ),
+        (
+            "agentfs_gc_freed_chunks_total",
+            "Chunks freed by the garbage collector.",
+            |g| &g.freed_chunks,
+        ),
+        (
+            "agentfs_gc_freed_bytes_total",
+            "Bytes of chunks freed by the garbage collector.",
+            |g| &g.freed_bytes,
+        ),
+        (
+            "agentfs_gc_reclaimed_bytes_total",
+            "Bytes given back to the disk (durable) or to the allocator (working).",
+            |g| &g.reclaimed_bytes,
+        ),
+    ];
+    for (name, help, f) in gc {
+        t.family(name, "counter", help);
+        for (store, totals) in ["durable", "working"].iter().zip(&metrics.gc) {
+            t.sample(name, &[("store", store)], f(totals).load(Ordering::Relaxed));
+        }
+    }
+    t.family(
+        "agentfs_gc_suspect_chunks",
+        "gauge",
+        "Chunks the last round found unreferenced: freed by the next round if still so.",
+    );
+    for (store, totals) in ["durable", "working"].iter().zip(&metrics.gc) {
+        t.sample(
+            "agentfs_gc_suspect_chunks",
+            &[("store", store)],
+            totals.suspects.load(Ordering::Relaxed),
         );
     }
 

@@ -362,29 +362,29 @@ impl Mount {
 
     /// Like [`Mount::try_new`], with extra `agentfs mount` arguments.
     pub fn try_new_with_args(args: &[&str]) -> Option<Mount> {
-        if !can_mount() {
-            return None;
-        }
-        let wd = Watchdog::new(DEFAULT_TEST_SECS);
-        let root = fresh_dir("test");
-        let mut m =
-            Mount::unmounted(root.join("mnt"), root.join("data"), Some(root)).with_args(args);
-        m._watchdog = Some(wd);
-        m.mount();
-        Some(m)
+        Self::try_new_with(DEFAULT_TEST_SECS, None, args)
     }
 
     /// Like [`Mount::try_new`], mounted with `--policy` of a file holding `policy`.
     pub fn try_new_with_policy(policy: &str) -> Option<Mount> {
+        Self::try_new_with(DEFAULT_TEST_SECS, Some(policy), &[])
+    }
+
+    /// The general form: a budget in seconds, an optional policy (the text of a `--policy`
+    /// file) and extra `agentfs mount` arguments.
+    pub fn try_new_with(secs: u64, policy: Option<&str>, args: &[&str]) -> Option<Mount> {
         if !can_mount() {
             return None;
         }
-        let wd = Watchdog::new(DEFAULT_TEST_SECS);
+        let wd = Watchdog::new(secs);
         let root = fresh_dir("test");
-        let file = root.join("policy.toml");
-        fs::write(&file, policy).expect("write the policy file");
-        let mut m = Mount::unmounted(root.join("mnt"), root.join("data"), Some(root))
-            .with_args(&["--policy", file.to_str().expect("UTF-8 temp path")]);
+        let mut m = Mount::unmounted(root.join("mnt"), root.join("data"), Some(root.clone()))
+            .with_args(args);
+        if let Some(policy) = policy {
+            let file = root.join("policy.toml");
+            fs::write(&file, policy).expect("write the policy file");
+            m = m.with_args(&["--policy", file.to_str().expect("UTF-8 temp path")]);
+        }
         m._watchdog = Some(wd);
         m.mount();
         Some(m)

@@ -65,6 +65,11 @@ pub struct MountArgs {
     #[arg(long)]
     pub read_only: bool,
 
+    /// How often the garbage collector looks for chunks nothing references (a chunk is
+    /// freed at the second round that finds it so); `0s` turns it off
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_GC_INTERVAL, value_parser = parse_interval)]
+    pub gc_interval: std::time::Duration,
+
     /// Mount options as in fstab, comma-separated, repeatable: ro, rw, allow_other,
     /// default_permissions, data_dir=D, policy=FILE, audit_reads, threads=N, log_level=L
     /// (they win over the flags); fstab-only ones (defaults, noauto, nofail, _netdev, x-*,
@@ -169,7 +174,21 @@ fn daemon_args(args: &MountArgs, mnt: &Path, data_dir: &Path, ready_fd: i32) -> 
     if args.read_only {
         out.push("--read-only".into());
     }
+    out.push("--gc-interval".into());
+    out.push(
+        humantime::format_duration(args.gc_interval)
+            .to_string()
+            .into(),
+    );
     out
+}
+
+/// `--gc-interval` when not given (also for the mount helper).
+pub const DEFAULT_GC_INTERVAL: &str = "30s";
+
+/// A duration such as `30s`, `500ms` or `2m`.
+pub fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s: {e}"))
 }
 
 /// The daemon's argv[0]: ours, unless we run as the mount helper (the daemon must not).
@@ -275,6 +294,7 @@ mod tests {
             audit_reads: true,
             read_only: true,
             options: vec![],
+            gc_interval: std::time::Duration::from_millis(1500),
         };
         let got = daemon_args(&args, Path::new("/abs/m"), Path::new("/abs/d"), 7);
         let got: Vec<&str> = got.iter().map(|s| s.to_str().unwrap()).collect();
@@ -295,7 +315,9 @@ mod tests {
                 "--policy",
                 "/etc/p.toml",
                 "--audit-reads",
-                "--read-only"
+                "--read-only",
+                "--gc-interval",
+                "1s 500ms"
             ]
         );
     }
@@ -312,6 +334,7 @@ mod tests {
             policies: vec![PathBuf::from("/a.toml")],
             audit_reads: false,
             read_only: true,
+            gc_interval: std::time::Duration::from_secs(30),
             options: vec![
                 parse_options("data_dir=/opt,threads=9,policy=/b.toml").unwrap(),
                 parse_options("rw,audit_reads,log_level=debug,noauto").unwrap(),

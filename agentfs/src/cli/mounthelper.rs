@@ -153,6 +153,8 @@ fn translate(h: &HelperArgs) -> Result<(MountArgs, Vec<String>), String> {
         read_only: false,
         options: lists,
         ready_fd: None,
+        gc_interval: super::mount::parse_interval(super::mount::DEFAULT_GC_INTERVAL)
+            .unwrap_or(std::time::Duration::from_secs(30)),
     };
     args.apply_options();
     Ok((args, unknown))

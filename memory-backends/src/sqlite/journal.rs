@@ -873,6 +873,12 @@ mod tests {
             "00",
         );
         assert_eq!(hex, expected);
+        // Variants added later keep their place at the end: DropChunks is variant 12.
+        let drop = start_record(&Batch {
+            changes: vec![Change::DropChunks(vec![ChunkId([7; 32])])],
+        })
+        .unwrap();
+        assert_eq!(drop[FRAME_HEADER..FRAME_HEADER + 3], [1, 12, 1]);
         let blob = (
             ChunkId([9; 32]),
             Loc {

@@ -23,7 +23,9 @@ mod tables;
 use crate::audit::{canonical_body, AuditRecord, ChainHead};
 use crate::checks::{check_batch, check_chunk_len, missing_chunk};
 use crate::Change;
-use crate::{AppendRecord, Batch, ChunkId, Durability, Ino, LoadedState, Store, StoreError};
+use crate::{
+    AppendRecord, Batch, ChunkId, Durability, GcReport, Ino, LoadedState, Store, StoreError,
+};
 use applier::Applier;
 use head::HeadPin;
 use journal::{Journal, Link, Record, SEGMENT_LIMIT};
@@ -34,7 +36,8 @@ use lock::DirLock;
 use packs::{Loc, Packs, PACK_LIMIT};
 use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OpenFlags};
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::hash_map::{self, HashMap};
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,10 +76,27 @@ impl Default for Limits {
     }
 }
 
+/// Where one chunk is, and when it was last handed out.
+struct Entry {
+    loc: Loc,
+    /// The garbage-collection round during which `put_chunk` last returned this chunk or a
+    /// commit last named it (see [`SqliteStore::collect_garbage`]).
+    stamp: AtomicU64,
+}
+
+impl Entry {
+    fn new(loc: Loc, round: u64) -> Entry {
+        Entry {
+            loc,
+            stamp: AtomicU64::new(round),
+        }
+    }
+}
+
 /// The chunk index: every chunk whose bytes are in a pack, committed or not.
 #[derive(Default)]
 struct Index {
-    locs: HashMap<ChunkId, Loc>,
+    locs: HashMap<ChunkId, Entry>,
     /// Chunks written to a pack whose blob row is not committed yet. The next commit puts them
     /// in its own journal record, so any chunk map it commits has its blob rows with it (or in
     /// an earlier record). Pushed under the same lock as `locs`, so a chunk visible in `locs` is
@@ -98,6 +118,10 @@ pub struct SqliteStore {
     packs: Packs,
     /// Sum of `len` over `index.locs`.
     chunk_bytes: AtomicU64,
+    /// The current garbage-collection round; chunks handed out are stamped with it.
+    round: AtomicU64,
+    /// Chunks the last round found unreferenced; held while a round runs (one at a time).
+    suspects: Mutex<HashSet<ChunkId>>,
     /// Writes `audit.head`.
     pin: Arc<HeadPin>,
     /// Read-only connection for `audit_after` (opened at first use), so that readers of the
@@ -201,7 +225,7 @@ impl SqliteStore {
             let end = referenced_end.entry(loc.pack).or_insert(0);
             *end = (*end).max(loc.offset + u64::from(loc.len));
             bytes += u64::from(loc.len);
-            locs.insert(id, loc);
+            locs.insert(id, Entry::new(loc, 0));
         }
         let packs = Packs::open(dir.join(PACKS_DIR), limits.pack, &referenced_end)?;
         if !existed {
@@ -241,6 +265,8 @@ impl SqliteStore {
             }),
             packs,
             chunk_bytes: AtomicU64::new(bytes),
+            round: AtomicU64::new(0),
+            suspects: Mutex::new(HashSet::new()),
             pin,
             reader: Mutex::new(None),
             dir: dir.to_path_buf(),
@@ -293,7 +319,7 @@ impl SqliteStore {
             .read()
             .locs
             .iter()
-            .map(|(k, v)| (*k, *v))
+            .map(|(k, v)| (*k, v.loc))
             .collect();
         let mut bad = Vec::new();
         let mut buf = Vec::new();
@@ -313,24 +339,151 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Marks chunk `id` as handed out in this round, if the store holds it.
+    fn stamp(&self, id: &ChunkId) -> bool {
+        match self.index.read().locs.get(id) {
+            Some(e) => {
+                e.stamp
+                    .store(self.round.load(Ordering::Acquire), Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every chunk a committed chunk map names, read through a connection of its own so the
+    /// applier is never held up by the scan.
+    fn committed_refs(&self) -> Result<HashSet<ChunkId>, StoreError> {
+        self.wait_applied()?;
+        let conn = Connection::open_with_flags(
+            &self.db_path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| errors::sql_at_open(e, &self.db_path))?;
+        tables::chunk_refs(&conn, &self.db_path)
+    }
+
+    /// Removes the chunks to free from the index and journals their blob rows' deletion, in
+    /// one step under the journal lock: no commit can name one of them after this (its check
+    /// under the same lock fails), and none named one before (it would be referenced).
+    fn drop_chunks(
+        &self,
+        live: &HashSet<ChunkId>,
+        committed: &HashSet<ChunkId>,
+        suspects: &mut HashSet<ChunkId>,
+    ) -> Result<Vec<Loc>, StoreError> {
+        let round = self.round.load(Ordering::Acquire);
+        self.applier.admit()?;
+        let mut active = self.journal.lock();
+        let mut index = self.index.write();
+        let mut doomed = Vec::new();
+        let mut next = HashSet::new();
+        for (id, e) in &index.locs {
+            if live.contains(id) || committed.contains(id) {
+                continue;
+            }
+            // Handed out in neither this round nor the previous one, and already unreferenced
+            // at the previous round.
+            let quiet = e.stamp.load(Ordering::Acquire).saturating_add(2) <= round;
+            if quiet && suspects.contains(id) {
+                doomed.push(*id);
+            } else {
+                next.insert(*id);
+            }
+        }
+        *suspects = next;
+        if doomed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = Batch {
+            changes: vec![Change::DropChunks(doomed.clone())],
+        };
+        let frame = journal::start_record(&batch)?;
+        let (seq, bytes) = self.journal.append(&mut active, frame, &[])?;
+        self.applier.push(Record {
+            seq,
+            batch,
+            links: Vec::new(),
+            blobs: Vec::new(),
+            bytes,
+        });
+        let doomed: HashSet<ChunkId> = doomed.into_iter().collect();
+        // A chunk put but never committed has its blob row pending: it must not reach SQLite
+        // now that its bytes are about to be punched out.
+        index.pending.retain(|(id, _)| !doomed.contains(id));
+        let mut freed = Vec::with_capacity(doomed.len());
+        for id in &doomed {
+            if let Some(e) = index.locs.remove(id) {
+                self.chunk_bytes
+                    .fetch_sub(u64::from(e.loc.len), Ordering::Relaxed);
+                freed.push(e.loc);
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Deletes every pack (but the current one) that no indexed chunk points into.
+    fn delete_dead_packs(&self) -> Result<(u64, u64), StoreError> {
+        let current = self.packs.current();
+        let on_disk = self.packs.on_disk()?;
+        let dead: Vec<u32> = {
+            let index = self.index.read();
+            let used: HashSet<u32> = index.locs.values().map(|e| e.loc.pack).collect();
+            // Checked under the index lock: a chunk still on its way into the index keeps
+            // its pack (its insert needs the write side of this lock).
+            on_disk
+                .into_iter()
+                .filter(|n| *n < current && !used.contains(n) && !self.packs.has_inflight(*n))
+                .collect()
+        };
+        let mut bytes = 0;
+        for &n in &dead {
+            bytes += self.packs.delete(n)?;
+        }
+        Ok((dead.len() as u64, bytes))
+    }
+}
+
+/// The first chunk a `SetChunks` of `batch` names that `locs` lacks.
+fn first_missing(batch: &Batch, locs: &HashMap<ChunkId, Entry>) -> Option<ChunkId> {
+    batch.changes.iter().find_map(|c| match c {
+        Change::SetChunks { chunks, .. } => chunks
+            .iter()
+            .filter_map(|(_, id)| *id)
+            .find(|id| !locs.contains_key(id)),
+        _ => None,
+    })
+}
+
 impl Store for SqliteStore {
     fn put_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError> {
         check_chunk_len(data.len())?;
         let id = ChunkId::of(data);
-        if self.index.read().locs.contains_key(&id) {
+        if self.stamp(&id) {
             return Ok(id);
         }
         // Two threads may write the same new chunk at once; the loser's bytes become dead
         // space in the pack, which is cheaper than holding a lock across the write.
-        let loc = self.packs.write(data)?;
+        let written = self.packs.write(data)?;
+        let loc = written.loc;
         let mut guard = self.index.write();
         let index = &mut *guard;
-        if let Entry::Vacant(slot) = index.locs.entry(id) {
-            slot.insert(loc);
-            index.pending.push((id, loc));
-            self.chunk_bytes
-                .fetch_add(u64::from(loc.len), Ordering::Relaxed);
+        match index.locs.entry(id) {
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(Entry::new(loc, self.round.load(Ordering::Acquire)));
+                index.pending.push((id, loc));
+                self.chunk_bytes
+                    .fetch_add(u64::from(loc.len), Ordering::Relaxed);
+            }
+            hash_map::Entry::Occupied(e) => {
+                e.get()
+                    .stamp
+                    .store(self.round.load(Ordering::Acquire), Ordering::Release);
+            }
         }
+        drop(guard);
+        drop(written);
         Ok(id)
     }
 
@@ -340,7 +493,7 @@ impl Store for SqliteStore {
             .read()
             .locs
             .get(id)
-            .copied()
+            .map(|e| e.loc)
             .ok_or_else(|| missing_chunk(id))?;
         let len = loc.len as usize;
         if offset >= len || buf.is_empty() {
@@ -355,9 +508,10 @@ impl Store for SqliteStore {
     /// record, queues it for the applier and returns: a `write` of a few hundred bytes, no
     /// SQLite. `Disk` then syncs the packs and the journal.
     fn commit(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
-        // Chunks are never removed from the index, so a chunk seen here is still there at the
-        // append; if its blob row is pending, the append below takes it (see `Index`).
-        check_batch(&batch, |id| self.index.read().locs.contains_key(id))?;
+        // Stamping the chunks keeps the garbage collector off them for a whole round, and the
+        // check is repeated under the journal lock (which the collector holds while it removes
+        // chunks), so no record can name a chunk without its blob row.
+        check_batch(&batch, |id| self.stamp(id))?;
         if !batch.is_empty() || !self.index.read().pending.is_empty() {
             self.applier.admit()?;
             let frame = journal::start_record(&batch)?;
@@ -372,7 +526,12 @@ impl Store for SqliteStore {
                 })
                 .collect();
             let mut active = self.journal.lock();
-            let pending = std::mem::take(&mut self.index.write().pending);
+            let mut index = self.index.write();
+            if let Some(gone) = first_missing(&batch, &index.locs) {
+                return Err(missing_chunk(&gone));
+            }
+            let pending = std::mem::take(&mut index.pending);
+            drop(index);
             if batch.is_empty() && pending.is_empty() {
                 // Another commit took the pending rows meanwhile: nothing to append.
             } else {
@@ -454,6 +613,34 @@ impl Store for SqliteStore {
 
     fn chunk_bytes(&self) -> u64 {
         self.chunk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Frees what nothing references (see [`Store::collect_garbage`]): the committed chunk
+    /// maps are read from SQLite (after the applier caught up), the chunks to free leave the
+    /// index and their blob rows are deleted by one journal record, which is made durable
+    /// before their bytes are punched out of the packs (else a crash could bring back a row
+    /// pointing at zeros). Packs left with no chunk are deleted.
+    fn collect_garbage(&self, live: &HashSet<ChunkId>) -> Result<GcReport, StoreError> {
+        let mut suspects = self.suspects.lock();
+        let committed = self.committed_refs()?;
+        let freed = self.drop_chunks(live, &committed, &mut suspects)?;
+        self.round.fetch_add(1, Ordering::AcqRel);
+        let mut report = GcReport {
+            freed_chunks: freed.len() as u64,
+            freed_bytes: freed.iter().map(|l| u64::from(l.len)).sum(),
+            suspects: suspects.len() as u64,
+            ..GcReport::default()
+        };
+        if !freed.is_empty() {
+            self.sync()?;
+            for loc in &freed {
+                report.reclaimed_bytes += self.packs.punch(*loc)?;
+            }
+        }
+        let (packs, bytes) = self.delete_dead_packs()?;
+        report.packs_deleted = packs;
+        report.reclaimed_bytes += bytes;
+        Ok(report)
     }
 }
 
@@ -567,6 +754,53 @@ mod tests {
         }
         assert!(store.verify_chunks().unwrap().is_empty());
         assert_eq!(store.chunk_bytes(), 10_000);
+    }
+
+    #[test]
+    fn a_pack_left_without_live_chunks_is_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = StoreOptions { create: true };
+        let store = SqliteStore::open_with(tmp.path(), opts.clone(), tiny_packs()).unwrap();
+        // Packs 1 and 2 fill with garbage; the kept chunk lands in a later one.
+        for i in 0..8u8 {
+            store.put_chunk(&[i; 1000]).unwrap();
+        }
+        let kept = store.put_chunk(&[9u8; 1000]).unwrap();
+        let mut batch = Batch::new();
+        batch.push(Change::SetChunks {
+            ino: 2,
+            chunks: vec![(0, Some(kept))],
+        });
+        store.commit(batch, Durability::Process).unwrap();
+        let packs = || {
+            std::fs::read_dir(tmp.path().join(PACKS_DIR))
+                .unwrap()
+                .count()
+        };
+        assert!(packs() >= 3, "{}", packs());
+        let mut deleted = 0;
+        for _ in 0..3 {
+            deleted += store
+                .collect_garbage(&HashSet::new())
+                .unwrap()
+                .packs_deleted;
+        }
+        assert!(deleted >= 2, "deleted {deleted}");
+        assert_eq!(
+            packs() as u64,
+            1 + u64::from(store.packs.current() != kept_pack(&store, &kept))
+        );
+        let mut buf = [0u8; 1000];
+        assert_eq!(store.read_at(&kept, 0, &mut buf).unwrap(), 1000);
+        drop(store);
+        let store = SqliteStore::open_with(tmp.path(), opts, tiny_packs()).unwrap();
+        assert_eq!(store.read_at(&kept, 0, &mut buf).unwrap(), 1000);
+        assert_eq!(buf, [9u8; 1000]);
+        assert!(store.verify_chunks().unwrap().is_empty());
+    }
+
+    fn kept_pack(store: &SqliteStore, id: &ChunkId) -> u32 {
+        store.index.read().locs[id].loc.pack
     }
 
     fn xattr(i: u32) -> Batch {

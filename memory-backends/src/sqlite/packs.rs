@@ -60,6 +60,30 @@ pub(super) struct Packs {
     sync_lock: Mutex<()>,
     /// A pack file was created since the directory was last synced.
     dir_dirty: AtomicBool,
+    /// Writes reserved in each pack whose chunk is not in the store's index yet (see
+    /// [`Written`]): a pack is deleted only when it has none.
+    inflight: Mutex<HashMap<u32, usize>>,
+    /// The filesystem refused to punch a hole once (`EOPNOTSUPP`): dead chunks then stay on
+    /// the disk until their whole pack is dead and deleted.
+    no_punch: AtomicBool,
+}
+
+/// A chunk just written to a pack, counted as in flight until dropped.
+pub(super) struct Written<'a> {
+    packs: &'a Packs,
+    pub loc: Loc,
+}
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.packs.inflight.lock();
+        if let Some(c) = inflight.get_mut(&self.loc.pack) {
+            *c -= 1;
+            if *c == 0 {
+                inflight.remove(&self.loc.pack);
+            }
+        }
+    }
 }
 
 /// Name of pack `n`.
@@ -152,6 +176,8 @@ impl Packs {
             dirty: Mutex::new(BTreeSet::new()),
             sync_lock: Mutex::new(()),
             dir_dirty: AtomicBool::new(dir_dirty),
+            no_punch: AtomicBool::new(false),
+            inflight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -160,8 +186,11 @@ impl Packs {
         self.dir.join(pack_name(n))
     }
 
-    /// Appends `data` to the current pack and returns where it went.
-    pub(super) fn write(&self, data: &[u8]) -> Result<Loc, StoreError> {
+    /// Appends `data` to the current pack and returns where it went. The pack counts the
+    /// write as in flight until the returned [`Written`] is dropped: drop it only once the
+    /// chunk is in the index, so that the garbage collector never deletes a pack a chunk is
+    /// about to be indexed in.
+    pub(super) fn write(&self, data: &[u8]) -> Result<Written<'_>, StoreError> {
         let len = data.len() as u64;
         let (pack, file, offset) = {
             let mut cur = self.current.lock();
@@ -170,15 +199,26 @@ impl Packs {
             }
             let offset = cur.end;
             cur.end += len;
+            *self.inflight.lock().entry(cur.pack).or_insert(0) += 1;
             (cur.pack, Arc::clone(&cur.file), offset)
+        };
+        let len = u32::try_from(data.len())
+            .map_err(|_| StoreError::Corrupt(format!("chunk of {} bytes", data.len())))?;
+        let written = Written {
+            packs: self,
+            loc: Loc { pack, offset, len },
         };
         // The range is ours alone: write it without holding the mutex.
         file.write_all_at(data, offset)
             .map_err(|e| errors::io(e, &self.path(pack)))?;
         self.dirty.lock().insert(pack);
-        let len = u32::try_from(data.len())
-            .map_err(|_| StoreError::Corrupt(format!("chunk of {} bytes", data.len())))?;
-        Ok(Loc { pack, offset, len })
+        Ok(written)
+    }
+
+    /// Whether a chunk written to pack `n` may still be on its way into the index. Call it
+    /// under the index's lock, after reading which packs the index uses.
+    pub(super) fn has_inflight(&self, n: u32) -> bool {
+        self.inflight.lock().get(&n).is_some_and(|c| *c > 0)
     }
 
     /// Starts the next pack. Writers still holding the old pack's `Arc<File>` finish normally.
@@ -259,6 +299,88 @@ impl Packs {
         Ok(())
     }
 
+    /// The pack being appended to.
+    pub(super) fn current(&self) -> u32 {
+        self.current.lock().pack
+    }
+
+    /// Pack numbers present in the pack directory.
+    pub(super) fn on_disk(&self) -> Result<Vec<u32>, StoreError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| errors::io(e, &self.dir))? {
+            let entry = entry.map_err(|e| errors::io(e, &self.dir))?;
+            if let Some(n) = entry.file_name().to_str().and_then(parse_pack_name) {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Gives the bytes of a dead chunk back to the filesystem (`fallocate` punching a hole; the
+    /// file keeps its length and every other byte). Only for a chunk whose `blobs` row is gone
+    /// for good: reading it afterwards gives zeros. Returns the bytes punched (0 when the
+    /// filesystem cannot punch holes).
+    pub(super) fn punch(&self, loc: Loc) -> Result<u64, StoreError> {
+        if self.no_punch.load(Ordering::Relaxed) || loc.len == 0 {
+            return Ok(0);
+        }
+        let file = match self.reader(loc.pack) {
+            Ok(f) => f,
+            // The pack is gone already (deleted whole): nothing to give back.
+            Err(StoreError::Corrupt(_)) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let Ok(offset) = libc::off_t::try_from(loc.offset) else {
+            return Ok(0);
+        };
+        let len = libc::off_t::from(loc.len);
+        // SAFETY: plain syscall on a descriptor we own; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&*file),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        if rc == 0 {
+            return Ok(u64::from(loc.len));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            self.no_punch.store(true, Ordering::Relaxed);
+            tracing::info!(
+                dir = %self.dir.display(),
+                "this filesystem cannot punch holes: dead chunks are reclaimed only when a \
+                 whole pack is dead"
+            );
+            return Ok(0);
+        }
+        Err(errors::io(err, &self.path(loc.pack)))
+    }
+
+    /// Deletes pack `n`, which no chunk in the index points into any more, unless it is the
+    /// pack being appended to. Returns the bytes it held on the disk.
+    pub(super) fn delete(&self, n: u32) -> Result<u64, StoreError> {
+        if self.current() == n {
+            return Ok(0);
+        }
+        let path = self.path(n);
+        let held = fs::metadata(&path).map_or(0, |m| {
+            std::os::unix::fs::MetadataExt::blocks(&m).saturating_mul(512)
+        });
+        self.files.write().remove(&n);
+        self.dirty.lock().remove(&n);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(errors::io(e, &path)),
+        }
+        sync_dir(&self.dir)?;
+        Ok(held)
+    }
+
     /// Whether pack `n` holds at least `end` bytes (used at open to warn about lost tails).
     pub(super) fn covers(&self, n: u32, end: u64) -> bool {
         self.reader(n)
@@ -319,8 +441,8 @@ mod tests {
     fn rolls_at_the_limit_and_reads_back() {
         let tmp = tempfile::tempdir().unwrap();
         let packs = Packs::open(tmp.path().join("packs"), 64, &HashMap::new()).unwrap();
-        let a = packs.write(&[1u8; 40]).unwrap();
-        let b = packs.write(&[2u8; 40]).unwrap();
+        let a = packs.write(&[1u8; 40]).unwrap().loc;
+        let b = packs.write(&[2u8; 40]).unwrap().loc;
         assert_eq!(a.pack, 1);
         assert_eq!(b.pack, 2, "the second chunk does not fit in 64 bytes");
         let mut buf = [0u8; 40];
@@ -338,7 +460,7 @@ mod tests {
         drop(packs);
         // A row claims bytes up to 1000 that the file lost.
         let packs = Packs::open(dir, PACK_LIMIT, &HashMap::from([(1, 1000)])).unwrap();
-        let loc = packs.write(&[3u8; 10]).unwrap();
+        let loc = packs.write(&[3u8; 10]).unwrap().loc;
         assert_eq!((loc.pack, loc.offset), (1, 1000));
         assert!(!packs.covers(1, 2000));
     }

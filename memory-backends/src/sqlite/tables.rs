@@ -11,6 +11,7 @@ use crate::{
     AppendRecord, AuditEntry, Change, ChunkId, FileKind, Ino, InodeRecord, LoadedState, StoreError,
 };
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
+use std::collections::HashSet;
 use std::path::Path;
 
 /// Records where a chunk's bytes are.
@@ -147,6 +148,13 @@ pub(super) fn apply(
                 .and_then(|mut s| s.execute(params![key, value]))
                 .map_err(sql)?;
         }
+        Change::DropChunks(ids) => {
+            for id in ids {
+                conn.prepare_cached("DELETE FROM blobs WHERE hash = ?1")
+                    .and_then(|mut s| s.execute([&id.0[..]]))
+                    .map_err(sql)?;
+            }
+        }
         Change::Audit(_) => {
             // Audit rows need their place in the chain: `insert_audit`, called by the applier.
             return Err(StoreError::Io(std::io::Error::other(
@@ -282,6 +290,23 @@ pub(super) fn applied_seq(conn: &Connection, db: &Path) -> Result<u64, StoreErro
 pub(super) fn audit_count(conn: &Connection) -> rusqlite::Result<u64> {
     conn.query_row("SELECT count(*) FROM audit", [], |r| r.get::<_, i64>(0))
         .map(|n| n as u64)
+}
+
+/// Every chunk some committed chunk map names (live files and checkpoints alike): what the
+/// garbage collector must never free, whatever its caller says.
+pub(super) fn chunk_refs(conn: &Connection, db: &Path) -> Result<HashSet<ChunkId>, StoreError> {
+    let sql = |e| errors::sql(e, db);
+    let mut stmt = conn
+        .prepare("SELECT DISTINCT hash FROM chunks")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .map_err(sql)?;
+    let mut out = HashSet::new();
+    for row in rows {
+        out.insert(chunk_id(row.map_err(sql)?, "chunks", db)?);
+    }
+    Ok(out)
 }
 
 /// Every `blobs` row.

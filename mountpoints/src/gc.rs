@@ -1,0 +1,177 @@
+//! Garbage collection of chunks, the core's half: which chunk ids the live tree holds, and the
+//! background thread that runs a round every so often.
+//!
+//! The stores decide what is garbage ([`agentfs_memory::Store::collect_garbage`]): a chunk no
+//! committed chunk map names, that no node holds and that nothing was handed out for two
+//! rounds. The core's part is the second condition: every [`Slot::Clean`] of every node,
+//! including files unlinked while open and `state/` checkpoints, because an open file's
+//! sealed slots are not committed until it is closed. Reads copy bytes under the node's lock,
+//! so no reader ever holds an id the walk cannot see.
+
+use crate::error::Result;
+use crate::node::{Body, Slot};
+use crate::vfs::Vfs;
+use agentfs_memory::{ChunkId, GcReport};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+/// Totals since the mount, per store (`sys/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct GcTotals {
+    pub rounds: AtomicU64,
+    pub failures: AtomicU64,
+    pub freed_chunks: AtomicU64,
+    pub freed_bytes: AtomicU64,
+    pub reclaimed_bytes: AtomicU64,
+    pub suspects: AtomicU64,
+}
+
+impl GcTotals {
+    fn add(&self, r: &GcReport) {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.freed_chunks
+            .fetch_add(r.freed_chunks, Ordering::Relaxed);
+        self.freed_bytes.fetch_add(r.freed_bytes, Ordering::Relaxed);
+        self.reclaimed_bytes
+            .fetch_add(r.reclaimed_bytes, Ordering::Relaxed);
+        self.suspects.store(r.suspects, Ordering::Relaxed);
+    }
+}
+
+/// What one round did, per store.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GcRound {
+    pub durable: GcReport,
+    pub working: GcReport,
+}
+
+impl Vfs {
+    /// The chunk ids the tree holds: `(durable store's, working memory's)`.
+    fn held_chunks(&self) -> (HashSet<ChunkId>, HashSet<ChunkId>) {
+        let nodes: Vec<_> = self.nodes.read().values().cloned().collect();
+        let (mut durable, mut working) = (HashSet::new(), HashSet::new());
+        for node in nodes {
+            let n = node.read();
+            let Body::File(file) = &n.body else { continue };
+            let set = if n.class.is_volatile() {
+                &mut working
+            } else {
+                &mut durable
+            };
+            set.extend(file.slots.values().filter_map(|s| match s {
+                Slot::Clean(id) => Some(*id),
+                Slot::Dirty(_) => None,
+            }));
+        }
+        (durable, working)
+    }
+
+    /// Runs one round of garbage collection on both stores. What is freed is recorded in
+    /// the flight recorder (`op: gc`); a round that frees nothing records nothing.
+    pub fn collect_garbage(&self) -> Result<GcRound> {
+        let (durable_ids, working_ids) = self.held_chunks();
+        let result = (|| {
+            let durable = self.durable.collect_garbage(&durable_ids)?;
+            let working = self.volatile.collect_garbage(&working_ids)?;
+            Ok::<_, agentfs_memory::StoreError>(GcRound { durable, working })
+        })();
+        let round = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.gc[0].failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        self.metrics.gc[0].add(&round.durable);
+        self.metrics.gc[1].add(&round.working);
+        if round.durable.freed_chunks + round.working.freed_chunks > 0 {
+            let detail = format!(
+                "freed {} chunks ({} bytes) from the durable store, {} chunks ({} bytes) from \
+                 working memory; {} bytes given back to the disk",
+                round.durable.freed_chunks,
+                round.durable.freed_bytes,
+                round.working.freed_chunks,
+                round.working.freed_bytes,
+                round.durable.reclaimed_bytes,
+            );
+            self.record_event("gc", &detail)?;
+        }
+        Ok(round)
+    }
+}
+
+/// The thread that runs a round every `interval` (and at once when asked), stopped and
+/// joined by [`Collector::stop`] or on drop.
+pub struct Collector {
+    shared: Arc<(Mutex<Wake>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Wake {
+    stop: bool,
+    now: bool,
+}
+
+impl Collector {
+    /// Starts collecting on `vfs` every `interval`. The thread holds only a weak reference,
+    /// so it never keeps a dropped core alive.
+    pub fn start(vfs: &Arc<Vfs>, interval: Duration) -> std::io::Result<Collector> {
+        let shared = Arc::new((Mutex::new(Wake::default()), Condvar::new()));
+        let weak: Weak<Vfs> = Arc::downgrade(vfs);
+        let flag = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(String::from("agentfs-gc"))
+            .spawn(move || {
+                let (lock, cv) = &*flag;
+                loop {
+                    {
+                        let mut wake = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        if !wake.now && !wake.stop {
+                            wake = cv
+                                .wait_timeout(wake, interval)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                        if wake.stop {
+                            return;
+                        }
+                        wake.now = false;
+                    }
+                    let Some(vfs) = weak.upgrade() else { return };
+                    match vfs.collect_garbage() {
+                        Ok(r) => tracing::debug!(?r, "garbage collection round"),
+                        Err(e) => tracing::warn!(error = %e, "garbage collection round failed"),
+                    }
+                }
+            })?;
+        Ok(Collector {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread (after the round in progress, if any) and waits for it.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the garbage collection thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
