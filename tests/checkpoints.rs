@@ -228,6 +228,95 @@ fn rollback_restores_byte_identical_content() {
     assert_eq!(tree(&mem), before);
 }
 
+/// The xattr `name` of `p`, if set.
+fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let (c, k) = (cstr(p), cstr(name));
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length given.
+    let n = unsafe { libc::getxattr(c.as_ptr(), k.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then(|| {
+        buf.truncate(n as usize);
+        buf
+    })
+}
+
+#[test]
+fn rollback_replaces_only_what_changed() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::create_dir_all(sem.join("dir/sub")).unwrap();
+    fs::write(sem.join("keep"), b"kept").unwrap();
+    fs::write(sem.join("change"), b"before").unwrap();
+    fs::write(sem.join("dir/sub/inner"), pattern(4, 200_000)).unwrap();
+    fs::create_dir(sem.join("was_dir")).unwrap();
+    fs::write(sem.join("was_dir/f"), b"f").unwrap();
+    fs::write(sem.join("was_file"), b"file").unwrap();
+    fs::write(sem.join("h1"), b"linked").unwrap();
+    fs::hard_link(sem.join("h1"), sem.join("dir/h2")).unwrap();
+    let before = tree(&m.mnt.join("a/mem"));
+    let ino = |p: &str| fs::symlink_metadata(sem.join(p)).unwrap().ino();
+    let (keep, dir, inner) = (ino("keep"), ino("dir"), ino("dir/sub/inner"));
+    let change_mtime = fs::metadata(sem.join("change")).unwrap().mtime_nsec();
+    snapshot(&m, "a", "c");
+
+    fs::write(sem.join("change"), b"after!").unwrap();
+    fs::set_permissions(
+        sem.join("dir"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let (c, k) = (cstr(sem.join("dir")), cstr("user.note"));
+    // SAFETY: valid C strings and value.
+    check(unsafe { libc::setxattr(c.as_ptr(), k.as_ptr(), b"x".as_ptr().cast(), 1, 0) }).unwrap();
+    fs::remove_dir_all(sem.join("was_dir")).unwrap();
+    fs::write(sem.join("was_dir"), b"now a file").unwrap();
+    fs::remove_file(sem.join("was_file")).unwrap();
+    fs::create_dir(sem.join("was_file")).unwrap();
+    fs::write(sem.join("h1"), b"relinked").unwrap();
+    fs::write(sem.join("dir/sub/extra"), b"extra").unwrap();
+    let mut open_keep = fs::File::open(sem.join("keep")).unwrap();
+
+    rollback(&m, "a", "c").unwrap();
+    assert_eq!(tree(&m.mnt.join("a/mem")), before);
+    // What did not change keeps its inode; what changed is a new one.
+    assert_eq!(ino("keep"), keep);
+    assert_eq!(ino("dir"), dir);
+    assert_eq!(ino("dir/sub/inner"), inner);
+    assert_ne!(ino("change"), 0);
+    assert_eq!(fs::read(sem.join("change")).unwrap(), b"before");
+    assert_eq!(
+        fs::metadata(sem.join("change")).unwrap().mtime_nsec(),
+        change_mtime
+    );
+    // A kept directory takes the checkpoint's mode and xattrs back.
+    let md = fs::metadata(sem.join("dir")).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o755);
+    assert_eq!(xattr_of(&sem.join("dir"), "user.note"), None);
+    assert!(!sem.join("dir/sub/extra").exists());
+    // Hard links stay one inode.
+    assert_eq!(ino("h1"), ino("dir/h2"));
+    assert_eq!(fs::metadata(sem.join("h1")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(sem.join("dir/h2")).unwrap(), b"linked");
+    // A handle on a kept file goes on reading it.
+    let mut got = String::new();
+    open_keep.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "kept");
+    // The audit entry says what was kept.
+    let audit = fs::read_to_string(m.mnt.join("sys/agents/a/audit")).unwrap();
+    let entry = audit
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"op\":\"rollback\""))
+        .expect("the rollback's audit entry");
+    assert!(entry.contains(" kept,"), "{entry}");
+    // And once more from the restored state: nothing to do, everything kept.
+    let all = ino("change");
+    rollback(&m, "a", "c").unwrap();
+    assert_eq!(ino("change"), all);
+    assert_eq!(tree(&m.mnt.join("a/mem")), before);
+}
+
 #[test]
 fn checkpoint_count_does_not_grow_the_store_with_bytes() {
     let Some(m) = Mount::try_new() else { return };

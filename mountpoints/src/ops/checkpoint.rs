@@ -16,6 +16,7 @@ use crate::mutate::Txn;
 use crate::names::check_name;
 use crate::node::{Body, Class, FileData, Node, Slot};
 use crate::vfs::{now_ns, Vfs};
+use agentfs_memory::TimeNs;
 use agentfs_memory::CHUNK_SIZE;
 use agentfs_memory::{AuditEntry, Batch, Change, ChunkId, Durability, FileKind, Ino, InodeRecord};
 use parking_lot::RwLock;
@@ -76,8 +77,17 @@ type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
 type Entries = Vec<(Ino, Vec<u8>, Ino)>;
 
 impl Vfs {
+    /// The entries of directory `dir`: `(name, inode)`.
+    fn entries_of(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino)>> {
+        let node = self.node(dir)?;
+        let n = node.read();
+        Ok(n.dir()
+            .map(|d| d.names().map(|(n, i)| (n.to_vec(), i)).collect())
+            .unwrap_or_default())
+    }
+
     /// Copies everything below `src_dir` into `dst_dir` (a new node of `plan` or a live
-    /// directory), as nodes of `dst_class`. Iterative, so deep trees cannot overflow a stack.
+    /// directory), as nodes of `dst_class`.
     fn copy_children(
         &self,
         plan: &mut CopyPlan,
@@ -86,78 +96,89 @@ impl Vfs {
         dst_class: Class,
         agent: &Arc<str>,
     ) -> Result<()> {
-        let mut queue = vec![(src_dir, dst_dir)];
-        while let Some((src, dst)) = queue.pop() {
-            let entries: Vec<(Vec<u8>, Ino)> = {
-                let node = self.node(src)?;
-                let n = node.read();
-                n.dir()
-                    .map(|d| d.names().map(|(n, i)| (n.to_vec(), i)).collect())
-                    .unwrap_or_default()
-            };
-            for (name, child) in entries {
-                if let Some(&copy) = plan.map.get(&child) {
-                    // Another name of a hard-linked file already copied.
-                    let kind = plan.made.get(&copy).map_or(FileKind::File, |n| n.attr.kind);
-                    plan.batch(dst_class).push(Change::PutDirent {
-                        parent: dst,
-                        name: name.clone(),
-                        ino: copy,
-                    });
-                    plan.add_entry(dst, name, copy, kind);
-                    continue;
-                }
-                let node = self.node(child)?;
-                let c = node.read();
-                let ino = self.alloc_ino();
-                let mut rec = c.attr.clone();
-                rec.ino = ino;
-                let mut copy = Node::new(
-                    rec.clone(),
-                    dst_class,
-                    Some(agent.clone()),
-                    dst,
-                    name.clone(),
-                );
-                copy.xattrs = c.xattrs.clone();
-                let chunks = match &c.body {
-                    Body::File(f) => self.copy_chunks(f, c.class, dst_class)?,
-                    _ => BTreeMap::new(),
-                };
-                let is_dir = c.is_dir();
-                drop(c);
-                let batch = plan.batch(dst_class);
-                batch.push(Change::PutInode(rec.clone()));
-                batch.push(Change::PutDirent {
+        let queue = self
+            .entries_of(src_dir)?
+            .into_iter()
+            .map(|(name, child)| (name, child, dst_dir))
+            .collect();
+        self.copy_entries(plan, queue, dst_class, agent)
+    }
+
+    /// Copies each `(name, source node, destination directory)` and everything below it, as
+    /// nodes of `dst_class`. Iterative, so deep trees cannot overflow a stack.
+    fn copy_entries(
+        &self,
+        plan: &mut CopyPlan,
+        mut queue: Vec<(Vec<u8>, Ino, Ino)>,
+        dst_class: Class,
+        agent: &Arc<str>,
+    ) -> Result<()> {
+        while let Some((name, child, dst)) = queue.pop() {
+            if let Some(&copy) = plan.map.get(&child) {
+                // Another name of a hard-linked file already copied.
+                let kind = plan.made.get(&copy).map_or(FileKind::File, |n| n.attr.kind);
+                plan.batch(dst_class).push(Change::PutDirent {
                     parent: dst,
                     name: name.clone(),
-                    ino,
+                    ino: copy,
                 });
-                if !chunks.is_empty() {
-                    batch.push(Change::SetChunks {
-                        ino,
-                        chunks: chunks.iter().map(|(i, id)| (*i, Some(*id))).collect(),
-                    });
-                }
-                for (k, v) in &copy.xattrs {
-                    batch.push(Change::SetXattr {
-                        ino,
-                        name: k.clone(),
-                        value: v.clone(),
-                    });
-                }
-                if let Body::File(f) = &mut copy.body {
-                    f.slots = chunks
+                plan.add_entry(dst, name, copy, kind);
+                continue;
+            }
+            let node = self.node(child)?;
+            let c = node.read();
+            let ino = self.alloc_ino();
+            let mut rec = c.attr.clone();
+            rec.ino = ino;
+            let mut copy = Node::new(
+                rec.clone(),
+                dst_class,
+                Some(agent.clone()),
+                dst,
+                name.clone(),
+            );
+            copy.xattrs = c.xattrs.clone();
+            let chunks = match &c.body {
+                Body::File(f) => self.copy_chunks(f, c.class, dst_class)?,
+                _ => BTreeMap::new(),
+            };
+            let is_dir = c.is_dir();
+            drop(c);
+            let batch = plan.batch(dst_class);
+            batch.push(Change::PutInode(rec.clone()));
+            batch.push(Change::PutDirent {
+                parent: dst,
+                name: name.clone(),
+                ino,
+            });
+            if !chunks.is_empty() {
+                batch.push(Change::SetChunks {
+                    ino,
+                    chunks: chunks.iter().map(|(i, id)| (*i, Some(*id))).collect(),
+                });
+            }
+            for (k, v) in &copy.xattrs {
+                batch.push(Change::SetXattr {
+                    ino,
+                    name: k.clone(),
+                    value: v.clone(),
+                });
+            }
+            if let Body::File(f) = &mut copy.body {
+                f.slots = chunks
+                    .into_iter()
+                    .map(|(i, id)| (i, Slot::Clean(id)))
+                    .collect();
+            }
+            plan.add_entry(dst, name, ino, rec.kind);
+            plan.map.insert(child, ino);
+            plan.made.insert(ino, copy);
+            if is_dir {
+                queue.extend(
+                    self.entries_of(child)?
                         .into_iter()
-                        .map(|(i, id)| (i, Slot::Clean(id)))
-                        .collect();
-                }
-                plan.add_entry(dst, name, ino, rec.kind);
-                plan.map.insert(child, ino);
-                plan.made.insert(ino, copy);
-                if is_dir {
-                    queue.push((child, ino));
-                }
+                        .map(|(name, grandchild)| (name, grandchild, ino)),
+                );
             }
         }
         Ok(())
@@ -453,15 +474,178 @@ impl Vfs {
         Ok(())
     }
 
-    /// `echo NAME > sys/agents/AGENT/rollback`: `mem/` becomes a copy of the checkpoint.
-    /// Returns the number of nodes restored.
+    /// What a file or symlink is, for deciding whether a rollback may keep the live node:
+    /// `None` for directories, hard-linked files and files with unsaved writes (always
+    /// replaced or descended into).
+    fn sameness_key(&self, ino: Ino) -> Result<Option<SamenessKey>> {
+        let node = self.node(ino)?;
+        let n = node.read();
+        if n.is_dir() || n.attr.nlink != 1 {
+            return Ok(None);
+        }
+        let chunks = match &n.body {
+            Body::File(f) => {
+                if f.dirty || f.dirty_slots > 0 || f.truncated_from.is_some() {
+                    return Ok(None);
+                }
+                let mut ids = Vec::with_capacity(f.slots.len());
+                for (idx, slot) in &f.slots {
+                    match slot {
+                        Slot::Clean(id) => ids.push((*idx, *id)),
+                        Slot::Dirty(_) => return Ok(None),
+                    }
+                }
+                ids
+            }
+            _ => Vec::new(),
+        };
+        let a = &n.attr;
+        Ok(Some(SamenessKey {
+            kind: a.kind,
+            perm: a.perm,
+            uid: a.uid,
+            gid: a.gid,
+            size: a.size,
+            mtime: a.mtime,
+            rdev: a.rdev,
+            target: a.symlink_target.clone(),
+            xattrs: n.xattrs.clone(),
+            chunks,
+        }))
+    }
+
+    /// Plans the changes that make the live class directory `live` (of `class`) equal to the
+    /// checkpoint's `src`: what differs is removed and copied, what is identical is kept
+    /// (same inode, nothing invalidated), directories present on both sides are descended
+    /// into and take the checkpoint's attributes.
+    fn reconcile(
+        &self,
+        rb: &mut Reconcile,
+        src: Ino,
+        live: Ino,
+        class: Class,
+        agent: &Arc<str>,
+        now: TimeNs,
+    ) -> Result<()> {
+        let mut stack = vec![(src, live)];
+        while let Some((s, l)) = stack.pop() {
+            rb.visited.push(l);
+            self.reconcile_dir_attrs(rb, s, l, class, now)?;
+            let theirs: HashMap<Vec<u8>, Ino> = self.entries_of(s)?.into_iter().collect();
+            let mine = self.entries_of(l)?;
+            let mut kept_names = HashSet::new();
+            let mut replaced = HashSet::new();
+            let mut copies = Vec::new();
+            for (name, li) in &mine {
+                let keep = match theirs.get(name) {
+                    None => false,
+                    Some(&si) => {
+                        // One node lock at a time.
+                        let s_dir = self.node(si)?.read().is_dir();
+                        let l_dir = self.node(*li)?.read().is_dir();
+                        if s_dir && l_dir {
+                            stack.push((si, *li));
+                            true
+                        } else {
+                            let same = match (self.sameness_key(si)?, self.sameness_key(*li)?) {
+                                (Some(a), Some(b)) => a == b,
+                                _ => false,
+                            };
+                            if same {
+                                rb.kept += 1;
+                            } else {
+                                replaced.insert(name.clone());
+                                copies.push((name.clone(), si, l));
+                            }
+                            same
+                        }
+                    }
+                };
+                if keep {
+                    kept_names.insert(name.clone());
+                } else {
+                    rb.remove(self, l, name.clone(), *li, class)?;
+                }
+            }
+            for (name, si) in theirs {
+                if kept_names.contains(&name) || replaced.contains(&name) {
+                    continue;
+                }
+                // A new name: the kernel may hold it as a negative entry, or from before a
+                // KILL dropped working memory.
+                rb.changed.insert(l);
+                rb.invalidate.push((l, name.clone()));
+                copies.push((name, si, l));
+            }
+            self.copy_entries(&mut rb.copy, copies, class, agent)?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint directory `src`'s mode, owner, times, link count and xattrs for the
+    /// live directory `live`, when they differ.
+    fn reconcile_dir_attrs(
+        &self,
+        rb: &mut Reconcile,
+        src: Ino,
+        live: Ino,
+        class: Class,
+        now: TimeNs,
+    ) -> Result<()> {
+        let (src_attr, src_xattrs) = {
+            let node = self.node(src)?;
+            let n = node.read();
+            (n.attr.clone(), n.xattrs.clone())
+        };
+        let (old, old_xattrs) = {
+            let node = self.node(live)?;
+            let n = node.read();
+            (n.attr.clone(), n.xattrs.clone())
+        };
+        let mut attr = old.clone();
+        attr.perm = src_attr.perm;
+        attr.uid = src_attr.uid;
+        attr.gid = src_attr.gid;
+        attr.nlink = src_attr.nlink;
+        attr.atime = src_attr.atime;
+        attr.mtime = src_attr.mtime;
+        if attr == old && src_xattrs == old_xattrs {
+            return Ok(());
+        }
+        attr.ctime = now;
+        let batch = rb.copy.batch(class);
+        batch.push(Change::PutInode(attr.clone()));
+        if src_xattrs != old_xattrs {
+            for k in old_xattrs.keys() {
+                batch.push(Change::RemoveXattr {
+                    ino: live,
+                    name: k.clone(),
+                });
+            }
+            for (k, v) in &src_xattrs {
+                batch.push(Change::SetXattr {
+                    ino: live,
+                    name: k.clone(),
+                    value: v.clone(),
+                });
+            }
+        }
+        rb.changed.insert(live);
+        rb.attrs.insert(live, (attr, src_xattrs));
+        Ok(())
+    }
+
+    /// `echo NAME > sys/agents/AGENT/rollback`: `mem/` becomes equal to the checkpoint.
+    /// Returns the number of nodes the restored `mem/` holds (copied or kept).
     ///
     /// Durability as for a snapshot: survives `kill -9` when the write returns.
     ///
     /// Under the agent's exclusive cut lock (its changes wait, in flight ones finish first)
     /// and the namespace mutex: the durable classes change in one durable batch with the
-    /// audit entry, then working memory in the RAM store, then the live tree, with the three
-    /// class directories write-locked together so no lookup or listing sees a mix.
+    /// audit entry, then working memory in the RAM store, then the live tree, with every
+    /// directory that changes write-locked together (parents first) so no lookup or listing
+    /// sees a mix. Only what differs from the checkpoint is replaced: the cost and the
+    /// kernel's cache invalidation follow the changes, not the size of the tree.
     pub(crate) fn rollback(
         &self,
         caller: &Caller,
@@ -477,66 +661,34 @@ impl Vfs {
             let state = self.child_ino(agent.root, b"state")?;
             let checkpoint = self.child_ino(state, name)?;
             let mem = self.child_ino(agent.root, b"mem")?;
-            let mut plan = CopyPlan::default();
-            let mut live: Vec<(Ino, Class)> = Vec::new();
-            let mut old: Entries = Vec::new();
-            let mut new_dir_attrs: Vec<(Ino, InodeRecord, Xattrs)> = Vec::new();
-            // Removals first: the copies reuse the top-level names.
-            let mut kept_open = Vec::new();
-            for (class_name, class) in CLASSES {
-                let dir = self.child_ino(mem, class_name)?;
-                live.push((dir, class));
-                let mine = self.subtree(dir)?;
-                kept_open.extend(self.removal(plan.batch(class), &mine));
-                old.extend(mine);
-            }
             let now = now_ns();
-            for ((class_name, class), (dir, _)) in CLASSES.iter().zip(&live) {
+            let mut rb = Reconcile::default();
+            for (class_name, class) in CLASSES {
                 let src = self.child_ino(checkpoint, class_name)?;
-                self.copy_children(&mut plan, src, *dir, *class, &agent.name)?;
-                // The class directory takes the checkpoint's attributes and xattrs.
-                let (src_attr, src_xattrs) = {
-                    let node = self.node(src)?;
-                    let n = node.read();
-                    (n.attr.clone(), n.xattrs.clone())
-                };
-                let (mut attr, old_xattrs) = {
-                    let node = self.node(*dir)?;
-                    let n = node.read();
-                    (n.attr.clone(), n.xattrs.clone())
-                };
-                attr.perm = src_attr.perm;
-                attr.uid = src_attr.uid;
-                attr.gid = src_attr.gid;
-                attr.nlink = src_attr.nlink;
-                attr.atime = src_attr.atime;
-                attr.mtime = src_attr.mtime;
-                attr.ctime = now;
-                let batch = plan.batch(*class);
-                batch.push(Change::PutInode(attr.clone()));
-                for k in old_xattrs.keys() {
-                    batch.push(Change::RemoveXattr {
-                        ino: *dir,
-                        name: k.clone(),
-                    });
-                }
-                for (k, v) in &src_xattrs {
-                    batch.push(Change::SetXattr {
-                        ino: *dir,
-                        name: k.clone(),
-                        value: v.clone(),
-                    });
-                }
-                new_dir_attrs.push((*dir, attr, src_xattrs));
+                let live = self.child_ino(mem, class_name)?;
+                self.reconcile(&mut rb, src, live, class, &agent.name, now)?;
             }
-            plan.durable.push(Change::SetMeta {
+            // Removals first in each batch: a copy may reuse a removed name.
+            let mut durable = Batch::new();
+            let mut volatile = Batch::new();
+            let kept_open = self.removal(&mut durable, &rb.removed_durable);
+            let kept_open_ram = self.removal(&mut volatile, &rb.removed_volatile);
+            durable
+                .changes
+                .extend(std::mem::take(&mut rb.copy.durable.changes));
+            volatile
+                .changes
+                .extend(std::mem::take(&mut rb.copy.volatile.changes));
+            durable.push(Change::SetMeta {
                 key: "next_ino".into(),
                 value: self
                     .next_ino
                     .load(std::sync::atomic::Ordering::Relaxed)
                     .to_string(),
             });
-            let restored = plan.made.len();
+            let made = rb.copy.made.len();
+            let removed = rb.removed_durable.len() + rb.removed_volatile.len();
+            let restored = made + rb.kept;
             let copied = started.elapsed();
             let entry = AuditEntry {
                 time: now,
@@ -547,12 +699,14 @@ impl Vfs {
                 path: format!("{}/mem", agent.name),
                 target: format!("{}/state/{}", agent.name, String::from_utf8_lossy(name)),
                 size: restored as u64,
-                detail: format!("{restored} nodes restored, {} removed", old.len()),
+                detail: format!(
+                    "{made} nodes copied, {} kept, {removed} removed",
+                    rb.kept
+                ),
                 ..Default::default()
             };
             // The durable classes, the record and the index's outbox marker: one batch, all or
             // nothing after a crash.
-            let mut durable = std::mem::take(&mut plan.durable);
             let ticket = self.outbox.mark(&mut durable, &agent.name);
             if let Err(e) =
                 self.commit_batch(Class::Semantic, durable, Durability::Process, Some(entry))
@@ -564,64 +718,61 @@ impl Vfs {
             // Working memory is RAM: gone after a crash anyway. Its chunks were put before,
             // so this commit has nothing left to refuse; should it fail, the live tree still
             // holds the chunks (put, never released) and stays right.
-            if let Err(e) = self
-                .volatile
-                .commit(std::mem::take(&mut plan.volatile), Durability::Process)
-            {
+            if let Err(e) = self.volatile.commit(volatile, Durability::Process) {
                 tracing::error!(agent = %agent.name, error = %e, "rollback: RAM store commit failed");
             }
 
             let committed = started.elapsed();
             // Counters: the new nodes count now; the removed ones leave through forget_node.
-            for n in plan.made.values() {
+            for n in rb.copy.made.values() {
                 if let Some(ci) = n.class.memory_index() {
                     agent.add_files(ci, 1);
                     agent.add_bytes(ci, n.attr.size as i64);
                 }
             }
-            let mut top = std::mem::take(&mut plan.top);
-            self.insert_nodes(plan.made);
+            let mut top = std::mem::take(&mut rb.copy.top);
+            self.insert_nodes(std::mem::take(&mut rb.copy.made));
             {
-                // All three directories at once, in inode order (siblings).
-                let mut dirs: Vec<_> = new_dir_attrs
-                    .into_iter()
-                    .filter_map(|(ino, attr, x)| self.node(ino).ok().map(|n| (ino, n, attr, x)))
+                // Every directory that changes, parents first (the order they were visited
+                // in; readers never hold two node locks, so this order cannot deadlock).
+                let dirs: Vec<(Ino, crate::vfs::NodeRef)> = rb
+                    .visited
+                    .iter()
+                    .filter(|d| rb.changed.contains(d))
+                    .filter_map(|d| self.node(*d).ok().map(|n| (*d, n)))
                     .collect();
-                dirs.sort_by_key(|d| d.0);
-                let mut guards: Vec<_> = dirs.iter().map(|(_, n, _, _)| n.write()).collect();
-                for (g, (ino, _, attr, xattrs)) in guards.iter_mut().zip(dirs.iter()) {
-                    g.attr = attr.clone();
-                    g.xattrs = xattrs.clone();
+                let mut guards: Vec<_> = dirs.iter().map(|(_, n)| n.write()).collect();
+                for (g, (ino, _)) in guards.iter_mut().zip(dirs.iter()) {
+                    if let Some((attr, xattrs)) = rb.attrs.remove(ino) {
+                        g.attr = attr;
+                        g.xattrs = xattrs;
+                    }
                     if let Some(d) = g.dir_mut() {
-                        let old_names: HashSet<Vec<u8>> =
-                            d.names().map(|(n, _)| n.to_vec()).collect();
-                        for n in &old_names {
-                            d.remove(n);
-                            invalidate.push((*ino, n.clone()));
+                        for n in rb.gone.remove(ino).unwrap_or_default() {
+                            d.remove(&n);
                         }
                         for (n, i, k) in top.remove(ino).unwrap_or_default() {
-                            // The kernel may still hold this name from before the old one
-                            // went away by other means (a KILL dropped working memory).
-                            if !old_names.contains(&n) {
-                                invalidate.push((*ino, n.clone()));
-                            }
                             d.insert(n, i, k);
                         }
                     }
+                    // An empty name: the directory's own attributes and listing.
+                    invalidate.push((*ino, Vec::new()));
                 }
             }
-            self.forget_removed(&old, &kept_open);
+            let mut removed_all = std::mem::take(&mut rb.removed_durable);
+            removed_all.extend(std::mem::take(&mut rb.removed_volatile));
+            let mut open_all = kept_open;
+            open_all.extend(kept_open_ram);
+            self.forget_removed(&removed_all, &open_all);
             *agent.last_rollback.lock() = Some((String::from_utf8_lossy(name).into_owned(), now));
-            for (dir, _) in &live {
-                // An empty name: the directory's own attributes and listing.
-                invalidate.push((*dir, Vec::new()));
-            }
+            invalidate.append(&mut rb.invalidate);
             (restored, copied, committed, ticket)
         };
         // The kernel caches names for 1 s: drop the replaced ones now. After the locks are
         // released: the kernel takes the directory's lock to invalidate, and a call of the
         // agent may hold it while it waits for our cut lock.
         let swapped = started.elapsed();
+        let invalidated = invalidate.len();
         self.invalidate(agent, invalidate);
         // mem/semantic is now the checkpoint's: the index follows.
         self.reindex_agent(agent, Some(ticket), false);
@@ -629,6 +780,7 @@ impl Vfs {
             agent = %agent.name,
             checkpoint = %String::from_utf8_lossy(name),
             nodes = restored,
+            invalidated,
             ms = started.elapsed().as_secs_f64() * 1e3,
             copy_ms = copied.as_secs_f64() * 1e3,
             commit_ms = (committed - copied).as_secs_f64() * 1e3,
@@ -636,5 +788,61 @@ impl Vfs {
             "rolled back"
         );
         Ok(restored)
+    }
+}
+
+/// What decides whether a file of the checkpoint and a live file are the same for a
+/// rollback: type, mode, owner, size, mtime, device, symlink target, xattrs and chunks.
+#[derive(PartialEq, Eq)]
+struct SamenessKey {
+    kind: FileKind,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: TimeNs,
+    rdev: u32,
+    target: Vec<u8>,
+    xattrs: Xattrs,
+    chunks: Vec<(u64, ChunkId)>,
+}
+
+/// A rollback being planned: the copies, the removals, and which live directories change.
+#[derive(Default)]
+struct Reconcile {
+    copy: CopyPlan,
+    /// Live entries to remove (with everything below them), per store.
+    removed_durable: Entries,
+    removed_volatile: Entries,
+    /// Names to drop from each live directory.
+    gone: HashMap<Ino, Vec<Vec<u8>>>,
+    /// New attributes and xattrs of live directories.
+    attrs: HashMap<Ino, (InodeRecord, Xattrs)>,
+    /// Live directories whose entries or attributes change.
+    changed: HashSet<Ino>,
+    /// Every live directory reconciled, parents before children.
+    visited: Vec<Ino>,
+    /// Names the kernel must forget.
+    invalidate: Vec<(Ino, Vec<u8>)>,
+    /// Live nodes kept as they are.
+    kept: usize,
+}
+
+impl Reconcile {
+    /// Plans removing `dir/name` (inode `ino`, with its subtree if a directory).
+    fn remove(&mut self, vfs: &Vfs, dir: Ino, name: Vec<u8>, ino: Ino, class: Class) -> Result<()> {
+        let mut entries = vec![(dir, name.clone(), ino)];
+        if vfs.node(ino)?.read().is_dir() {
+            entries.extend(vfs.subtree(ino)?);
+        }
+        if class.is_volatile() {
+            self.removed_volatile.extend(entries);
+        } else {
+            self.removed_durable.extend(entries);
+        }
+        self.gone.entry(dir).or_default().push(name.clone());
+        self.changed.insert(dir);
+        self.invalidate.push((dir, name));
+        Ok(())
     }
 }
