@@ -29,15 +29,32 @@ def daemon_pid(data):
 
 
 def sample(pid):
-    rss = threads = 0
+    """RSS, its anonymous and file-backed parts (MiB), open fds, threads."""
+    rss = anon = filed = threads = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) // 1024
+            elif line.startswith("RssAnon:"):
+                anon = int(line.split()[1]) // 1024
+            elif line.startswith("RssFile:"):
+                filed = int(line.split()[1]) // 1024
             elif line.startswith("Threads:"):
                 threads = int(line.split()[1])
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return rss, fds, threads
+    return rss, anon, filed, fds, threads
+
+
+def disk_mib(path):
+    """Allocated bytes below `path`, in MiB (holes do not count)."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total // (1 << 20)
 
 
 def worker(mnt, agent, stop, counter, errors):
@@ -118,7 +135,10 @@ def main():
             threads.append(t)
         start = time.time()
         rows = []
-        print(f"{'minute':>6} {'ops':>10} {'ops/s':>7} {'RSS MiB':>8} {'fds':>5} {'threads':>7}")
+        print(
+            f"{'minute':>6} {'ops':>10} {'ops/s':>7} {'RSS MiB':>8} {'anon':>6} {'file':>6} "
+            f"{'fds':>5} {'threads':>7} {'disk MiB':>8}"
+        )
         last_ops, last_t = 0, start
         minute = 0
         while minute < args.minutes and not stop.is_set():
@@ -126,11 +146,16 @@ def main():
             minute += 1
             ops = sum(c[0] for c in counters)
             now = time.time()
-            rss, fds, nthreads = sample(pid)
+            rss, anon, filed, fds, nthreads = sample(pid)
+            disk = disk_mib(data)
             rate = (ops - last_ops) / (now - last_t)
             last_ops, last_t = ops, now
             rows.append((minute, ops, rss, fds, nthreads))
-            print(f"{minute:>6} {ops:>10} {rate:>7.0f} {rss:>8} {fds:>5} {nthreads:>7}", flush=True)
+            print(
+                f"{minute:>6} {ops:>10} {rate:>7.0f} {rss:>8} {anon:>6} {filed:>6} {fds:>5} "
+                f"{nthreads:>7} {disk:>8}",
+                flush=True,
+            )
     finally:
         stop.set()
         for t in threads:

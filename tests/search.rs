@@ -217,6 +217,28 @@ fn truncate_and_rollback_reindex() {
     eventually(&sem, "kestrel", &[]);
 }
 
+#[test]
+fn the_index_follows_a_rollback_of_whole_directories() {
+    let Some(m) = Mount::try_new() else { return };
+    m.agent("a");
+    let sem = m.mem("a", "semantic");
+    fs::write(sem.join("keep"), "an otter swims").unwrap();
+    fs::create_dir_all(sem.join("dir/sub")).unwrap();
+    fs::write(sem.join("dir/sub/inner"), "a heron waits").unwrap();
+    eventually(&sem, "heron", &["dir/sub/inner"]);
+    fs::create_dir(m.mnt.join("a/state/s1")).unwrap();
+    fs::remove_dir_all(sem.join("dir")).unwrap();
+    fs::create_dir(sem.join("dir2")).unwrap();
+    fs::write(sem.join("dir2/new"), "a badger digs").unwrap();
+    eventually(&sem, "heron", &[]);
+    eventually(&sem, "badger", &["dir2/new"]);
+    fs::write(m.mnt.join("sys/agents/a/rollback"), "s1").unwrap();
+    eventually(&sem, "heron", &["dir/sub/inner"]);
+    eventually(&sem, "badger", &[]);
+    eventually(&sem, "otter", &["keep"]);
+    assert_eq!(index_status(&m)["state"], "ready");
+}
+
 /// The `index` object of agent `a`'s status.
 fn index_status(m: &Mount) -> serde_json::Value {
     let text = fs::read_to_string(m.mnt.join("sys/agents/a/index")).expect("read index");

@@ -200,6 +200,38 @@ impl Vfs {
         }
     }
 
+    /// After a rollback: drops the removed entries of `mem/semantic` (`(path of the
+    /// directory, name, is a directory)`) and indexes the copied files. False if an update
+    /// failed.
+    pub(crate) fn index_rollback(
+        &self,
+        removed: &[(Vec<u8>, Vec<u8>, bool)],
+        copied: &[Ino],
+    ) -> bool {
+        let mut ok = true;
+        for (dir, name, is_dir) in removed {
+            let mut path = dir.clone();
+            path.push(b'/');
+            path.extend_from_slice(name);
+            let Some((agent, rel)) = semantic_rel(&path) else {
+                continue;
+            };
+            let result = if *is_dir {
+                self.search.delete(&agent, &rel)
+            } else {
+                self.search.delete_file(&agent, &rel)
+            };
+            if let Err(e) = result {
+                tracing::error!(agent, path = rel, error = %e, "search index update lost");
+                ok = false;
+            }
+        }
+        for ino in copied {
+            ok &= self.index_file(*ino);
+        }
+        ok
+    }
+
     /// After a namespace change succeeded: drop or move what the index holds.
     pub(crate) fn index_namespace(&self, event: NsEvent, at: &Located, ticket: Option<Ticket>) {
         if at.class != Class::Semantic {

@@ -655,7 +655,7 @@ impl Vfs {
         check_checkpoint_name(name)?;
         let started = std::time::Instant::now();
         let mut invalidate: Vec<(Ino, Vec<u8>)> = Vec::new();
-        let (restored, copied, committed, ticket) = {
+        let (restored, copied, committed, ticket, (index_removed, index_copied)) = {
             let _cut = agent.cut.write();
             let _ns = self.ns.lock();
             let state = self.child_ino(agent.root, b"state")?;
@@ -699,10 +699,7 @@ impl Vfs {
                 path: format!("{}/mem", agent.name),
                 target: format!("{}/state/{}", agent.name, String::from_utf8_lossy(name)),
                 size: restored as u64,
-                detail: format!(
-                    "{made} nodes copied, {} kept, {removed} removed",
-                    rb.kept
-                ),
+                detail: format!("{made} nodes copied, {} kept, {removed} removed", rb.kept),
                 ..Default::default()
             };
             // The durable classes, the record and the index's outbox marker: one batch, all or
@@ -731,6 +728,13 @@ impl Vfs {
                 }
             }
             let mut top = std::mem::take(&mut rb.copy.top);
+            rb.semantic_copied = rb
+                .copy
+                .made
+                .iter()
+                .filter(|(_, n)| n.class == Class::Semantic && matches!(n.body, Body::File(_)))
+                .map(|(ino, _)| *ino)
+                .collect();
             self.insert_nodes(std::mem::take(&mut rb.copy.made));
             {
                 // Every directory that changes, parents first (the order they were visited
@@ -766,7 +770,11 @@ impl Vfs {
             self.forget_removed(&removed_all, &open_all);
             *agent.last_rollback.lock() = Some((String::from_utf8_lossy(name).into_owned(), now));
             invalidate.append(&mut rb.invalidate);
-            (restored, copied, committed, ticket)
+            let index_changes = (
+                std::mem::take(&mut rb.semantic_removed),
+                std::mem::take(&mut rb.semantic_copied),
+            );
+            (restored, copied, committed, ticket, index_changes)
         };
         // The kernel caches names for 1 s: drop the replaced ones now. After the locks are
         // released: the kernel takes the directory's lock to invalidate, and a call of the
@@ -774,8 +782,13 @@ impl Vfs {
         let swapped = started.elapsed();
         let invalidated = invalidate.len();
         self.invalidate(agent, invalidate);
-        // mem/semantic is now the checkpoint's: the index follows.
-        self.reindex_agent(agent, Some(ticket), false);
+        // mem/semantic is now the checkpoint's: the index follows, by the same changes (kept
+        // files are indexed already); should any update fail, it is rebuilt whole.
+        if self.index_rollback(&index_removed, &index_copied) {
+            ticket.send(&self.search);
+        } else {
+            self.reindex_agent(agent, Some(ticket), false);
+        }
         tracing::info!(
             agent = %agent.name,
             checkpoint = %String::from_utf8_lossy(name),
@@ -826,19 +839,29 @@ struct Reconcile {
     invalidate: Vec<(Ino, Vec<u8>)>,
     /// Live nodes kept as they are.
     kept: usize,
+    /// Removed entries of `mem/semantic`: (path of the live directory, name, is a directory),
+    /// for the search index.
+    semantic_removed: Vec<(Vec<u8>, Vec<u8>, bool)>,
+    /// Files copied into `mem/semantic`, to index.
+    semantic_copied: Vec<Ino>,
 }
 
 impl Reconcile {
     /// Plans removing `dir/name` (inode `ino`, with its subtree if a directory).
     fn remove(&mut self, vfs: &Vfs, dir: Ino, name: Vec<u8>, ino: Ino, class: Class) -> Result<()> {
         let mut entries = vec![(dir, name.clone(), ino)];
-        if vfs.node(ino)?.read().is_dir() {
+        let is_dir = vfs.node(ino)?.read().is_dir();
+        if is_dir {
             entries.extend(vfs.subtree(ino)?);
         }
         if class.is_volatile() {
             self.removed_volatile.extend(entries);
         } else {
             self.removed_durable.extend(entries);
+        }
+        if class == Class::Semantic {
+            let path = vfs.path_bytes_of(dir);
+            self.semantic_removed.push((path, name.clone(), is_dir));
         }
         self.gone.entry(dir).or_default().push(name.clone());
         self.changed.insert(dir);
