@@ -14,7 +14,9 @@ pub mod mount;
 pub mod mounthelper;
 pub mod mountopts;
 pub mod policy;
+pub mod progress;
 pub mod search;
+pub mod style;
 pub mod unmount;
 
 const ABOUT: &str = "agentfs: a safety-first filesystem for autonomous AI agents";
