@@ -198,6 +198,7 @@ const VERBS: &[&str] = &[
     "search",
     "completions",
     "man",
+    "backup",
 ];
 
 #[test]

@@ -1,5 +1,5 @@
-//! Progress bars and spinners for long work (reindex, audit verify and export, rollback),
-//! drawn with indicatif on stderr only when stderr is a terminal and the output is
+//! Progress bars and spinners for long work (reindex, audit verify and export, rollback,
+//! backup), drawn with indicatif on stderr only when stderr is a terminal and the output is
 //! not `--json`. Everywhere else they are hidden: logs, pipes and scripts see no `\r` lines.
 
 use std::io::IsTerminal;
@@ -33,6 +33,18 @@ pub fn counter(show: bool, what: &str, unit: &str, total: u64) -> ProgressBar {
     bar
 }
 
+/// A bar counting bytes up to `total`.
+pub fn bytes(show: bool, what: &str, total: u64) -> ProgressBar {
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {bytes}/{total_bytes} ({binary_bytes_per_sec}, {eta} left)",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bar = ProgressBar::with_draw_target(Some(total), target(show)).with_style(style);
+    bar.set_prefix(what.to_string());
+    bar
+}
+
 /// A spinner with a message, ticking on its own, for waits whose progress cannot be seen
 /// (a rollback is one write to a control file).
 pub fn spinner(show: bool, message: &str) -> ProgressBar {
@@ -56,6 +68,7 @@ mod tests {
         bar.inc(4);
         assert_eq!(bar.position(), 4);
         assert!(bar.is_hidden());
+        assert!(bytes(false, "packs", 1 << 20).is_hidden());
         assert!(spinner(false, "rolling back").is_hidden());
     }
 
