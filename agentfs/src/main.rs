@@ -29,7 +29,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::ReportedElsewhere) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("agentfs: {e}");
+            let painter = cli::style::Painter::for_stream(cli::style::Stream::Stderr);
+            eprintln!("{} {e}", painter.paint(cli::style::ERROR, "agentfs:"));
             ExitCode::FAILURE
         }
     }

@@ -32,6 +32,22 @@ fn umount2(path: &Path, flags: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Takes an exclusive `flock` on `file` without waiting: `Ok(false)` when another process
+/// holds a lock on it. The lock goes when `file` is closed.
+pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    // SAFETY: flock on a descriptor that `file` keeps open for the duration of the call.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
 /// True while process `pid` exists and is not a zombie (a zombie has finished: it only
 /// waits for its parent to collect its status).
 pub fn process_running(pid: u32) -> bool {

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use clap::Args;
 
+use crate::cli::style;
 use crate::error::{reason, CliError};
 use crate::mountinfo;
 
@@ -86,6 +87,9 @@ pub struct SignalArgs {
     pub agent: String,
     /// STOP, CONT, KILL or START (case-insensitive, SIG prefix allowed)
     pub signal: String,
+    /// Print {"agent":…,"signal":…,"state":…} instead of `AGENT: STATE`
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub mount: MountSel,
 }
@@ -96,8 +100,34 @@ pub fn signal(args: SignalArgs) -> Result<(), CliError> {
     let dir = agent_dir(&mnt, &args.agent)?;
     write_control(&dir.join("signal"), &format!("{}\n", args.signal))?;
     let state = std::fs::read_to_string(dir.join("signal")).unwrap_or_default();
-    println!("{}: {}", args.agent, state.trim());
+    // The file reads `killed (rule …)` after a violation: the state is its first word.
+    let state = state.trim();
+    if args.json {
+        let word = state.split_whitespace().next().unwrap_or("");
+        let obj = serde_json::json!({
+            "agent": args.agent,
+            "signal": signal_name(&args.signal),
+            "state": word,
+            "detail": state,
+        });
+        println!("{obj}");
+    } else {
+        let painter = style::Painter::for_stream(style::Stream::Stdout);
+        let word = state.split_whitespace().next().unwrap_or("");
+        let rest = &state[word.len()..];
+        println!(
+            "{}: {}{rest}",
+            args.agent,
+            painter.paint(style::agent_state(word), word)
+        );
+    }
     Ok(())
+}
+
+/// The signal as the control file takes it: upper case, without a `SIG` prefix.
+fn signal_name(given: &str) -> String {
+    let upper = given.trim().to_ascii_uppercase();
+    upper.strip_prefix("SIG").unwrap_or(&upper).to_string()
 }
 
 #[derive(Debug, Args)]
@@ -119,11 +149,17 @@ pub fn ps(args: PsArgs) -> Result<(), CliError> {
         .collect();
     names.sort();
     let table = !args.json;
+    let painter = if table {
+        style::Painter::for_stream(style::Stream::Stdout)
+    } else {
+        style::Painter::plain()
+    };
     if table {
-        println!(
+        let header = format!(
             "{:<20} {:<8} {:>6} {:>12} {:>8} {:>10}  LAST VIOLATION",
             "AGENT", "STATE", "PIDS", "BYTES", "FILES", "ERRORS"
         );
+        println!("{}", painter.paint(style::HEADER, &header));
     }
     for name in names {
         let text = std::fs::read_to_string(agents_dir.join(&name).join("status"))
@@ -148,10 +184,13 @@ pub fn ps(args: PsArgs) -> Result<(), CliError> {
             ),
             None => "-".into(),
         };
+        let state = v["state"].as_str().unwrap_or("?");
+        // Padded first, then painted: escapes must not count towards the column width.
+        let state_cell = painter.paint(style::agent_state(state), &format!("{state:<8}"));
         println!(
-            "{:<20} {:<8} {:>6} {:>12} {:>8} {:>10}  {}",
+            "{:<20} {} {:>6} {:>12} {:>8} {:>10}  {}",
             name,
-            v["state"].as_str().unwrap_or("?"),
+            state_cell,
             v["pids"].as_array().map_or(0, |a| a.len()),
             sum("bytes"),
             sum("files"),

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agentfs_memory::audit::{hex, verify_run};
-use agentfs_memory::{AuditLog, AuditRecord, StoreError};
+use agentfs_memory::{AuditLog, AuditRecord, ChainHead, StoreError, VerifyReport};
 use clap::{Args, Subcommand};
 
+use crate::cli::{progress, style};
 use crate::datadir;
 use crate::error::CliError;
 
@@ -44,6 +45,10 @@ pub struct ExportArgs {
     /// Data dir (default: $AGENTFS_DATA_DIR, $XDG_DATA_HOME/agentfs, ~/.local/share/agentfs)
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Print {"file":…,"first_seq":1,"last_seq":…,"last_hash":…} on stdout instead of a
+    /// sentence on stderr (not with FILE `-`)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +59,10 @@ pub struct VerifyArgs {
     /// Data dir (default: $AGENTFS_DATA_DIR, $XDG_DATA_HOME/agentfs, ~/.local/share/agentfs)
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Print the report as one JSON object ({"ok":…,"entries":…,"problem":…}), also when the
+    /// chain is broken (the exit status is the same)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -98,25 +107,22 @@ fn store_error(dir: &Path, e: StoreError) -> CliError {
 
 fn verify(args: VerifyArgs) -> Result<(), CliError> {
     if let Some(file) = &args.file {
-        return verify_export(file);
+        return verify_export(file, args.json);
     }
     let (dir, log) = open(args.data_dir.as_deref())?;
-    let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
-    let mut last_draw = Instant::now();
-    let mut progress = |done: u64, total: u64| {
-        if tty && (last_draw.elapsed() >= Duration::from_millis(100) || done == total) {
-            last_draw = Instant::now();
-            let pct = (done * 100).checked_div(total).unwrap_or(100);
-            eprint!("\rverifying: {done}/{total} entries ({pct}%)");
-            let _ = std::io::stderr().flush();
-        }
-    };
+    let bar = progress::counter(progress::wanted(args.json), "verifying", "entries", 0);
     let report = log
-        .verify(&mut progress)
-        .map_err(|e| store_error(&dir, e))?;
-    if tty {
-        eprint!("\r\x1b[K");
+        .verify(&mut |done, total| {
+            bar.set_length(total.max(1));
+            bar.set_position(done);
+        })
+        .map_err(|e| store_error(&dir, e));
+    bar.finish_and_clear();
+    let report = report?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", verify_json(&report, seconds));
     }
     match report.problem {
         Some(p) => Err(CliError::Reported(format!(
@@ -125,6 +131,7 @@ fn verify(args: VerifyArgs) -> Result<(), CliError> {
             p.kind.as_str(),
             p.detail
         ))),
+        None if args.json => Ok(()),
         None => {
             let head = match report.head {
                 Some(h) => format!(
@@ -151,20 +158,39 @@ fn verify(args: VerifyArgs) -> Result<(), CliError> {
             } else {
                 head
             };
+            let ok = style::Painter::for_stream(style::Stream::Stdout).paint(style::GOOD, "ok");
             println!(
-                "audit chain ok: {} entries, last {} ({}…); {head}; {:.2} s",
+                "audit chain {ok}: {} entries, last {} ({}…); {head}; {seconds:.2} s",
                 report.entries,
                 report.last.seq,
                 &hex(&report.last.hash)[..16],
-                started.elapsed().as_secs_f64()
             );
             Ok(())
         }
     }
 }
 
+/// `audit verify --json`: the whole report, field names stable (docs/operations.md).
+fn verify_json(report: &VerifyReport, seconds: f64) -> serde_json::Value {
+    let head = |h: &ChainHead| serde_json::json!({ "seq": h.seq, "hash": hex(&h.hash) });
+    serde_json::json!({
+        "ok": report.problem.is_none(),
+        "entries": report.entries,
+        "last": head(&report.last),
+        "head": report.head.as_ref().map(head),
+        "unpinned": report.unpinned,
+        "in_journal": report.in_journal,
+        "problem": report.problem.as_ref().map(|p| serde_json::json!({
+            "kind": p.kind.as_str(),
+            "seq": p.seq,
+            "detail": p.detail,
+        })),
+        "seconds": seconds,
+    })
+}
+
 /// Checks an export file on its own: JSON lines, one chain (see `verify_run`).
-fn verify_export(file: &Path) -> Result<(), CliError> {
+fn verify_export(file: &Path, json: bool) -> Result<(), CliError> {
     let io = |e: std::io::Error| CliError::Reported(format!("{}: {e}", file.display()));
     let reader = std::io::BufReader::new(std::fs::File::open(file).map_err(io)?);
     let mut lines = std::io::BufRead::lines(reader).enumerate();
@@ -184,7 +210,31 @@ fn verify_export(file: &Path) -> Result<(), CliError> {
     if let Some(e) = read_error {
         return Err(io(e));
     }
+    if json {
+        let obj = match &outcome {
+            Ok(Some((first, head))) => serde_json::json!({
+                "ok": true,
+                "file": file.display().to_string(),
+                "first_seq": first,
+                "last_seq": head.seq,
+                "last_hash": hex(&head.hash),
+                "problem": null,
+            }),
+            Ok(None) => serde_json::json!({
+                "ok": false,
+                "file": file.display().to_string(),
+                "problem": { "kind": "empty", "seq": 0, "detail": "no entries" },
+            }),
+            Err((seq, what)) => serde_json::json!({
+                "ok": false,
+                "file": file.display().to_string(),
+                "problem": { "kind": "broken", "seq": seq, "detail": what },
+            }),
+        };
+        println!("{obj}");
+    }
     match outcome {
+        Ok(Some(_)) if json => Ok(()),
         Ok(Some((first, head))) => {
             println!(
                 "export ok: entries {first}..={} chained, last hash {}{}",
@@ -211,6 +261,12 @@ fn verify_export(file: &Path) -> Result<(), CliError> {
 }
 
 fn export(args: ExportArgs) -> Result<(), CliError> {
+    let to_stdout = args.file.as_os_str() == "-";
+    if to_stdout && args.json {
+        return Err(CliError::Reported(
+            "--json needs a FILE: with `-` the export itself is on stdout".into(),
+        ));
+    }
     let (dir, log) = open(args.data_dir.as_deref())?;
     let last = log.last_seq().map_err(|e| store_error(&dir, e))?;
     if args.until == 0 || args.until > last {
@@ -219,7 +275,6 @@ fn export(args: ExportArgs) -> Result<(), CliError> {
             args.until
         )));
     }
-    let to_stdout = args.file.as_os_str() == "-";
     let io = |e: std::io::Error| CliError::Reported(format!("{}: {e}", args.file.display()));
     // Written beside FILE and renamed into place once complete and checked: a FILE that
     // exists is always a whole export.
@@ -237,6 +292,13 @@ fn export(args: ExportArgs) -> Result<(), CliError> {
     // Entries are checked by the same code as `audit verify --file` (`verify_run`) as they
     // stream past on their way into the export, so the two can never disagree.
     let until = args.until;
+    // With FILE `-` stdout is the export, and stderr may be the same terminal: no bar then.
+    let bar = progress::counter(
+        progress::wanted(args.json) && !to_stdout,
+        "exporting",
+        "entries",
+        until,
+    );
     let mut after = 0;
     let mut page = std::collections::VecDeque::new();
     let mut read_error = None;
@@ -253,6 +315,7 @@ fn export(args: ExportArgs) -> Result<(), CliError> {
         }
         let rec = page.pop_front()?;
         after = rec.seq;
+        bar.set_position(after);
         if write_error.is_none() {
             if let Err(e) = writeln!(out, "{}", rec.to_json()) {
                 write_error = Some(e);
@@ -261,6 +324,7 @@ fn export(args: ExportArgs) -> Result<(), CliError> {
         Some(Ok(rec))
     });
     let checked = agentfs_memory::audit::verify_run(records);
+    bar.finish_and_clear();
     let fail = |msg: String| {
         let _ = std::fs::remove_file(&partial);
         CliError::Reported(msg)
@@ -294,12 +358,22 @@ fn export(args: ExportArgs) -> Result<(), CliError> {
             .and_then(|f| f.sync_all())
             .map_err(io)?;
         std::fs::rename(&partial, &args.file).map_err(io)?;
-        eprintln!(
-            "exported entries 1..={} to {} (last hash {})",
-            head.seq,
-            args.file.display(),
-            hex(&head.hash)
-        );
+        if args.json {
+            let obj = serde_json::json!({
+                "file": args.file.display().to_string(),
+                "first_seq": 1,
+                "last_seq": head.seq,
+                "last_hash": hex(&head.hash),
+            });
+            println!("{obj}");
+        } else {
+            eprintln!(
+                "exported entries 1..={} to {} (last hash {})",
+                head.seq,
+                args.file.display(),
+                hex(&head.hash)
+            );
+        }
     }
     Ok(())
 }
@@ -313,12 +387,17 @@ fn tail(args: TailArgs) -> Result<(), CliError> {
     let agent = args.agent.as_deref();
     let out = std::io::stdout();
     let mut out = out.lock();
+    let painter = if table {
+        style::Painter::for_stream(style::Stream::Stdout)
+    } else {
+        style::Painter::plain()
+    };
     if table {
-        let _ = writeln!(
-            out,
+        let header = format!(
             "{:>8}  {:<23}  {:<12}  {:>7}  {:<10}  {:>6}  {:<8}  PATH",
             "SEQ", "TIME (UTC)", "AGENT", "PID", "OP", "RESULT", "DECISION"
         );
+        let _ = writeln!(out, "{}", painter.paint(style::HEADER, &header));
     }
     // The last N: walk back from the end in pages until N are found (or the start).
     let last = log.last_seq().map_err(|e| store_error(&dir, e))?;
@@ -329,7 +408,11 @@ fn tail(args: TailArgs) -> Result<(), CliError> {
             .after(after, agent, PAGE)
             .map_err(|e| store_error(&dir, e))?;
         for rec in &batch {
-            let line = if table { row(rec) } else { rec.to_json() };
+            let line = if table {
+                row(rec, painter)
+            } else {
+                rec.to_json()
+            };
             if writeln!(out, "{line}").is_err() {
                 return Ok(()); // stdout closed (`| head`): done
             }
@@ -378,8 +461,8 @@ fn start_of_last(
     }
 }
 
-/// One entry as a table row.
-fn row(rec: &AuditRecord) -> String {
+/// One entry as a table row; a failed call and a refusing decision in red.
+fn row(rec: &AuditRecord, painter: style::Painter) -> String {
     let e = &rec.entry;
     let secs = e.time.div_euclid(1_000_000_000);
     let millis = e.time.rem_euclid(1_000_000_000) / 1_000_000;
@@ -396,18 +479,27 @@ fn row(rec: &AuditRecord) -> String {
     if !e.detail.is_empty() {
         path.push_str(&format!(" ({})", e.detail));
     }
+    let result = format!("{:>6}", e.result);
+    let result = if e.result == 0 {
+        result
+    } else {
+        painter.paint(style::BAD, &result)
+    };
+    let decision = if e.decision.is_empty() {
+        "-"
+    } else {
+        &e.decision
+    };
+    let refused = matches!(decision, "deny" | "kill");
+    let decision = format!("{decision:<8}");
+    let decision = if refused {
+        painter.paint(style::BAD, &decision)
+    } else {
+        decision
+    };
     format!(
-        "{:>8}  {time:<23}  {:<12}  {:>7}  {:<10}  {:>6}  {:<8}  {path}",
-        rec.seq,
-        e.agent,
-        e.pid,
-        e.op,
-        e.result,
-        if e.decision.is_empty() {
-            "-"
-        } else {
-            &e.decision
-        },
+        "{:>8}  {time:<23}  {:<12}  {:>7}  {:<10}  {result}  {decision}  {path}",
+        rec.seq, e.agent, e.pid, e.op,
     )
 }
 

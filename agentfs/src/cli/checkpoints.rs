@@ -11,6 +11,7 @@ use std::time::Instant;
 use clap::Args;
 
 use crate::cli::agents::{agent_dir, MountSel};
+use crate::cli::{progress, style};
 use crate::error::{reason, CliError};
 
 #[derive(Debug, Args)]
@@ -19,6 +20,9 @@ pub struct SnapshotArgs {
     pub agent: String,
     /// The checkpoint's name (a file name not starting with `.`)
     pub name: String,
+    /// Print {"agent":…,"checkpoint":…,"path":…,"ms":…} instead of a sentence
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub mount: MountSel,
 }
@@ -29,6 +33,9 @@ pub struct RollbackArgs {
     pub agent: String,
     /// The checkpoint mem/ becomes
     pub name: String,
+    /// Print {"agent":…,"checkpoint":…,"ms":…} instead of a sentence
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub mount: MountSel,
 }
@@ -70,13 +77,23 @@ pub fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     let path = mnt.join(&args.agent).join("state").join(&args.name);
     let started = Instant::now();
     std::fs::create_dir(&path).map_err(|e| checkpoint_error(&args.agent, &args.name, &path, &e))?;
-    println!(
-        "{}: checkpoint {} taken in {:.1} ms ({})",
-        args.agent,
-        args.name,
-        started.elapsed().as_secs_f64() * 1e3,
-        path.display()
-    );
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if args.json {
+        let obj = serde_json::json!({
+            "agent": args.agent,
+            "checkpoint": args.name,
+            "path": path.display().to_string(),
+            "ms": ms,
+        });
+        println!("{obj}");
+    } else {
+        println!(
+            "{}: checkpoint {} taken in {ms:.1} ms ({})",
+            args.agent,
+            args.name,
+            path.display()
+        );
+    }
     Ok(())
 }
 
@@ -86,14 +103,29 @@ pub fn rollback(args: RollbackArgs) -> Result<(), CliError> {
     let dir = agent_dir(&mnt, &args.agent)?;
     let ckpt = mnt.join(&args.agent).join("state").join(&args.name);
     let started = Instant::now();
-    std::fs::write(dir.join("rollback"), format!("{}\n", args.name))
-        .map_err(|e| checkpoint_error(&args.agent, &args.name, &ckpt, &e))?;
-    println!(
-        "{}: mem/ rolled back to {} in {:.1} ms",
-        args.agent,
-        args.name,
-        started.elapsed().as_secs_f64() * 1e3
+    // One write does the whole rollback, so there is no progress to count: a spinner shows
+    // that a big one is still at work.
+    let spinner = progress::spinner(
+        progress::wanted(args.json),
+        &format!("rolling {} back to {}", args.agent, args.name),
     );
+    let written = std::fs::write(dir.join("rollback"), format!("{}\n", args.name));
+    spinner.finish_and_clear();
+    written.map_err(|e| checkpoint_error(&args.agent, &args.name, &ckpt, &e))?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if args.json {
+        let obj = serde_json::json!({
+            "agent": args.agent,
+            "checkpoint": args.name,
+            "ms": ms,
+        });
+        println!("{obj}");
+    } else {
+        println!(
+            "{}: mem/ rolled back to {} in {ms:.1} ms",
+            args.agent, args.name
+        );
+    }
     Ok(())
 }
 
@@ -233,6 +265,7 @@ pub fn diff(args: DiffArgs) -> Result<(), CliError> {
         }
     }
     out.sort_by(|a, b| a.1.cmp(b.1));
+    let painter = style::Painter::for_stream(style::Stream::Stdout);
     for (status, path) in out {
         if args.json {
             println!(
@@ -240,7 +273,8 @@ pub fn diff(args: DiffArgs) -> Result<(), CliError> {
                 serde_json::json!({ "status": status.to_string(), "path": path })
             );
         } else {
-            println!("{status}\t{path}");
+            let letter = painter.paint(style::diff_status(status), &status.to_string());
+            println!("{letter}\t{path}");
         }
     }
     Ok(())

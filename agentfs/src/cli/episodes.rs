@@ -58,6 +58,9 @@ pub struct PruneArgs {
     /// Delete logs last written before WHEN (same forms as --since)
     #[arg(long, value_name = "WHEN", value_parser = parse_when)]
     pub before: i64,
+    /// Print {"agent":…,"before":…,"before_ns":…,"pruned":N} instead of a sentence
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub mount: MountSel,
 }
@@ -207,11 +210,21 @@ fn prune(args: PruneArgs) -> Result<(), CliError> {
     })?;
     let last = std::fs::read_to_string(&ctl).unwrap_or_default();
     let logs = last.split_whitespace().next().unwrap_or("0");
-    println!(
-        "pruned {logs} log(s) of {} last written before {}",
-        args.agent,
-        time_text(args.before)
-    );
+    if args.json {
+        let obj = serde_json::json!({
+            "agent": args.agent,
+            "before": time_text(args.before),
+            "before_ns": args.before,
+            "pruned": logs.parse::<u64>().unwrap_or(0),
+        });
+        println!("{obj}");
+    } else {
+        println!(
+            "pruned {logs} log(s) of {} last written before {}",
+            args.agent,
+            time_text(args.before)
+        );
+    }
     Ok(())
 }
 

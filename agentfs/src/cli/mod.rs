@@ -6,6 +6,7 @@ use crate::error::CliError;
 
 pub mod agents;
 pub mod audit;
+pub mod backup;
 pub mod checkpoints;
 pub mod completions;
 pub mod episodes;
@@ -14,7 +15,9 @@ pub mod mount;
 pub mod mounthelper;
 pub mod mountopts;
 pub mod policy;
+pub mod progress;
 pub mod search;
+pub mod style;
 pub mod unmount;
 
 const ABOUT: &str = "agentfs: a safety-first filesystem for autonomous AI agents";
@@ -93,6 +96,9 @@ pub enum Command {
     Man(completions::ManArgs),
     /// Print MNT/sys/metrics: counters and latency histograms in Prometheus text format
     Metrics(metrics::MetricsArgs),
+    /// Copy a data dir into DEST consistently, even while it is mounted (SQLite online
+    /// backup of the database, then the pack files and the audit head)
+    Backup(backup::BackupArgs),
 }
 
 impl Cli {
@@ -114,6 +120,7 @@ impl Cli {
             Command::Completions(args) => completions::completions(args),
             Command::Man(args) => completions::man(args),
             Command::Metrics(args) => metrics::run(args),
+            Command::Backup(args) => backup::run(args),
         }
     }
 }

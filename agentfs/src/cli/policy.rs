@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agentfs_policy::{default_policy_toml, Ruleset, Source};
+use agentfs_policy::{default_policy_toml, Diagnostic, Ruleset, Source};
 use clap::{Args, Subcommand};
 
 use crate::datadir;
@@ -34,6 +34,10 @@ pub struct ReloadArgs {
     /// The mountpoint of the daemon to reload
     #[arg(value_name = "MNT")]
     pub mountpoint: PathBuf,
+    /// Print the daemon's outcome as one JSON object ({"ok":…,"version":…,"old":…,
+    /// "errors":[…]}) on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -41,10 +45,22 @@ pub struct CheckArgs {
     /// Policy files, combined as several --policy options are
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
+    /// Print one JSON object on stdout: the summary ({"ok":true,"rules":{…},…}) or the
+    /// errors ({"ok":false,"errors":[{"file","line","col","message"}]})
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: PolicyArgs) -> Result<(), CliError> {
     match args.command {
+        PolicyCommand::Check(c) if c.json => {
+            let outcome = compile_diagnostics(&c.files)?;
+            println!("{}", check_json(&outcome));
+            match outcome {
+                Ok(_) => Ok(()),
+                Err(_) => Err(CliError::ReportedElsewhere),
+            }
+        }
         PolicyCommand::Check(c) => match check(&c.files)? {
             Ok(summary) => {
                 println!("{summary}");
@@ -61,13 +77,48 @@ pub fn run(args: PolicyArgs) -> Result<(), CliError> {
             print!("{}", default_policy_toml());
             Ok(())
         }
-        PolicyCommand::Reload(r) => reload(&r.mountpoint),
+        PolicyCommand::Reload(r) => reload(&r.mountpoint, r.json),
+    }
+}
+
+/// `policy check --json`: the summary's counts, or every error with its position.
+fn check_json(outcome: &Result<Ruleset, Vec<Diagnostic>>) -> serde_json::Value {
+    match outcome {
+        Ok(rules) => {
+            let s = rules.summary();
+            let counts: serde_json::Map<String, serde_json::Value> = s
+                .rules
+                .iter()
+                .map(|(kind, n)| (kind.to_string(), serde_json::json!(n)))
+                .collect();
+            serde_json::json!({
+                "ok": true,
+                "files": s.files,
+                "builtin": s.builtin,
+                "rules": counts,
+                "max_match_len": s.max_match_len,
+                "window": s.window,
+                "identities": s.identities,
+                "tests_passed": s.tests_run,
+                "version": format!("blake3:{}", s.version),
+                "warnings": s.warnings,
+            })
+        }
+        Err(diagnostics) => serde_json::json!({
+            "ok": false,
+            "errors": diagnostics.iter().map(|d| serde_json::json!({
+                "file": d.file,
+                "line": d.line,
+                "col": d.col,
+                "message": d.message,
+            })).collect::<Vec<_>>(),
+        }),
     }
 }
 
 /// Sends SIGHUP to the daemon serving `mnt` and waits for the outcome it writes to its
 /// data dir.
-fn reload(mnt: &Path) -> Result<(), CliError> {
+fn reload(mnt: &Path, json: bool) -> Result<(), CliError> {
     let path = std::fs::canonicalize(mnt)
         .map_err(|err| CliError::Reported(format!("{}: {}", mnt.display(), reason(&err))))?;
     let mounts = mountinfo::read().map_err(|err| CliError::Os {
@@ -98,7 +149,7 @@ fn reload(mnt: &Path) -> Result<(), CliError> {
     loop {
         let now = std::fs::read(&status).ok();
         if now.is_some() && now != before {
-            return report_reload(&now.unwrap_or_default());
+            return report_reload(&now.unwrap_or_default(), json);
         }
         if std::time::Instant::now() > deadline {
             return Err(CliError::Reported(format!(
@@ -110,11 +161,20 @@ fn reload(mnt: &Path) -> Result<(), CliError> {
     }
 }
 
-fn report_reload(status: &[u8]) -> Result<(), CliError> {
+fn report_reload(status: &[u8], json: bool) -> Result<(), CliError> {
     let v: serde_json::Value = serde_json::from_slice(status)
         .map_err(|e| CliError::Reported(format!("unreadable reload status: {e}")))?;
     let outcome = &v["outcome"];
-    if outcome["ok"].as_bool() == Some(true) {
+    let ok = outcome["ok"].as_bool() == Some(true);
+    if json {
+        println!("{outcome}");
+        return if ok {
+            Ok(())
+        } else {
+            Err(CliError::ReportedElsewhere)
+        };
+    }
+    if ok {
         println!(
             "policy reloaded: {} (was {})",
             outcome["version"].as_str().unwrap_or("?"),
@@ -139,6 +199,11 @@ fn check(files: &[PathBuf]) -> Result<Result<String, Vec<String>>, CliError> {
 /// cases), exactly as a mount and a reload do: the ruleset, or every error as a
 /// `FILE:LINE:COL: message` line. A file that cannot be read is a `CliError`.
 pub fn compile(files: &[PathBuf]) -> Result<Result<Ruleset, Vec<String>>, CliError> {
+    Ok(compile_diagnostics(files)?.map_err(|ds| ds.iter().map(|d| d.to_string()).collect()))
+}
+
+/// [`compile`] with the errors as diagnostics (file, line, column, message).
+fn compile_diagnostics(files: &[PathBuf]) -> Result<Result<Ruleset, Vec<Diagnostic>>, CliError> {
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for path in files {
@@ -153,10 +218,7 @@ pub fn compile(files: &[PathBuf]) -> Result<Result<Ruleset, Vec<String>>, CliErr
     if !errors.is_empty() {
         return Ok(Err(errors));
     }
-    Ok(
-        Ruleset::compile(sources)
-            .map_err(|e| e.diagnostics.iter().map(|d| d.to_string()).collect()),
-    )
+    Ok(Ruleset::compile(sources).map_err(|e| e.diagnostics))
 }
 
 /// [`compile`] for a mount: errors become one `CliError` listing them all.
@@ -166,7 +228,7 @@ pub fn load(files: &[PathBuf]) -> Result<Ruleset, CliError> {
     })
 }
 
-fn not_utf8(path: &Path, bytes: &[u8], valid: usize) -> String {
+fn not_utf8(path: &Path, bytes: &[u8], valid: usize) -> Diagnostic {
     let before = &bytes[..valid];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
     let start = before
@@ -174,10 +236,12 @@ fn not_utf8(path: &Path, bytes: &[u8], valid: usize) -> String {
         .rposition(|b| *b == b'\n')
         .map_or(0, |i| i + 1);
     let col = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
-    format!(
-        "{}:{line}:{col}: the file is not UTF-8 text (a policy file is TOML, which is UTF-8)",
-        path.display()
-    )
+    Diagnostic {
+        file: path.display().to_string(),
+        line,
+        col,
+        message: "the file is not UTF-8 text (a policy file is TOML, which is UTF-8)".into(),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::Path;
 use clap::Args;
 
 use crate::cli::agents::{agent_dir, MountSel};
+use crate::cli::progress;
 use crate::error::{reason, CliError};
 
 #[derive(Debug, Args)]
@@ -71,6 +72,10 @@ pub struct ReindexArgs {
     /// Start the rebuild and return; do not wait for it to finish
     #[arg(long)]
     pub no_wait: bool,
+    /// JSON lines, one per agent: {"agent":…,"waited":…,"index":{…}} with the index's final
+    /// status (`sys/agents/AGENT/index`)
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub mount: MountSel,
 }
@@ -112,31 +117,45 @@ pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
             }
         }
     }
-    if args.no_wait {
-        return Ok(());
-    }
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let show = progress::wanted(args.json);
     for agent in &agents {
         let ctl = mnt.join("sys/agents").join(agent).join("index");
-        loop {
-            let text = std::fs::read_to_string(&ctl)
-                .map_err(|e| CliError::Reported(format!("{}: {}", ctl.display(), reason(&e))))?;
-            let status: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| CliError::Reported(format!("{}: not JSON ({e})", ctl.display())))?;
-            if status["state"] == "ready" {
-                break;
+        let mut bar = None;
+        let status = loop {
+            let status = index_status(&ctl)?;
+            if args.no_wait || status["state"] == "ready" {
+                break status;
             }
-            if tty {
-                let done = status["rebuild"]["done"].as_u64().unwrap_or(0);
-                let total = status["rebuild"]["total"].as_u64().unwrap_or(0);
-                eprint!("\ragentfs: reindexing {agent}: {done}/{total} files   ");
-            }
+            let done = status["rebuild"]["done"].as_u64().unwrap_or(0);
+            let total = status["rebuild"]["total"].as_u64().unwrap_or(0);
+            let bar = bar.get_or_insert_with(|| {
+                progress::counter(show, &format!("reindexing {agent}"), "files", total)
+            });
+            bar.set_length(total.max(1));
+            bar.set_position(done);
             std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
         }
-        if tty {
-            eprint!("\r\x1b[K");
+        if args.json {
+            let obj = serde_json::json!({
+                "agent": agent,
+                "waited": !args.no_wait,
+                "index": status,
+            });
+            println!("{obj}");
+        } else if !args.no_wait {
+            eprintln!("agentfs: {agent}: search index rebuilt");
         }
-        eprintln!("agentfs: {agent}: search index rebuilt");
     }
     Ok(())
+}
+
+/// The JSON status of one agent's index control file.
+fn index_status(ctl: &Path) -> Result<serde_json::Value, CliError> {
+    let text = std::fs::read_to_string(ctl)
+        .map_err(|e| CliError::Reported(format!("{}: {}", ctl.display(), reason(&e))))?;
+    serde_json::from_str(&text)
+        .map_err(|e| CliError::Reported(format!("{}: not JSON ({e})", ctl.display())))
 }
