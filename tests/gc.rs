@@ -165,3 +165,22 @@ fn working_memory_frees_chunks_overwritten_before_close() {
     );
     assert!(fs::read(&path).unwrap() == noise(13, 2 * MIB));
 }
+
+#[test]
+fn a_hold_file_keeps_the_collector_off() {
+    let Some(m) = mounted() else {
+        return;
+    };
+    let hold = m.data.join("gc.hold");
+    fs::write(&hold, format!("{}\n", std::process::id())).unwrap();
+    let file = m.mem("a", "semantic").join("doomed.bin");
+    fs::write(&file, noise(7, 4 * MIB)).unwrap();
+    fs::remove_file(&file).unwrap();
+    // Ten rounds' worth of time: none may free anything while the hold names a live process.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(metric(&m, "agentfs_gc_freed_bytes_total", "durable"), 0);
+    fs::remove_file(&hold).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        metric(&m, "agentfs_gc_freed_bytes_total", "durable") >= 4 * MIB as u64
+    }));
+}

@@ -17,6 +17,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
+/// A file in the data dir naming a live process (its pid) holds collection off: rounds are
+/// skipped while it exists. `agentfs backup` writes it while it copies a mounted store, so no
+/// chunk its copy of the database names can be punched out before its pack copy reads it.
+pub const GC_HOLD_FILE: &str = "gc.hold";
+
+/// Whether a live process holds collection off in `data_dir` (a stale hold is ignored).
+fn held(data_dir: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data_dir.join(GC_HOLD_FILE)) else {
+        return false;
+    };
+    text.trim()
+        .parse::<u32>()
+        .is_ok_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Totals since the mount, per store (`sys/metrics`).
 #[derive(Debug, Default)]
 pub(crate) struct GcTotals {
@@ -71,6 +86,10 @@ impl Vfs {
     /// Runs one round of garbage collection on both stores. What is freed is recorded in
     /// the flight recorder (`op: gc`); a round that frees nothing records nothing.
     pub fn collect_garbage(&self) -> Result<GcRound> {
+        if held(&self.data_dir) {
+            tracing::debug!("garbage collection held off by {GC_HOLD_FILE}");
+            return Ok(GcRound::default());
+        }
         let (durable_ids, working_ids) = self.held_chunks();
         let result = (|| {
             let durable = self.durable.collect_garbage(&durable_ids)?;

@@ -43,7 +43,7 @@ pub use agentfs_memory::{FileKind, Ino, InodeRecord, StoreError};
 pub use caller::Caller;
 pub use control::{Admission, Parked, Waiting};
 pub use error::{Refusal, Result, VfsError};
-pub use gc::{Collector, GcRound};
+pub use gc::{Collector, GcRound, GC_HOLD_FILE};
 pub use mutate::{SetAttr, TimeSet};
 pub use names::NAME_MAX;
 pub use vfs::{now_ns, Attr, DirEntry, FsStats, Invalidator, Opened, Vfs, ROOT_INO};

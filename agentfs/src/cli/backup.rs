@@ -78,6 +78,25 @@ struct AuditSummary {
     head_seq: Option<u64>,
 }
 
+/// `DIR/gc.hold` with our pid, removed on drop: the daemon skips garbage collection rounds
+/// while it names a live process.
+struct GcHold(PathBuf);
+
+impl GcHold {
+    fn take(dir: &Path) -> Result<GcHold, CliError> {
+        let path = dir.join(agentfs_vfs::GC_HOLD_FILE);
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .map_err(|e| io_err(&path, &e))?;
+        Ok(GcHold(path))
+    }
+}
+
+impl Drop for GcHold {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn io_err(path: &Path, err: &std::io::Error) -> CliError {
     CliError::Reported(format!("{}: {}", path.display(), reason(err)))
 }
@@ -237,6 +256,13 @@ fn copy_into(src: &Path, to: &Path, show: bool) -> Result<Option<Copied>, CliErr
         .open(&lock_path)
         .map_err(|e| io_err(&lock_path, &e))?;
     let online = !crate::sys::try_lock_exclusive(&lock).map_err(|e| io_err(&lock_path, &e))?;
+    // While we copy, the daemon's garbage collector must not punch out chunks our copy of
+    // the database names (a file deleted meanwhile frees its chunks two rounds later).
+    let _hold = if online {
+        Some(GcHold::take(src)?)
+    } else {
+        None
+    };
 
     // The head before the database: the daemon moves it only forwards, so a later cut of the
     // database holds at least the entries it names. Read once, copied as read, parsed from
