@@ -45,9 +45,11 @@ pub(crate) fn check_batch(
                 }
             }
             Change::SetMeta { key, .. } | Change::DeleteMetaIf { key, .. } => check_meta_key(key)?,
-            Change::DropChunks(_) => {
+            Change::DropChunks(_) | Change::MoveChunks(_) => {
                 return Err(invalid(
-                    "DropChunks is the store's own change (its garbage collector)".into(),
+                    "DropChunks and MoveChunks are the store's own changes (its garbage \
+                     collector)"
+                        .into(),
                 ))
             }
             _ => {}

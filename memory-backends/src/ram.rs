@@ -230,7 +230,7 @@ impl Tables {
                 }
             }
             // Refused by `check_batch`: only the durable store's collector writes it.
-            Change::DropChunks(_) => {}
+            Change::DropChunks(_) | Change::MoveChunks(_) => {}
             Change::Audit(entry) => {
                 let prev_hash = self.chain.hash;
                 let (seq, hash) = self.chain.advance(&canonical_body(&entry));

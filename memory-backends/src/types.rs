@@ -192,6 +192,19 @@ pub enum Change {
     /// store's own garbage collector, in the journal record that frees them. A batch from the
     /// core naming it is refused.
     DropChunks(Vec<ChunkId>),
+    /// Where these chunks' bytes are now: written only by the durable store's pack
+    /// compaction, which copies the live chunks of a mostly dead pack into the current one
+    /// before deleting it. A batch from the core naming it is refused.
+    MoveChunks(Vec<ChunkMove>),
+}
+
+/// A chunk's new place in the pack files ([`Change::MoveChunks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMove {
+    pub id: ChunkId,
+    pub pack: u32,
+    pub offset: u64,
+    pub len: u32,
 }
 
 /// When a range of an episodic log was written.
@@ -236,6 +249,8 @@ pub struct GcReport {
     pub reclaimed_bytes: u64,
     /// Pack files deleted because nothing in them was referenced any more.
     pub packs_deleted: u64,
+    /// Bytes of live chunks copied out of mostly dead packs so those could be deleted.
+    pub moved_bytes: u64,
 }
 
 /// Everything a store holds, as loaded at mount.

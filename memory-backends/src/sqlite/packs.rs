@@ -299,6 +299,11 @@ impl Packs {
         Ok(())
     }
 
+    /// The size at which packs roll over.
+    pub(super) fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// The pack being appended to.
     pub(super) fn current(&self) -> u32 {
         self.current.lock().pack

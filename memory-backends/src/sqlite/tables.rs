@@ -155,6 +155,17 @@ pub(super) fn apply(
                     .map_err(sql)?;
             }
         }
+        Change::MoveChunks(moves) => {
+            for m in moves {
+                conn.prepare_cached(
+                    r#"INSERT OR REPLACE INTO blobs(hash, pack, "offset", len) VALUES (?1, ?2, ?3, ?4)"#,
+                )
+                .and_then(|mut s| {
+                    s.execute(params![&m.id.0[..], m.pack, m.offset as i64, m.len])
+                })
+                .map_err(sql)?;
+            }
+        }
         Change::Audit(_) => {
             // Audit rows need their place in the chain: `insert_audit`, called by the applier.
             return Err(StoreError::Io(std::io::Error::other(

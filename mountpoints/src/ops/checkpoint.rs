@@ -782,6 +782,7 @@ impl Vfs {
         let swapped = started.elapsed();
         let invalidated = invalidate.len();
         self.invalidate(agent, invalidate);
+        let kernel = started.elapsed();
         // mem/semantic is now the checkpoint's: the index follows, by the same changes (kept
         // files are indexed already); should any update fail, it is rebuilt whole.
         if self.index_rollback(&index_removed, &index_copied) {
@@ -798,6 +799,7 @@ impl Vfs {
             copy_ms = copied.as_secs_f64() * 1e3,
             commit_ms = (committed - copied).as_secs_f64() * 1e3,
             swap_ms = (swapped - committed).as_secs_f64() * 1e3,
+            kernel_ms = (kernel - swapped).as_secs_f64() * 1e3,
             "rolled back"
         );
         Ok(restored)
