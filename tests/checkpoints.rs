@@ -302,13 +302,18 @@ fn rollback_replaces_only_what_changed() {
     let mut got = String::new();
     open_keep.read_to_string(&mut got).unwrap();
     assert_eq!(got, "kept");
-    // The audit entry says what was kept.
-    let audit = fs::read_to_string(m.mnt.join("sys/agents/a/audit")).unwrap();
-    let entry = audit
-        .lines()
-        .rev()
-        .find(|l| l.contains("\"op\":\"rollback\""))
-        .expect("the rollback's audit entry");
+    // The audit entry says what was kept (it reaches sys/audit a few milliseconds after the
+    // commit: the store's applier).
+    let rollback_entry = || {
+        fs::read_to_string(m.mnt.join("sys/agents/a/audit"))
+            .unwrap()
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"op\":\"rollback\""))
+            .map(str::to_string)
+    };
+    assert!(wait_until(Duration::from_secs(10), || rollback_entry().is_some()));
+    let entry = rollback_entry().expect("the rollback's audit entry");
     assert!(entry.contains(" kept,"), "{entry}");
     // And once more from the restored state: nothing to do, everything kept.
     let all = ino("change");
