@@ -276,7 +276,18 @@ fn operator_pauses_inspects_and_resumes() {
             "no line written by the {who}:\n{log}"
         );
     }
-    // The waiting write came from a process bound to the agent.
+    // The waiting write came from a process bound to the agent. (The records reach
+    // sys/audit a few milliseconds after their commits: the store's applier.)
+    let complete = |audit: &str| {
+        ["STOP", "CONT"].iter().all(|sig| {
+            audit
+                .lines()
+                .any(|l| l.contains("\"op\":\"signal\"") && l.contains(sig))
+        })
+    };
+    wait_until(Duration::from_secs(10), || {
+        complete(&read(&m.mnt.join("sys/agents/worker/audit")))
+    });
     let audit = read(&m.mnt.join("sys/agents/worker/audit"));
     let bind = audit
         .lines()
