@@ -11,13 +11,13 @@
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentfs_memory::StoreError;
 use agentfs_policy::Engine;
 use agentfs_vfs::fuse::{self, MountOptions};
-use agentfs_vfs::{Vfs, VfsError};
+use agentfs_vfs::{Periodic, Vfs, VfsError};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -160,7 +160,7 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
     if let Err(e) = vfs.record_event("mount", &mnt.display().to_string()) {
         error!("could not record the mount in the flight recorder: {e}");
     }
-    let flusher = AuditFlusher::start(vfs.clone()).map_err(|err| CliError::Os {
+    let flusher = start_audit_flusher(vfs.clone()).map_err(|err| CliError::Os {
         what: "start the audit flush thread",
         err,
     })?;
@@ -168,7 +168,7 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
         None
     } else {
         Some(
-            agentfs_vfs::Collector::start(&vfs, args.gc_interval).map_err(|err| CliError::Os {
+            agentfs_vfs::start_collector(&vfs, args.gc_interval).map_err(|err| CliError::Os {
                 what: "start the garbage collection thread",
                 err,
             })?,
@@ -219,44 +219,15 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
 
 /// Commits queued audit entries (of calls that committed nothing themselves, e.g. in working
 /// memory) every [`AUDIT_FLUSH`], so that readers of the flight recorder see them promptly.
-struct AuditFlusher {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: std::thread::JoinHandle<()>,
+fn start_audit_flusher(vfs: Arc<Vfs>) -> std::io::Result<Periodic> {
+    Periodic::start("agentfs-audit", AUDIT_FLUSH, move || {
+        if let Err(e) = vfs.flush_audit() {
+            error!("could not commit queued audit entries: {e}");
+        }
+    })
 }
 
 const AUDIT_FLUSH: Duration = Duration::from_millis(100);
-
-impl AuditFlusher {
-    fn start(vfs: Arc<Vfs>) -> std::io::Result<AuditFlusher> {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name(String::from("agentfs-audit"))
-            .spawn(move || {
-                let (lock, cv) = &*flag;
-                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
-                while !*stopped {
-                    let (guard, _) = cv
-                        .wait_timeout(stopped, AUDIT_FLUSH)
-                        .unwrap_or_else(|p| p.into_inner());
-                    stopped = guard;
-                    if let Err(e) = vfs.flush_audit() {
-                        error!("could not commit queued audit entries: {e}");
-                    }
-                }
-            })?;
-        Ok(AuditFlusher { stop, thread })
-    }
-
-    fn stop(self) {
-        let (lock, cv) = &*self.stop;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
-        if self.thread.join().is_err() {
-            error!("the audit flush thread panicked");
-        }
-    }
-}
 
 /// A panic is a bug in the daemon, and its in-memory state can no longer be trusted: stop
 /// the whole process at once, exactly as `kill -9` would, instead of losing one FUSE worker

@@ -10,11 +10,12 @@
 
 use crate::error::Result;
 use crate::node::{Body, Slot};
+use crate::periodic::Periodic;
 use crate::vfs::Vfs;
 use agentfs_memory::{ChunkId, GcReport};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// A file in the data dir naming a live process (its pid) holds collection off: rounds are
@@ -121,76 +122,16 @@ impl Vfs {
     }
 }
 
-/// The thread that runs a round every `interval` (and at once when asked), stopped and
-/// joined by [`Collector::stop`] or on drop.
-pub struct Collector {
-    shared: Arc<(Mutex<Wake>, Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct Wake {
-    stop: bool,
-    now: bool,
-}
-
-impl Collector {
-    /// Starts collecting on `vfs` every `interval`. The thread holds only a weak reference,
-    /// so it never keeps a dropped core alive.
-    pub fn start(vfs: &Arc<Vfs>, interval: Duration) -> std::io::Result<Collector> {
-        let shared = Arc::new((Mutex::new(Wake::default()), Condvar::new()));
-        let weak: Weak<Vfs> = Arc::downgrade(vfs);
-        let flag = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(String::from("agentfs-gc"))
-            .spawn(move || {
-                let (lock, cv) = &*flag;
-                loop {
-                    {
-                        let mut wake = lock.lock().unwrap_or_else(|p| p.into_inner());
-                        if !wake.now && !wake.stop {
-                            wake = cv
-                                .wait_timeout(wake, interval)
-                                .unwrap_or_else(|p| p.into_inner())
-                                .0;
-                        }
-                        if wake.stop {
-                            return;
-                        }
-                        wake.now = false;
-                    }
-                    let Some(vfs) = weak.upgrade() else { return };
-                    match vfs.collect_garbage() {
-                        Ok(r) => tracing::debug!(?r, "garbage collection round"),
-                        Err(e) => tracing::warn!(error = %e, "garbage collection round failed"),
-                    }
-                }
-            })?;
-        Ok(Collector {
-            shared,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops the thread (after the round in progress, if any) and waits for it.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        let (lock, cv) = &*self.shared;
-        lock.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
-        cv.notify_all();
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("the garbage collection thread panicked");
-            }
+/// Runs a round every `interval` on a thread of its own (stopped and joined by
+/// [`Periodic::stop`] or on drop). The thread holds only a weak reference, so it never keeps a
+/// dropped core alive.
+pub fn start_collector(vfs: &Arc<Vfs>, interval: Duration) -> std::io::Result<Periodic> {
+    let weak: Weak<Vfs> = Arc::downgrade(vfs);
+    Periodic::start("agentfs-gc", interval, move || {
+        let Some(vfs) = weak.upgrade() else { return };
+        match vfs.collect_garbage() {
+            Ok(r) => tracing::debug!(?r, "garbage collection round"),
+            Err(e) => tracing::warn!(error = %e, "garbage collection round failed"),
         }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.halt();
-    }
+    })
 }

@@ -94,6 +94,11 @@ impl Entry {
             stamp: AtomicU64::new(round),
         }
     }
+
+    /// Records that the chunk was handed out in `round`.
+    fn touch(&self, round: u64) {
+        self.stamp.store(round, Ordering::Release);
+    }
 }
 
 /// The chunk index: every chunk whose bytes are in a pack, committed or not.
@@ -347,8 +352,7 @@ impl SqliteStore {
     fn stamp(&self, id: &ChunkId) -> bool {
         match self.index.read().locs.get(id) {
             Some(e) => {
-                e.stamp
-                    .store(self.round.load(Ordering::Acquire), Ordering::Release);
+                e.touch(self.round.load(Ordering::Acquire));
                 true
             }
             None => false,
@@ -365,6 +369,24 @@ impl SqliteStore {
         )
         .map_err(|e| errors::sql_at_open(e, &self.db_path))?;
         tables::chunk_refs(&conn, &self.db_path)
+    }
+
+    /// Appends a record of the store's own (`DropChunks`, `MoveChunks`: no audit entry, no
+    /// blob rows) and queues it for the applier. The caller holds the journal lock.
+    fn append_own(&self, active: &mut journal::Active, change: Change) -> Result<(), StoreError> {
+        let batch = Batch {
+            changes: vec![change],
+        };
+        let frame = journal::start_record(&batch)?;
+        let (seq, bytes) = self.journal.append(active, frame, &[])?;
+        self.applier.push(Record {
+            seq,
+            batch,
+            links: Vec::new(),
+            blobs: Vec::new(),
+            bytes,
+        });
+        Ok(())
     }
 
     /// Removes the chunks to free from the index and journals their blob rows' deletion, in
@@ -399,18 +421,7 @@ impl SqliteStore {
         if doomed.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = Batch {
-            changes: vec![Change::DropChunks(doomed.clone())],
-        };
-        let frame = journal::start_record(&batch)?;
-        let (seq, bytes) = self.journal.append(&mut active, frame, &[])?;
-        self.applier.push(Record {
-            seq,
-            batch,
-            links: Vec::new(),
-            blobs: Vec::new(),
-            bytes,
-        });
+        self.append_own(&mut active, Change::DropChunks(doomed.clone()))?;
         let doomed: HashSet<ChunkId> = doomed.into_iter().collect();
         // A chunk put but never committed has its blob row pending: it must not reach SQLite
         // now that its bytes are about to be punched out.
@@ -482,18 +493,7 @@ impl SqliteStore {
             }
             if !moves.is_empty() {
                 // Journal first: should the append fail, the index still matches SQLite.
-                let batch = Batch {
-                    changes: vec![Change::MoveChunks(moves)],
-                };
-                let frame = journal::start_record(&batch)?;
-                let (seq, bytes) = self.journal.append(&mut active, frame, &[])?;
-                self.applier.push(Record {
-                    seq,
-                    batch,
-                    links: Vec::new(),
-                    blobs: Vec::new(),
-                    bytes,
-                });
+                self.append_own(&mut active, Change::MoveChunks(moves))?;
             }
             for (id, old, w) in &copies {
                 if let Some(e) = index.locs.get_mut(id).filter(|e| e.loc == *old) {
@@ -568,11 +568,7 @@ impl Store for SqliteStore {
                 self.chunk_bytes
                     .fetch_add(u64::from(loc.len), Ordering::Relaxed);
             }
-            hash_map::Entry::Occupied(e) => {
-                e.get()
-                    .stamp
-                    .store(self.round.load(Ordering::Acquire), Ordering::Release);
-            }
+            hash_map::Entry::Occupied(e) => e.get().touch(self.round.load(Ordering::Acquire)),
         }
         drop(guard);
         drop(written);
@@ -592,9 +588,10 @@ impl Store for SqliteStore {
                 Ok(()) => return Ok(n),
                 // Compaction moved the chunk and deleted its old pack between our lookup and
                 // the read: read it where it is now.
-                Err(StoreError::Corrupt(_)) if lookup().is_some_and(|l| l != loc) => {
-                    loc = lookup().ok_or_else(|| missing_chunk(id))?;
-                }
+                Err(e @ StoreError::Corrupt(_)) => match lookup() {
+                    Some(moved) if moved != loc => loc = moved,
+                    _ => return Err(e),
+                },
                 Err(e) => return Err(e),
             }
         }
@@ -863,12 +860,7 @@ mod tests {
             store.put_chunk(&[i; 1000]).unwrap();
         }
         let kept = store.put_chunk(&[9u8; 1000]).unwrap();
-        let mut batch = Batch::new();
-        batch.push(Change::SetChunks {
-            ino: 2,
-            chunks: vec![(0, Some(kept))],
-        });
-        store.commit(batch, Durability::Process).unwrap();
+        set_first_chunk(&store, 2, kept);
         let packs = || {
             std::fs::read_dir(tmp.path().join(PACKS_DIR))
                 .unwrap()
@@ -903,12 +895,7 @@ mod tests {
         let store = SqliteStore::open_with(tmp.path(), opts.clone(), tiny_packs()).unwrap();
         // Pack 1: a small live chunk (under an eighth of the 3 KiB limit) and garbage.
         let kept = store.put_chunk(&[7u8; 300]).unwrap();
-        let mut batch = Batch::new();
-        batch.push(Change::SetChunks {
-            ino: 2,
-            chunks: vec![(0, Some(kept))],
-        });
-        store.commit(batch, Durability::Process).unwrap();
+        set_first_chunk(&store, 2, kept);
         for i in 0..6u8 {
             store.put_chunk(&[i; 1000]).unwrap();
         }
@@ -989,12 +976,7 @@ mod tests {
                         let mut data = [0u8; 100];
                         data[..8].copy_from_slice(&(w * 1_000_000 + i).to_le_bytes());
                         let id = store.put_chunk(&data).unwrap();
-                        let mut batch = Batch::new();
-                        batch.push(Change::SetChunks {
-                            ino,
-                            chunks: vec![(0, Some(id))],
-                        });
-                        store.commit(batch, Durability::Process).unwrap();
+                        set_first_chunk(&store, ino, id);
                         latest.lock().insert(ino, id);
                     }
                 })
@@ -1020,6 +1002,16 @@ mod tests {
             assert_eq!(store.read_at(&id, 0, &mut buf).unwrap(), 100);
             assert_eq!(ChunkId::of(&buf), id);
         }
+    }
+
+    /// Commits `id` as chunk 0 of file `ino`.
+    fn set_first_chunk(store: &SqliteStore, ino: Ino, id: ChunkId) {
+        let mut batch = Batch::new();
+        batch.push(Change::SetChunks {
+            ino,
+            chunks: vec![(0, Some(id))],
+        });
+        store.commit(batch, Durability::Process).unwrap();
     }
 
     fn kept_pack(store: &SqliteStore, id: &ChunkId) -> u32 {

@@ -214,13 +214,11 @@ impl Vfs {
         let mut out = Vec::new();
         let mut queue = vec![dir];
         while let Some(d) = queue.pop() {
-            let node = self.node(d)?;
-            let n = node.read();
-            for (name, ino) in n.dir().map(|d| d.names()).into_iter().flatten() {
-                out.push((d, name.to_vec(), ino));
+            for (name, ino) in self.entries_of(d)? {
                 if self.node(ino).is_ok_and(|c| c.read().is_dir()) {
                     queue.push(ino);
                 }
+                out.push((d, name, ino));
             }
         }
         Ok(out)
