@@ -85,10 +85,13 @@ impl Ruleset {
         let mut out = String::new();
         let _ = writeln!(out, "# Rules in force for agent `{agent}`");
         let _ = writeln!(out, "# policy version {}", self.version);
+        // The built-in rules in force are listed below like any other, so the text is a
+        // whole policy: loaded alone, it decides every call of `agent` as this one does.
+        let _ = writeln!(out, "\n[builtin]\nenabled = false");
         let _ = writeln!(
             out,
-            "# default deny: a path right no allow rule grants is refused ({})",
-            self.default_action
+            "\n[default]  # a path right no allow rule grants is refused\naction = {}",
+            toml_string(self.default_action.name())
         );
         for r in self.rules.iter().filter(|r| r.agents.applies(agent)) {
             let _ = writeln!(out);
@@ -232,11 +235,8 @@ mod tests {
                     [[content]]\nname = \"c\"\nregex = '\\x01{1,3}zebra'\n";
         let original = Ruleset::compile(vec![Source::new("p.toml", text)]).unwrap();
         let rendered = original.render_for("a");
-        let again = Ruleset::compile(vec![Source::new(
-            "r.toml",
-            format!("[builtin]\nenabled = false\n{rendered}"),
-        )])
-        .unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+        let again = Ruleset::compile(vec![Source::new("r.toml", rendered.as_str())])
+            .unwrap_or_else(|e| panic!("{e}\n{rendered}"));
         for (path, data) in [
             (&b"mem/a\x01b"[..], &b"hi"[..]),
             (b"x/*", b"hi"),
@@ -256,6 +256,35 @@ mod tests {
                 original.decide(&call).decision,
                 again.decide(&call).decision,
                 "{path:?}\n{rendered}"
+            );
+        }
+    }
+
+    /// Found by the `policy-mutated` fuzz target, whose oracle looked for `[default]` in
+    /// the text and found it inside a regex: the rendered rules now state their default
+    /// action (and that the built-in rules are inlined) themselves.
+    #[test]
+    fn rendered_rules_carry_the_default_action() {
+        use crate::{Call, Op, Source};
+        let in_a_regex =
+            "[[content]]\nname = \"c\"\nregex = '''x[^\n[default]\naction = \"audit\"\n]'''\n";
+        for (text, want) in [
+            ("[default]\naction = \"audit\"\n", "audit"),
+            (in_a_regex, "kill"),
+        ] {
+            let original = Ruleset::compile(vec![Source::new("p.toml", text)]).unwrap();
+            let rendered = original.render_for("a");
+            assert!(
+                rendered.contains(&format!("[default]  # a path right no allow rule grants is refused\naction = \"{want}\"")),
+                "{rendered}"
+            );
+            let again = Ruleset::compile(vec![Source::new("r.toml", rendered.as_str())])
+                .unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+            let call = Call::new("a", Op::Create, b"shared/run.sh");
+            assert_eq!(
+                original.decide(&call).decision,
+                again.decide(&call).decision,
+                "{rendered}"
             );
         }
     }
