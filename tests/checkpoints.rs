@@ -145,6 +145,13 @@ fn rollback_restores_byte_identical_content() {
     assert_eq!(tree(&m.mnt.join("a/state/good")), before);
     let st = fs::metadata(m.mnt.join("a/state/good")).unwrap();
     assert!(st.mtime() > 0 && st.mode() & 0o777 == 0o555);
+    // A hard-linked file stays one file with two names in the checkpoint.
+    let good = m.mnt.join("a/state/good/semantic");
+    let (big, hard) = (
+        fs::metadata(good.join("big")).unwrap(),
+        fs::metadata(good.join("d/hard")).unwrap(),
+    );
+    assert_eq!((big.ino(), big.nlink()), (hard.ino(), 2));
 
     let sem = m.mem("a", "semantic");
     fs::remove_file(sem.join("d/e/deep")).unwrap();

@@ -227,6 +227,13 @@ impl Batch {
         Self::default()
     }
 
+    /// An empty batch with room for `n` changes (a snapshot knows its size up front).
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            changes: Vec::with_capacity(n),
+        }
+    }
+
     pub fn push(&mut self, change: Change) {
         self.changes.push(change);
     }

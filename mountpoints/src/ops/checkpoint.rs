@@ -55,6 +55,17 @@ struct CopyPlan {
 }
 
 impl CopyPlan {
+    /// A plan with room for about `nodes` copies, so that a snapshot of a big tree does
+    /// not spend its time growing (rehashing, moving) its maps and batch.
+    fn with_capacity(nodes: usize) -> Self {
+        Self {
+            made: HashMap::with_capacity(nodes),
+            // A file and its entry, plus its chunk map.
+            durable: Batch::with_capacity(3 * nodes),
+            ..Self::default()
+        }
+    }
+
     fn batch(&mut self, class: Class) -> &mut Batch {
         if class.is_volatile() {
             &mut self.volatile
@@ -143,6 +154,8 @@ impl Vfs {
                 _ => BTreeMap::new(),
             };
             let is_dir = c.is_dir();
+            // Only a file with several names can be reached twice.
+            let hard_linked = !is_dir && c.attr.nlink > 1;
             drop(c);
             let batch = plan.batch(dst_class);
             batch.push(Change::PutInode(rec.clone()));
@@ -171,7 +184,9 @@ impl Vfs {
                     .collect();
             }
             plan.add_entry(dst, name, ino, rec.kind);
-            plan.map.insert(child, ino);
+            if hard_linked {
+                plan.map.insert(child, ino);
+            }
             plan.made.insert(ino, copy);
             if is_dir {
                 queue.extend(
@@ -290,6 +305,7 @@ impl Vfs {
 
     fn insert_nodes(&self, made: HashMap<Ino, Node>) {
         let mut nodes = self.nodes.write();
+        nodes.reserve(made.len());
         for (ino, node) in made {
             nodes.insert(ino, Arc::new(RwLock::new(node)));
         }
@@ -341,7 +357,7 @@ impl Vfs {
             rdev: 0,
             symlink_target: Vec::new(),
         };
-        let mut plan = CopyPlan::default();
+        let mut plan = CopyPlan::with_capacity(agent.node_count() as usize + 8);
         plan.made.insert(
             root,
             Node::new(
