@@ -35,6 +35,7 @@ mod limits;
 mod load;
 mod parse;
 mod paths;
+mod prefilter;
 mod render;
 mod scan;
 mod selftest;

@@ -25,6 +25,7 @@ use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::Hir;
 
 use crate::call::Content;
+use crate::prefilter::{self, anchor_literals, Prefilter};
 
 /// Bytes a look-around assertion may inspect on each side of a position: one UTF-8
 /// character.
@@ -148,9 +149,52 @@ struct Group {
 /// Prefix literals per group (see [`Group`]).
 const GROUP_LITERALS: usize = 256;
 
+impl Group {
+    /// Adds the rules of this group that match in `input` to `hits`.
+    fn hits(&self, input: &Input<'_>, hits: &mut Hits) {
+        if !self.any.is_match(input.clone()) {
+            return;
+        }
+        let mut set = PatternSet::new(self.which.pattern_len());
+        self.which.which_overlapping_matches(input, &mut set);
+        hits.extend(set.iter().map(|p| self.members[p.as_usize()]));
+    }
+}
+
+/// Packs rules `of` into groups of at most [`GROUP_LITERALS`] prefix literals; rules with
+/// no finite set of prefix literals share one group.
+fn pack(hirs: &[Hir], of: &[usize]) -> Vec<Vec<usize>> {
+    let mut packs: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut unprefixed: Vec<usize> = Vec::new();
+    for &i in of {
+        let seq = Extractor::new().kind(ExtractKind::Prefix).extract(&hirs[i]);
+        match seq.len() {
+            Some(n) if seq.min_literal_len().is_some_and(|m| m > 0) => {
+                match packs.iter_mut().find(|p| p.0 + n <= GROUP_LITERALS) {
+                    Some(p) => {
+                        p.0 += n;
+                        p.1.push(i);
+                    }
+                    None => packs.push((n, vec![i])),
+                }
+            }
+            _ => unprefixed.push(i),
+        }
+    }
+    let mut members: Vec<Vec<usize>> = packs.into_iter().map(|p| p.1).collect();
+    if !unprefixed.is_empty() {
+        members.push(unprefixed);
+    }
+    members
+}
+
 pub(crate) struct ContentRules {
     pub rules: Vec<ContentRule>,
+    /// Rules with no usable anchor literals, searched over the whole range.
     groups: Vec<Group>,
+    /// Rules with anchor literals, searched only around them.
+    anchored: Vec<Group>,
+    prefilter: Option<Prefilter>,
     /// Longest match of a rule that looks at file content.
     pub max_len: usize,
     /// Whether some rule can match inside a run of zero bytes (see
@@ -173,6 +217,8 @@ impl ContentRules {
         ContentRules {
             rules: Vec::new(),
             groups: Vec::new(),
+            anchored: Vec::new(),
+            prefilter: None,
             max_len: 0,
             zero_fill_matches: false,
         }
@@ -182,28 +228,27 @@ impl ContentRules {
         if rules.is_empty() {
             return Ok(ContentRules::empty());
         }
-        // Pack rules into groups by their prefix literals.
-        let mut packs: Vec<(usize, Vec<usize>)> = Vec::new();
-        let mut unprefixed: Vec<usize> = Vec::new();
+        // Rules with anchor literals go behind the prefilter; the others are searched
+        // everywhere, packed into groups by their prefix literals.
+        let mut anchors = Vec::new();
+        let (mut anchored, mut everywhere) = (Vec::new(), Vec::new());
         for (i, hir) in hirs.iter().enumerate() {
-            let seq = Extractor::new().kind(ExtractKind::Prefix).extract(hir);
-            match seq.len() {
-                Some(n) if seq.min_literal_len().is_some_and(|m| m > 0) => {
-                    match packs.iter_mut().find(|p| p.0 + n <= GROUP_LITERALS) {
-                        Some(p) => {
-                            p.0 += n;
-                            p.1.push(i);
-                        }
-                        None => packs.push((n, vec![i])),
-                    }
+            match anchor_literals(hir) {
+                Some(a) => {
+                    anchors.push(a);
+                    anchored.push(i);
                 }
-                _ => unprefixed.push(i),
+                None => everywhere.push(i),
             }
         }
-        let mut members: Vec<Vec<usize>> = packs.into_iter().map(|p| p.1).collect();
-        if !unprefixed.is_empty() {
-            members.push(unprefixed);
-        }
+        let literals = prefilter::combine(&anchors);
+        let prefilter = match anchored.is_empty() {
+            true => None,
+            false => {
+                let longest = anchored.iter().map(|&i| rules[i].max_len).max();
+                Some(Prefilter::new(&literals, longest.unwrap_or(0))?)
+            }
+        };
         let build = |kind: MatchKind, of: &[usize]| {
             let hirs: Vec<&Hir> = of.iter().map(|&i| &hirs[i]).collect();
             Regex::builder()
@@ -217,14 +262,21 @@ impl ContentRules {
                 .build_many_from_hir(&hirs)
                 .map_err(|e| format!("the content rules are too large to compile: {e}"))
         };
-        let mut groups = Vec::new();
-        for m in members {
-            groups.push(Group {
-                any: build(MatchKind::LeftmostFirst, &m)?,
-                which: build(MatchKind::All, &m)?,
-                members: m,
-            });
-        }
+        let groups_of = |members: Vec<Vec<usize>>| -> Result<Vec<Group>, String> {
+            let mut groups = Vec::new();
+            for m in members {
+                groups.push(Group {
+                    any: build(MatchKind::LeftmostFirst, &m)?,
+                    which: build(MatchKind::All, &m)?,
+                    members: m,
+                });
+            }
+            Ok(groups)
+        };
+        // Packed like the others: when candidates are everywhere the anchored groups
+        // search the whole range, and then their own prefilters matter.
+        let anchored = groups_of(pack(hirs, &anchored))?;
+        let groups = groups_of(pack(hirs, &everywhere))?;
         let max_len = rules
             .iter()
             .filter(|r| r.scopes & IN_CONTENT != 0)
@@ -234,6 +286,8 @@ impl ContentRules {
         let mut out = ContentRules {
             rules,
             groups,
+            anchored,
+            prefilter,
             max_len,
             zero_fill_matches: false,
         };
@@ -264,18 +318,23 @@ impl ContentRules {
     fn hits_in(&self, scope: Scopes, input: Input<'_>) -> Hits {
         let mut hits = Vec::new();
         for g in &self.groups {
-            if !g.any.is_match(input.clone()) {
-                continue;
-            }
-            let mut set = PatternSet::new(g.which.pattern_len());
-            g.which.which_overlapping_matches(&input, &mut set);
-            hits.extend(
-                set.iter()
-                    .map(|p| g.members[p.as_usize()])
-                    .filter(|&i| self.rules[i].scopes & scope != 0),
-            );
+            g.hits(&input, &mut hits);
         }
+        if let Some(p) = &self.prefilter {
+            let range = input.get_range();
+            let regions = p
+                .regions(input.haystack(), range.clone())
+                .unwrap_or_else(|| vec![range]);
+            for region in regions {
+                let input = input.clone().range(region);
+                for g in &self.anchored {
+                    g.hits(&input, &mut hits);
+                }
+            }
+        }
+        hits.retain(|&i| self.rules[i].scopes & scope != 0);
         hits.sort_unstable();
+        hits.dedup();
         hits
     }
 
@@ -347,5 +406,201 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(e.offset, Some(1));
+    }
+}
+
+/// The prefiltered scan against a plain search of every rule on its own.
+#[cfg(test)]
+mod differential {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PATTERNS: &[&str] = &[
+        r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}(?-u:\b)",
+        r"(?i-u)aws_?secret_?(?:access_?)?key[\x22']?\s{0,5}(?:=|:|=>|:=)\s{0,5}[\x22']?[A-Za-z0-9/+]{40}",
+        r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----",
+        r"(?-u:\b)gh[pousr]_[A-Za-z0-9]{36}(?-u:\b)",
+        r"(?-u:\b)xox[abeoprs]-[0-9A-Za-z]{1,40}-[0-9A-Za-z-]{8,160}",
+        r"(?i-u)passw(?:or)?d[\x22']?(?:\s{0,5}(?:=|:|=>|:=)\s{0,5}[\x22'][^\x22'\s$%{<]{1}[^\x22'\s]{5,199}[\x22']|=[^\x22'\s$%{<]{1}[^\x22'\s;,]{5,199})",
+        r"(?i-u)(?:api_?key|access_?token|auth_?token)[\x22']?(?:\s{0,5}(?:=|:|=>|:=)\s{0,5}[\x22'][^\x22'\s$%{<]{1}[^\x22'\s]{7,199}[\x22']|=[^\x22'\s$%{<]{1}[^\x22'\s;,]{7,199})",
+        r"[a-z0-9-]{1,40}\.corp9\.example\.com",
+        r"(?i)project[ _-]?nightjar19",
+        r"(?i)kelvin",
+        r"abc[0-9]{2}",
+        r"bcd[a-z]{1,3}",
+        r"[a-z]{3}[0-9]{3}",
+        r"(?-u:\b)xyz(?-u:\b)",
+        r"z{2,4}y",
+        r"\bcat\b",
+    ];
+
+    const FRAGMENTS: &[&str] = &[
+        "AKIAABCDEFGHIJKLMNOP",
+        "akiaABCDEFGHIJKLMNOP",
+        "xAKIAABCDEFGHIJKLMNOP",
+        "AWS_SECRET_ACCESS_KEY = 'abcdefghijABCDEFGHIJ0123456789/+abcdefgh'",
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----BEGIN PUBLIC KEY-----",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        "ghp_short",
+        "xoxb-1234-abcdefgh",
+        "PassWord='hunter2x'",
+        "password=$HOME",
+        "passwd=abcdef;",
+        "API_KEY=abcdefgh12",
+        "Auth_Token: \"abcdefghij\"",
+        "host9.corp9.example.com",
+        ".CORP9.example.com",
+        "Project-NightJar19",
+        "\u{212A}elvin",
+        "KELVIN",
+        "abc12",
+        "ABC12",
+        "bcdxy",
+        "abcd",
+        "qqq123",
+        "xyz",
+        "axyz",
+        "zzzy",
+        "zzzzzy",
+        "cat",
+        "cats",
+        "acme7_live_AbC9",
+        "ACME12_test_zzzz",
+        "acme3_",
+        "db.corp17.example.com",
+        "x.corp2.EXAMPLE.com",
+        "PROJECT nightjar29",
+        "project-nightjar3",
+        "projectnightjar",
+        "corp",
+        ".example.com",
+        " ",
+        "\n",
+        "é",
+        "the agent filed the notes and summarised the meeting for the storage team; ",
+        "fn load(path: &Path) -> Result<Config, Error> { read(path) } // 2024-05-01 ",
+        "\u{0}",
+        "_",
+        "-",
+        "=",
+        "'",
+        "\"",
+    ];
+
+    /// The patterns above, and many similar rules whose literals the automaton must cut.
+    fn many_patterns() -> Vec<String> {
+        let mut out: Vec<String> = PATTERNS.iter().map(|p| p.to_string()).collect();
+        for i in 0..30 {
+            out.push(format!(r"(?-u:\b)acme{i}_(?:live|test)_[A-Za-z0-9]{{4}}"));
+            out.push(format!(r"[a-z0-9-]{{1,10}}\.corp{i}\.example\.com"));
+            out.push(format!(r"(?i-u)project[ _-]?nightjar{i}(?-u:\b)"));
+        }
+        out
+    }
+
+    type Built = (ContentRules, Vec<Regex>);
+
+    fn rules() -> &'static Built {
+        static RULES: std::sync::OnceLock<Built> = std::sync::OnceLock::new();
+        RULES.get_or_init(|| build(PATTERNS.iter().map(|p| p.to_string()).collect()))
+    }
+
+    /// Rules with short matches only, so that regions are small and the search around
+    /// candidates (not the whole-range fallback) is what runs.
+    fn short_rules() -> &'static Built {
+        static RULES: std::sync::OnceLock<Built> = std::sync::OnceLock::new();
+        RULES.get_or_init(|| {
+            build(
+                many_patterns()
+                    .into_iter()
+                    .filter(|p| measure(p).unwrap().max_len < 40)
+                    .collect(),
+            )
+        })
+    }
+
+    fn many_rules() -> &'static Built {
+        static RULES: std::sync::OnceLock<Built> = std::sync::OnceLock::new();
+        RULES.get_or_init(|| build(many_patterns()))
+    }
+
+    fn build(patterns: Vec<String>) -> Built {
+        {
+            let pats: Vec<Pattern> = patterns.iter().map(|p| measure(p).unwrap()).collect();
+            let rules = pats
+                .iter()
+                .enumerate()
+                .map(|(i, p)| ContentRule {
+                    rule: i,
+                    scopes: IN_ALL,
+                    max_len: p.max_len,
+                })
+                .collect();
+            let hirs: Vec<Hir> = pats.iter().map(|p| p.hir.clone()).collect();
+            let plain = hirs
+                .iter()
+                .map(|h| {
+                    Regex::builder()
+                        .syntax(syntax_config())
+                        .configure(meta::Config::new().utf8_empty(false))
+                        .build_from_hir(h)
+                        .unwrap()
+                })
+                .collect();
+            (ContentRules::build(rules, &hirs).unwrap(), plain)
+        }
+    }
+
+    fn haystack() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![
+                3 => prop::sample::select(FRAGMENTS).prop_map(|f| f.as_bytes().to_vec()),
+                1 => prop::collection::vec(any::<u8>(), 0..8),
+                1 => "[a-zA-Z0-9 ._-]{0,12}".prop_map(String::into_bytes),
+            ],
+            0..24,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    #[test]
+    fn the_built_rules_use_the_prefilter() {
+        for (r, _) in [rules(), many_rules(), short_rules()] {
+            assert!(r.prefilter.is_some());
+            assert!(!r.anchored.is_empty());
+        }
+        assert!(
+            !rules().0.groups.is_empty(),
+            "some rules have no anchor literals"
+        );
+        // Cut to a few literals each (`acme`, `proj`, `.com`…), not 100 of them.
+        let (many, _) = many_rules();
+        let n = many.prefilter.as_ref().map_or(0, |p| p.literal_count());
+        assert!(n <= 64, "{n} literals");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn prefiltered_scan_finds_what_each_rule_finds(
+            hay in haystack(),
+            a in 0usize..400,
+            b in 0usize..400,
+            set in 0..3u8,
+        ) {
+            let (r, plain) = match set {
+                0 => rules(),
+                1 => many_rules(),
+                _ => short_rules(),
+            };
+            let (lo, hi) = (a.min(b).min(hay.len()), a.max(b).min(hay.len()));
+            let input = Input::new(&hay[..]).range(lo..hi);
+            let got = r.hits_in(IN_ALL, input.clone());
+            let want: Vec<usize> = (0..plain.len())
+                .filter(|&i| plain[i].is_match(input.clone()))
+                .collect();
+            prop_assert_eq!(got, want, "{:?} in {}..{}", String::from_utf8_lossy(&hay), lo, hi);
+        }
     }
 }
