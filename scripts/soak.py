@@ -3,6 +3,7 @@
 resident memory, open file descriptors and threads every minute. Both must stay flat.
 
 Usage: scripts/soak.py [--minutes 30] [--agents 4] [--bin target/release/agentfs]
+                        [--wrap "heaptrack -o /tmp/soak"] [--env MALLOC_ARENA_MAX=2]
 
 The load reaches a steady state on purpose (a bounded set of file names, checkpoints taken and
 deleted, a bounded set of queries), so any growth is the daemon's, not the data's. Per agent, one
@@ -15,6 +16,7 @@ first minute or the fd count grew by more than 8 (a few come and go with the loa
 import argparse
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -55,6 +57,22 @@ def disk_mib(path):
             except OSError:
                 pass
     return total // (1 << 20)
+
+
+def mount_wrapped(args, mnt, data):
+    """Runs the daemon in the foreground under `args.wrap` (a profiler such as heaptrack) and
+    waits for the mount and its pid file. Returns the wrapper's process."""
+    log = open(os.path.join(os.path.dirname(data), "daemon.log"), "w")
+    cmd = shlex.split(args.wrap) + [args.bin, "mount", mnt, "--data-dir", data, "--foreground"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"soak.py: the wrapped daemon exited ({proc.returncode}): {' '.join(cmd)}")
+        if os.path.ismount(mnt) and os.path.exists(os.path.join(data, "agentfs.pid")):
+            return proc
+        time.sleep(0.2)
+    sys.exit("soak.py: the wrapped daemon did not mount within 120 s")
 
 
 def worker(mnt, agent, stop, counter, errors):
@@ -112,13 +130,32 @@ def main():
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--agents", type=int, default=4)
     ap.add_argument("--bin", default=os.environ.get("AGENTFS_BIN", "target/release/agentfs"))
+    ap.add_argument(
+        "--wrap",
+        help="run the daemon in the foreground under this command, e.g. "
+        '"heaptrack -o /tmp/soak" (the profile is written when the daemon exits)',
+    )
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for the daemon (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
     args = ap.parse_args()
+    for kv in args.env:
+        name, _, value = kv.partition("=")
+        os.environ[name] = value
     if os.geteuid() != 0:
         sys.exit("soak.py: must run as root (it mounts)")
     root = tempfile.mkdtemp(prefix="agentfs-soak-")
     mnt, data = os.path.join(root, "mnt"), os.path.join(root, "data")
     os.mkdir(mnt)
-    subprocess.run([args.bin, "mount", mnt, "--data-dir", data], check=True)
+    wrapped = None
+    if args.wrap:
+        wrapped = mount_wrapped(args, mnt, data)
+    else:
+        subprocess.run([args.bin, "mount", mnt, "--data-dir", data], check=True)
     stop = threading.Event()
     counters = []
     errors = []
@@ -161,6 +198,12 @@ def main():
         for t in threads:
             t.join(timeout=30)
         subprocess.run([args.bin, "unmount", mnt])
+        if wrapped is not None:
+            # The wrapper (e.g. heaptrack) writes its output after the daemon exits.
+            try:
+                wrapped.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                wrapped.terminate()
         shutil.rmtree(root, ignore_errors=True)
     if errors:
         print(f"{len(errors)} errors, first: {errors[0]}")

@@ -49,6 +49,8 @@ impl ReadyPipe {
 
 /// Runs the daemon in the calling process until the filesystem is unmounted.
 pub fn run(args: &MountArgs) -> Result<(), CliError> {
+    // Before the store, the index and the FUSE threads allocate anything large.
+    let malloc_tuned = crate::malloc::tune();
     let mut pipe = match args.ready_fd {
         Some(fd) => ReadyPipe(Some(File::from(
             sys::adopt_fd(fd).ok_or(CliError::ReadyFd(fd))?,
@@ -56,7 +58,7 @@ pub fn run(args: &MountArgs) -> Result<(), CliError> {
         None => ReadyPipe(None),
     };
     let daemonized = pipe.0.is_some();
-    match serve(args, &mut pipe) {
+    match serve(args, &mut pipe, malloc_tuned) {
         // Started by `agentfs mount`: that process prints the error; the log gets it with a
         // timestamp.
         Err(e) if daemonized => {
@@ -105,7 +107,7 @@ fn init_tracing(level: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
+fn serve(args: &MountArgs, pipe: &mut ReadyPipe, malloc_tuned: bool) -> Result<(), CliError> {
     let signals = SignalSet::new(&HANDLED_SIGNALS);
     signals.block().map_err(|err| CliError::Os {
         what: "block signals",
@@ -125,6 +127,9 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
         mnt.display(),
         data_dir.display()
     );
+    if !malloc_tuned {
+        info!("malloc's mmap threshold left as it was (set in the environment, or not glibc)");
+    }
 
     let rules = crate::cli::policy::load(&args.policies)?;
     info!(
@@ -174,6 +179,11 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
             })?,
         )
     };
+    // Without it the daemon still serves, with a slowly growing RSS: not worth failing for.
+    let trimmer = crate::malloc::start_trimmer().unwrap_or_else(|e| {
+        error!("cannot start the memory trim thread: {e}");
+        None
+    });
     let unmounter = session.unmount_callable();
     let signal_mnt = mnt.clone();
     let reloader = Reloader {
@@ -204,6 +214,9 @@ fn serve(args: &MountArgs, pipe: &mut ReadyPipe) -> Result<(), CliError> {
     }
     if let Some(c) = collector {
         c.stop();
+    }
+    if let Some(t) = trimmer {
+        t.stop();
     }
     flusher.stop();
     if let Err(e) = vfs.record_event("unmount", &mnt.display().to_string()) {

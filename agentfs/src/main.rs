@@ -8,6 +8,7 @@ mod cli;
 mod daemon;
 mod datadir;
 mod error;
+mod malloc;
 mod mountinfo;
 mod sys;
 
