@@ -131,8 +131,11 @@ mod tests {
             h.check(piece).unwrap();
         }
         let left = h.budget.load(Ordering::Acquire);
+        // Other processes change the file system's free space meanwhile (CI failed on a
+        // 110 KB difference), so allow drift well below a piece: bytes granted twice would
+        // leave about a whole piece more.
         assert!(
-            left <= budget - 3 * piece,
+            left <= budget - 3 * piece + piece / 2,
             "{left} of {budget} left after 3 x {piece}"
         );
     }
