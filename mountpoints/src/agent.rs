@@ -90,13 +90,6 @@ impl Agent {
         self.files[class_index].load(Ordering::Relaxed).max(0)
     }
 
-    /// Files and directories held in all memory classes.
-    pub fn node_count(&self) -> u64 {
-        (0..self.files.len())
-            .map(|i| self.class_files(i) as u64)
-            .sum()
-    }
-
     pub fn add_bytes(&self, class_index: usize, delta: i64) {
         self.bytes[class_index].fetch_add(delta, Ordering::Relaxed);
     }

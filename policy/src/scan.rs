@@ -241,13 +241,9 @@ impl ContentRules {
                 None => everywhere.push(i),
             }
         }
-        let literals = prefilter::combine(&anchors);
-        let prefilter = match anchored.is_empty() {
-            true => None,
-            false => {
-                let longest = anchored.iter().map(|&i| rules[i].max_len).max();
-                Some(Prefilter::new(&literals, longest.unwrap_or(0))?)
-            }
+        let prefilter = match anchored.iter().map(|&i| rules[i].max_len).max() {
+            Some(longest) => Some(Prefilter::new(&prefilter::combine(&anchors), longest)?),
+            None => None,
         };
         let build = |kind: MatchKind, of: &[usize]| {
             let hirs: Vec<&Hir> = of.iter().map(|&i| &hirs[i]).collect();

@@ -834,13 +834,6 @@ fn mutated_valid_policy() -> BoxedStrategy<String> {
 // ---------------------------------------------------------------------------------------
 // Round trip: render for an agent, load again, decide the same.
 
-/// Valid policies: every rule kind with values from the valid pools, each rule scoped to
-/// all agents or a few; sometimes without the built-in policy or its secrets.
-#[derive(Clone, Debug)]
-struct ValidPolicy {
-    text: String,
-}
-
 fn valid_section(i: usize) -> BoxedStrategy<Section> {
     let name = move |kind: &'static str| {
         select(GOOD_NAMES)
@@ -936,7 +929,9 @@ fn valid_section(i: usize) -> BoxedStrategy<Section> {
     .boxed()
 }
 
-fn valid_policy() -> BoxedStrategy<ValidPolicy> {
+/// Valid policies: every rule kind with values from the valid pools, each rule scoped to
+/// all agents or a few; sometimes without the built-in policy or its secrets.
+fn valid_policy() -> BoxedStrategy<String> {
     let sections = (1usize..6).prop_flat_map(|n| (0..n).map(valid_section).collect::<Vec<_>>());
     (
         sections,
@@ -959,7 +954,7 @@ fn valid_policy() -> BoxedStrategy<ValidPolicy> {
             }
             text.push('\n');
             text.push_str(&render_file(&sections));
-            ValidPolicy { text }
+            text
         })
         .boxed()
 }
@@ -1162,8 +1157,8 @@ fn fuzz_policy_mutated() {
 #[test]
 fn fuzz_policy_roundtrip() {
     let loaded = std::cell::Cell::new(0u64);
-    let r = harness::fuzz_for("policy-roundtrip", valid_policy(), |p| {
-        if let Some(rules) = check_compile(&p.text)? {
+    let r = harness::fuzz_for("policy-roundtrip", valid_policy(), |text| {
+        if let Some(rules) = check_compile(&text)? {
             check_roundtrip(&rules)?;
             loaded.set(loaded.get() + 1);
         }

@@ -117,14 +117,14 @@ fn main() {
     let mut pairs = Vec::with_capacity(IDENTITY_PAIRS);
     for round in 0..IDENTITY_PAIRS {
         let with = || {
-            create_rate(
+            create_batch(
                 &with_dir.join(format!("r{round}")),
                 IDENTITY_BATCH,
                 bound_daemon,
             )
         };
         let without = || {
-            create_rate(
+            create_batch(
                 &without_dir.join(format!("r{round}")),
                 IDENTITY_BATCH,
                 plain_daemon,
@@ -150,22 +150,6 @@ fn main() {
     report("CONT -> parked write returns", &mut cont, 10.0);
     // Wall time per file, and the daemon's CPU time per file: the second is far less
     // sensitive to what else the machine runs.
-    let ratio = |f: &dyn Fn(&Batch) -> f64| {
-        let mut v: Vec<f64> = pairs
-            .iter()
-            .map(|(u, b)| (f(b) / f(u) - 1.0) * 100.0)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 2], v[0], v[v.len() - 1])
-    };
-    let median = |f: &dyn Fn(&Batch) -> f64, side: usize| {
-        let mut v: Vec<f64> = pairs
-            .iter()
-            .map(|p| f(if side == 0 { &p.0 } else { &p.1 }))
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let wall = |b: &Batch| b.wall_us_per_file;
     let cpu = |b: &Batch| b.daemon_cpu_us_per_file;
     println!(
@@ -175,15 +159,28 @@ fn main() {
         ("wall time", &wall as &dyn Fn(&Batch) -> f64),
         ("daemon CPU", &cpu),
     ] {
-        let (overhead, lo, hi) = ratio(f);
+        let overheads = sorted(pairs.iter().map(|(u, b)| (f(b) / f(u) - 1.0) * 100.0));
+        let overhead = median(&overheads);
         println!(
-            "  {name:<11} no binding {:>6.1} us/file, 4 bound processes {:>6.1} us/file  overhead {overhead:>5.1}% (pairs {lo:.1}% to {hi:.1}%)  target ≤ 5%  {}",
-            median(f, 0),
-            median(f, 1),
+            "  {name:<11} no binding {:>6.1} us/file, 4 bound processes {:>6.1} us/file  overhead {overhead:>5.1}% (pairs {:.1}% to {:.1}%)  target ≤ 5%  {}",
+            median(&sorted(pairs.iter().map(|(u, _)| f(u)))),
+            median(&sorted(pairs.iter().map(|(_, b)| f(b)))),
+            overheads[0],
+            overheads[overheads.len() - 1],
             if overhead <= 5.0 { "PASS" } else { "MISS" }
         );
     }
     println!("sigbench: load average at the end {}", loadavg());
+}
+
+fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    sorted[sorted.len() / 2]
 }
 
 /// One batch of the identity comparison.
@@ -193,7 +190,7 @@ struct Batch {
 }
 
 /// Creates `n` files of 4 KiB in `dir` (create, write, close each).
-fn create_rate(dir: &std::path::Path, n: usize, daemon: i32) -> Batch {
+fn create_batch(dir: &std::path::Path, n: usize, daemon: i32) -> Batch {
     fs::create_dir_all(dir).unwrap();
     let data = vec![7u8; 4096];
     let cpu0 = cpu_ns(daemon);

@@ -357,7 +357,7 @@ impl Vfs {
             rdev: 0,
             symlink_target: Vec::new(),
         };
-        let mut plan = CopyPlan::with_capacity(agent.node_count() as usize + 8);
+        let mut plan = CopyPlan::with_capacity(agent.usage(None).files as usize + 8);
         plan.made.insert(
             root,
             Node::new(
