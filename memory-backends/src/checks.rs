@@ -1,7 +1,7 @@
 //! Input checks shared by both stores, so that [`crate::RamStore`] and [`crate::SqliteStore`]
 //! accept and refuse exactly the same batches.
 
-use crate::{Batch, Change, ChunkId, StoreError, CHUNK_SIZE};
+use crate::{Batch, Change, ChunkId, Piece, StoreError, CHUNK_SIZE, MAX_PIECES};
 use std::io;
 
 /// Meta keys the store keeps for itself. They are hidden from [`crate::Store::load`] and a
@@ -44,6 +44,12 @@ pub(crate) fn check_batch(
                     return Err(missing_chunk(id));
                 }
             }
+            Change::SetPieces { pieces, .. } => {
+                check_pieces(pieces)?;
+                if let Some(p) = pieces.iter().find(|p| !holds(&p.id)) {
+                    return Err(missing_chunk(&p.id));
+                }
+            }
             Change::SetMeta { key, .. } | Change::DeleteMetaIf { key, .. } => check_meta_key(key)?,
             Change::DropChunks(_) | Change::MoveChunks(_) => {
                 return Err(invalid(
@@ -54,6 +60,25 @@ pub(crate) fn check_batch(
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Refuses a pieces slot that could not be read back as one chunk: fewer than two pieces
+/// (one is a plain chunk), more than [`MAX_PIECES`], an empty piece, or more than a chunk of
+/// bytes in all.
+fn check_pieces(pieces: &[Piece]) -> Result<(), StoreError> {
+    let total: u64 = pieces.iter().map(|p| u64::from(p.len)).sum();
+    if pieces.len() < 2
+        || pieces.len() > MAX_PIECES
+        || pieces.iter().any(|p| p.len == 0)
+        || total > CHUNK_SIZE as u64
+    {
+        return Err(invalid(format!(
+            "a slot of {} pieces holding {total} bytes (2 to {MAX_PIECES} non-empty pieces, \
+             at most {CHUNK_SIZE} bytes)",
+            pieces.len()
+        )));
     }
     Ok(())
 }

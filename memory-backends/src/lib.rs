@@ -51,7 +51,8 @@ pub enum Durability {
 pub trait Store: Send + Sync {
     /// Stores `data` (at most [`CHUNK_SIZE`] bytes) if no chunk with the same hash exists yet,
     /// and returns its id. The chunk is not referenced by anything until a committed
-    /// [`Change::SetChunks`] names it; an unreferenced chunk may be reclaimed later.
+    /// [`Change::SetChunks`] or [`Change::SetPieces`] names it; an unreferenced chunk may be
+    /// reclaimed later.
     fn put_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError>;
 
     /// Copies bytes of chunk `id` starting at `offset` into `buf`; returns how many were copied

@@ -20,7 +20,7 @@ use crate::audit::{canonical_body, AuditRecord, ChainHead};
 use crate::checks::{check_batch, check_chunk_len, is_reserved_meta, missing_chunk};
 use crate::{
     AppendRecord, Batch, Change, ChunkId, Durability, GcReport, Ino, InodeRecord, LoadedState,
-    Store, StoreError,
+    Piece, Store, StoreError,
 };
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -44,7 +44,7 @@ struct RamChunk {
 struct Tables {
     inodes: BTreeMap<Ino, InodeRecord>,
     dirents: BTreeMap<(Ino, Vec<u8>), Ino>,
-    chunks: BTreeMap<(Ino, u64), ChunkId>,
+    chunks: BTreeMap<(Ino, u64), RamSlot>,
     xattrs: BTreeMap<(Ino, Vec<u8>), Vec<u8>>,
     meta: BTreeMap<String, String>,
     /// How many chunk-map slots name each chunk; absent means zero.
@@ -55,6 +55,21 @@ struct Tables {
     chain: ChainHead,
     /// `(ino, offset)` → the append.
     appends: BTreeMap<(Ino, u64), AppendRecord>,
+}
+
+/// What a committed chunk-map slot names.
+enum RamSlot {
+    Whole(ChunkId),
+    Pieces(Vec<Piece>),
+}
+
+impl RamSlot {
+    fn ids(&self) -> Vec<ChunkId> {
+        match self {
+            RamSlot::Whole(id) => vec![*id],
+            RamSlot::Pieces(pieces) => pieces.iter().map(|p| p.id).collect(),
+        }
+    }
 }
 
 /// Store that keeps everything in RAM. See the module docs for when chunk bytes are freed.
@@ -137,6 +152,13 @@ impl Tables {
         *self.refs.entry(id).or_insert(0) += 1;
     }
 
+    /// Drops the references of a slot that is gone or replaced.
+    fn drop_refs(&mut self, slot: &RamSlot, released: &mut Vec<ChunkId>) {
+        for id in slot.ids() {
+            self.drop_ref(id, released);
+        }
+    }
+
     /// Drops one reference; records the chunk in `released` when it was the last.
     fn drop_ref(&mut self, id: ChunkId, released: &mut Vec<ChunkId>) {
         if let Some(n) = self.refs.get_mut(&id) {
@@ -163,8 +185,8 @@ impl Tables {
                     .map(|(k, _)| *k)
                     .collect();
                 for key in slots {
-                    if let Some(id) = self.chunks.remove(&key) {
-                        self.drop_ref(id, released);
+                    if let Some(old) = self.chunks.remove(&key) {
+                        self.drop_refs(&old, released);
                     }
                 }
                 let names: Vec<(Ino, Vec<u8>)> = self
@@ -191,13 +213,22 @@ impl Tables {
                         Some(id) => {
                             self.add_ref(id);
                             claimed.push(id);
-                            self.chunks.insert((ino, idx), id)
+                            self.chunks.insert((ino, idx), RamSlot::Whole(id))
                         }
                         None => self.chunks.remove(&(ino, idx)),
                     };
                     if let Some(old) = old {
-                        self.drop_ref(old, released);
+                        self.drop_refs(&old, released);
                     }
+                }
+            }
+            Change::SetPieces { ino, idx, pieces } => {
+                for p in &pieces {
+                    self.add_ref(p.id);
+                    claimed.push(p.id);
+                }
+                if let Some(old) = self.chunks.insert((ino, idx), RamSlot::Pieces(pieces)) {
+                    self.drop_refs(&old, released);
                 }
             }
             Change::TruncateChunks { ino, from_index } => {
@@ -207,8 +238,8 @@ impl Tables {
                     .map(|(k, _)| *k)
                     .collect();
                 for key in slots {
-                    if let Some(id) = self.chunks.remove(&key) {
-                        self.drop_ref(id, released);
+                    if let Some(old) = self.chunks.remove(&key) {
+                        self.drop_refs(&old, released);
                     }
                 }
             }
@@ -326,7 +357,22 @@ impl Store for RamStore {
                 .iter()
                 .map(|((p, n), i)| (*p, n.clone(), *i))
                 .collect(),
-            chunks: t.chunks.iter().map(|((i, x), c)| (*i, *x, *c)).collect(),
+            chunks: t
+                .chunks
+                .iter()
+                .filter_map(|((i, x), s)| match s {
+                    RamSlot::Whole(id) => Some((*i, *x, *id)),
+                    RamSlot::Pieces(_) => None,
+                })
+                .collect(),
+            pieces: t
+                .chunks
+                .iter()
+                .filter_map(|((i, x), s)| match s {
+                    RamSlot::Pieces(p) => Some((*i, *x, p.clone())),
+                    RamSlot::Whole(_) => None,
+                })
+                .collect(),
             xattrs: t
                 .xattrs
                 .iter()

@@ -196,6 +196,63 @@ pub enum Change {
     /// compaction, which copies the live chunks of a mostly dead pack into the current one
     /// before deleting it. A batch from the core naming it is refused.
     MoveChunks(Vec<ChunkMove>),
+    /// Set chunk slot `idx` of a file to its `pieces` read back to back (at least two, at
+    /// most [`MAX_PIECES`], together at most a chunk). A file that grows by small appends
+    /// stores only what each commit added instead of rewriting its whole tail chunk (see
+    /// docs/storage.md, "Pieces"). A later `SetChunks` of the slot replaces them.
+    SetPieces {
+        ino: Ino,
+        idx: u64,
+        pieces: Vec<Piece>,
+    },
+}
+
+/// Most pieces one chunk slot may hold ([`Change::SetPieces`]).
+pub const MAX_PIECES: usize = 24;
+
+/// One stored part of a chunk slot held in pieces: the chunk `id` of `len` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Piece {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+impl Piece {
+    /// Bytes of one piece in the `chunks.hash` column: the id, then `len` as u32 LE.
+    pub const ENCODED_LEN: usize = 36;
+
+    /// The `chunks.hash` value of a slot held in `pieces`. A whole chunk is its 32-byte id,
+    /// so the two never share a length (36·k for k ≥ 2 is never 32).
+    pub fn encode_all(pieces: &[Piece]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(pieces.len() * Self::ENCODED_LEN);
+        for p in pieces {
+            out.extend_from_slice(&p.id.0);
+            out.extend_from_slice(&p.len.to_le_bytes());
+        }
+        out
+    }
+
+    /// The pieces a `chunks.hash` value of 36·k bytes (k ≥ 2) names; `None` for any other
+    /// length.
+    pub fn decode_all(bytes: &[u8]) -> Option<Vec<Piece>> {
+        if bytes.len() < 2 * Self::ENCODED_LEN || !bytes.len().is_multiple_of(Self::ENCODED_LEN) {
+            return None;
+        }
+        let pieces = bytes
+            .chunks_exact(Self::ENCODED_LEN)
+            .map(|b| {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(&b[..32]);
+                let mut len = [0u8; 4];
+                len.copy_from_slice(&b[32..]);
+                Piece {
+                    id: ChunkId(id),
+                    len: u32::from_le_bytes(len),
+                }
+            })
+            .collect();
+        Some(pieces)
+    }
 }
 
 /// A chunk's new place in the pack files ([`Change::MoveChunks`]).
@@ -265,8 +322,10 @@ pub struct GcReport {
 pub struct LoadedState {
     pub inodes: Vec<InodeRecord>,
     pub dirents: Vec<(Ino, Vec<u8>, Ino)>,
-    /// `(ino, chunk index, chunk)` for every non-hole slot.
+    /// `(ino, chunk index, chunk)` for every slot held as one chunk.
     pub chunks: Vec<(Ino, u64, ChunkId)>,
+    /// `(ino, chunk index, pieces)` for every slot held in pieces ([`Change::SetPieces`]).
+    pub pieces: Vec<(Ino, u64, Vec<Piece>)>,
     pub xattrs: Vec<(Ino, Vec<u8>, Vec<u8>)>,
     pub meta: Vec<(String, String)>,
 }

@@ -252,3 +252,112 @@ fn concurrent_writers_never_lose_a_committed_chunk() {
     // ran shows the collector really raced them.
     assert!(freed > 0, "freed {freed}");
 }
+
+/// Commits file 9 with its slot 0 in two pieces; returns the pieces.
+fn file_in_pieces(store: &dyn Store) -> Vec<Piece> {
+    let pieces = vec![
+        Piece {
+            id: store.put_chunk(&[7u8; 3000]).unwrap(),
+            len: 3000,
+        },
+        Piece {
+            id: store.put_chunk(&[8u8; 200]).unwrap(),
+            len: 200,
+        },
+    ];
+    let mut batch = Batch::new();
+    batch.push(Change::PutInode(common::inode(9, FileKind::File)));
+    batch.push(Change::SetPieces {
+        ino: 9,
+        idx: 0,
+        pieces: pieces.clone(),
+    });
+    store.commit(batch, Durability::Process).unwrap();
+    pieces
+}
+
+/// A slot in pieces keeps every piece's chunk alive; replacing it by a whole chunk lets them
+/// go.
+fn pieces_are_references(store: &dyn Store, pieces: &[Piece]) {
+    let none = HashSet::new();
+    rounds(store, &none, 4);
+    assert_eq!(store.load().unwrap().pieces, vec![(9, 0, pieces.to_vec())]);
+    assert!(pieces.iter().all(|p| readable(store, &p.id)));
+    let whole = store.put_chunk(&[9u8; 3200]).unwrap();
+    file_with(store, 9, whole);
+    rounds(store, &none, 4);
+    assert!(readable(store, &whole));
+    assert!(
+        pieces.iter().all(|p| !readable(store, &p.id)),
+        "the pieces are freed"
+    );
+    assert!(store.load().unwrap().pieces.is_empty());
+}
+
+#[test]
+fn ram_store_counts_pieces_as_references() {
+    let store = RamStore::new();
+    let pieces = file_in_pieces(&store);
+    pieces_are_references(&store, &pieces);
+}
+
+#[test]
+fn sqlite_store_counts_pieces_as_references_across_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = common::open_sqlite(tmp.path());
+    let pieces = file_in_pieces(&store);
+    rounds(&store, &HashSet::new(), 4);
+    drop(store);
+    let store = common::open_sqlite(tmp.path());
+    pieces_are_references(&store, &pieces);
+    assert!(store.verify_chunks().unwrap().is_empty());
+}
+
+#[test]
+fn malformed_pieces_are_refused_by_both_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sqlite = common::open_sqlite(tmp.path());
+    for store in [&RamStore::new() as &dyn Store, &sqlite] {
+        let a = store.put_chunk(b"abc").unwrap();
+        let unknown = ChunkId([3; 32]);
+        let bad = [
+            vec![Piece { id: a, len: 3 }],
+            vec![Piece { id: a, len: 3 }, Piece { id: a, len: 0 }],
+            vec![Piece { id: a, len: 3 }; MAX_PIECES + 1],
+            vec![
+                Piece {
+                    id: a,
+                    len: CHUNK_SIZE as u32,
+                },
+                Piece { id: a, len: 3 },
+            ],
+        ];
+        for pieces in bad {
+            let batch = Batch {
+                changes: vec![Change::SetPieces {
+                    ino: 1,
+                    idx: 0,
+                    pieces: pieces.clone(),
+                }],
+            };
+            let err = store.commit(batch, Durability::Process).unwrap_err();
+            assert!(matches!(err, StoreError::Io(_)), "{pieces:?}: {err:?}");
+        }
+        let batch = Batch {
+            changes: vec![Change::SetPieces {
+                ino: 1,
+                idx: 0,
+                pieces: vec![
+                    Piece { id: a, len: 3 },
+                    Piece {
+                        id: unknown,
+                        len: 3,
+                    },
+                ],
+            }],
+        };
+        let err = store.commit(batch, Durability::Process).unwrap_err();
+        assert!(matches!(err, StoreError::MissingChunk(_)), "{err:?}");
+        assert!(store.load().unwrap().pieces.is_empty());
+    }
+}

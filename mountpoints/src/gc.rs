@@ -76,10 +76,19 @@ impl Vfs {
             } else {
                 &mut durable
             };
-            set.extend(file.slots.values().filter_map(|s| match s {
-                Slot::Clean(id) => Some(*id),
-                Slot::Dirty(_) => None,
-            }));
+            for slot in file.slots.values() {
+                match slot {
+                    Slot::Clean(id) => {
+                        set.insert(*id);
+                    }
+                    Slot::Pieces(pieces) => set.extend(pieces.iter().map(|p| p.id)),
+                    Slot::Dirty(_) => {}
+                }
+            }
+            // A dirty slot's stored prefix is what it seals back to when unchanged.
+            for prefix in file.stored_prefix.values() {
+                set.extend(prefix.pieces.iter().map(|p| p.id));
+            }
         }
         (durable, working)
     }

@@ -4,7 +4,7 @@
 //! changed only after the store accepted the change (namespace ops), or — for file content —
 //! in memory first and committed at close/fsync, like a page cache.
 
-use agentfs_memory::{ChunkId, FileKind, Ino, InodeRecord};
+use agentfs_memory::{ChunkId, FileKind, Ino, InodeRecord, Piece};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -86,13 +86,28 @@ pub struct FileData {
     /// Writes to an episodic log since the last commit, with their times: committed with the
     /// content ([`agentfs_memory::Change::Append`]).
     pub appends: Vec<agentfs_memory::AppendRecord>,
+    /// For a dirty slot loaded from the store, the stored pieces its first bytes still are,
+    /// so that sealing it stores only what was added after them (see [`StoredPrefix`]).
+    pub stored_prefix: HashMap<u64, StoredPrefix>,
+}
+
+/// The stored form of the first `len` bytes of a dirty slot, unchanged since it was loaded.
+/// A file that grows by small appends (an episodic log) would otherwise store its whole tail
+/// chunk again at every close: up to 128 KiB per appended line.
+#[derive(Debug, Clone)]
+pub struct StoredPrefix {
+    pub pieces: Vec<Piece>,
+    pub len: usize,
 }
 
 /// One chunk of a file.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Slot {
     /// Stored, immutable, addressed by hash.
     Clean(ChunkId),
+    /// Stored as pieces read back to back (two or more): a chunk that grew by appends
+    /// ([`agentfs_memory::Change::SetPieces`]).
+    Pieces(Arc<[Piece]>),
     /// Being written: the chunk's bytes so far (shorter than a chunk: the rest reads as zeros).
     Dirty(Vec<u8>),
 }

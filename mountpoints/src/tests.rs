@@ -36,7 +36,7 @@ impl Fixture {
     fn with_engine(engine: agentfs_policy::Engine) -> Self {
         let durable = Arc::new(RamStore::new());
         let policy = Arc::new(engine);
-        let vfs = Self::load(&durable, &policy);
+        let vfs = Self::load(durable.clone(), &policy);
         Fixture {
             durable,
             vfs,
@@ -44,11 +44,10 @@ impl Fixture {
         }
     }
 
-    fn load(durable: &Arc<RamStore>, policy: &Arc<agentfs_policy::Engine>) -> Arc<Vfs> {
-        let d: Arc<dyn Store> = durable.clone();
+    fn load(durable: Arc<dyn Store>, policy: &Arc<agentfs_policy::Engine>) -> Arc<Vfs> {
         Vfs::with_stores(
             Path::new("/nonexistent"),
-            d,
+            durable,
             Arc::new(RamStore::new()),
             policy.clone(),
         )
@@ -58,7 +57,7 @@ impl Fixture {
     /// Simulates a daemon restart: the durable store stays, RAM is gone.
     fn restart(&mut self) {
         self.vfs.shutdown().expect("shutdown");
-        self.vfs = Self::load(&self.durable, &self.policy);
+        self.vfs = Self::load(self.durable.clone(), &self.policy);
     }
 
     fn ino(&self, path: &str) -> Result<Ino, VfsError> {
@@ -453,6 +452,8 @@ fn bound_agent_cannot_reach_another_agents_tree() {
 enum ModelOp {
     Create(u8),
     Write(u8, u32, Vec<u8>),
+    /// A write at the end of the file: after a commit, the slot grows by a stored piece.
+    Append(u8, Vec<u8>),
     Truncate(u8, u32),
     Unlink(u8),
     Rename(u8, u8),
@@ -475,6 +476,10 @@ fn model_op() -> impl Strategy<Value = ModelOp> {
             proptest::collection::vec(any::<u8>(), 0..3000)
         )
             .prop_map(|(n, o, d)| ModelOp::Write(n, o, d)),
+        (name.clone(), proptest::collection::vec(any::<u8>(), 1..400))
+            .prop_map(|(n, d)| ModelOp::Append(n, d)),
+        (name.clone(), proptest::collection::vec(any::<u8>(), 1..400))
+            .prop_map(|(n, d)| ModelOp::Append(n, d)),
         (name.clone(), offset).prop_map(|(n, s)| ModelOp::Truncate(n, s)),
         name.clone().prop_map(ModelOp::Unlink),
         (name.clone(), name).prop_map(|(a, b)| ModelOp::Rename(a, b)),
@@ -521,6 +526,15 @@ proptest! {
                         if content.len() < end { content.resize(end, 0); }
                         content[off as usize..end].copy_from_slice(&data);
                     }
+                }
+                ModelOp::Append(n, data) => {
+                    let name = format!("f{n}");
+                    let Some(content) = model.get_mut(&name) else { continue };
+                    let ino = f.ino(&format!("{}/{name}", dir())).unwrap();
+                    f.vfs.open_file(&op(), ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
+                    f.vfs.write(&op(), ino, 0, &data, true).unwrap();
+                    f.vfs.release(ino, 0).unwrap();
+                    content.extend_from_slice(&data);
                 }
                 ModelOp::Truncate(n, size) => {
                     let name = format!("f{n}");
@@ -1236,4 +1250,216 @@ fn sys_metrics_counts_ops_decisions_and_signals() {
             .errno(),
         libc::EACCES
     );
+}
+
+/// Counts the bytes handed to `put_chunk`: what commits write to the store's packs.
+struct CountingStore {
+    inner: RamStore,
+    put_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Store for CountingStore {
+    fn put_chunk(
+        &self,
+        data: &[u8],
+    ) -> Result<agentfs_memory::ChunkId, agentfs_memory::StoreError> {
+        self.put_bytes
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.put_chunk(data)
+    }
+    fn read_at(
+        &self,
+        id: &agentfs_memory::ChunkId,
+        offset: usize,
+        buf: &mut [u8],
+    ) -> Result<usize, agentfs_memory::StoreError> {
+        self.inner.read_at(id, offset, buf)
+    }
+    fn commit(
+        &self,
+        batch: agentfs_memory::Batch,
+        durability: agentfs_memory::Durability,
+    ) -> Result<(), agentfs_memory::StoreError> {
+        self.inner.commit(batch, durability)
+    }
+    fn sync(&self) -> Result<(), agentfs_memory::StoreError> {
+        self.inner.sync()
+    }
+    fn load(&self) -> Result<agentfs_memory::LoadedState, agentfs_memory::StoreError> {
+        self.inner.load()
+    }
+    fn chunk_bytes(&self) -> u64 {
+        self.inner.chunk_bytes()
+    }
+}
+
+/// An episodic log written one short line per open/append/close, across a chunk boundary,
+/// stores each byte a few times (its slot grows by pieces), not the whole tail chunk per
+/// line; what it stores reads back exactly, also after a restart, from a checkpoint and
+/// after a rollback.
+#[test]
+fn appended_lines_are_stored_as_pieces_not_whole_tail_chunks() {
+    let durable = Arc::new(CountingStore {
+        inner: RamStore::new(),
+        put_bytes: Default::default(),
+    });
+    let policy = Arc::new(agentfs_policy::Engine::builtin());
+    let load = || Fixture::load(durable.clone(), &policy);
+    let mut vfs = load();
+    vfs.mkdir(&op(), ROOT_INO, b"a", 0o755).expect("agent");
+    let lookup = |vfs: &Vfs, path: &str| {
+        path.split('/').fold(ROOT_INO, |ino, part| {
+            vfs.lookup(&op(), ino, part.as_bytes()).expect(path).ino
+        })
+    };
+    let dir = lookup(&vfs, "a/mem/episodic");
+    let (attr, _) = vfs
+        .create(&op(), dir, b"log", 0o644, libc::O_WRONLY)
+        .expect("create");
+    vfs.release(attr.ino, 0).expect("close");
+    let ino = attr.ino;
+    let mut expected = Vec::new();
+    let lines = 8_000;
+    for i in 0..lines {
+        let line = format!("step {i:05}: did a thing\n");
+        vfs.open_file(&op(), ino, libc::O_WRONLY | libc::O_APPEND)
+            .expect("open");
+        vfs.write(&op(), ino, 0, line.as_bytes(), true)
+            .expect("append");
+        vfs.release(ino, 0).expect("close");
+        expected.extend_from_slice(line.as_bytes());
+        if i == lines / 2 {
+            vfs.mkdir(&op(), lookup(&vfs, "a/state"), b"half", 0o755)
+                .expect("checkpoint");
+        }
+    }
+    assert!(
+        expected.len() > CHUNK_SIZE,
+        "the log must cross a chunk boundary"
+    );
+    let read = |vfs: &Vfs, ino: Ino| {
+        let size = vfs.getattr(&op(), ino).expect("getattr").size;
+        vfs.read(&op(), ino, 0, 0, size as u32 + 10).expect("read")
+    };
+    assert_eq!(read(&vfs, ino), expected);
+
+    // Whole tail chunks per close would store ~lines/2 times the log; pieces store each
+    // byte about log2(lines per chunk) times, plus each full chunk once more.
+    let stored = durable.put_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let amplification = stored as f64 / expected.len() as f64;
+    eprintln!(
+        "{stored} bytes stored for a {}-byte log: {amplification:.1}x",
+        expected.len()
+    );
+    assert!(
+        amplification < 24.0,
+        "{stored} bytes stored for a {}-byte log: {amplification:.1}x",
+        expected.len()
+    );
+    let state = durable.load().expect("load");
+    assert!(!state.pieces.is_empty(), "the tail slot is held in pieces");
+    assert!(state
+        .pieces
+        .iter()
+        .all(|(_, _, p)| (2..=agentfs_memory::MAX_PIECES).contains(&p.len())));
+
+    vfs.shutdown().expect("shutdown");
+    vfs = load();
+    let ino = lookup(&vfs, "a/mem/episodic/log");
+    assert_eq!(read(&vfs, ino), expected, "after a restart");
+    let half_len = (lines / 2 + 1) * "step 00000: did a thing\n".len();
+    let half = lookup(&vfs, "a/state/half/episodic/log");
+    assert_eq!(read(&vfs, half), expected[..half_len], "the checkpoint");
+    let rollback = lookup(&vfs, "sys/agents/a/rollback");
+    vfs.open_file(&op(), rollback, libc::O_WRONLY)
+        .expect("open rollback");
+    vfs.write(&op(), rollback, 0, b"half\n", false)
+        .expect("rollback");
+    vfs.release(rollback, 0).expect("close rollback");
+    let ino = lookup(&vfs, "a/mem/episodic/log");
+    assert_eq!(read(&vfs, ino), expected[..half_len], "after the rollback");
+}
+
+/// A slot held in pieces that is then overwritten in the middle, cut inside a piece and
+/// grown again reads back like a plain file, before and after a restart.
+#[test]
+fn a_slot_in_pieces_takes_overwrites_and_truncates() {
+    let mut f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/semantic", "f", &[b'a'; 1000]);
+    let mut model = vec![b'a'; 1000];
+    let append = |f: &Fixture, ino: Ino, data: &[u8]| {
+        f.vfs.open_file(&op(), ino, libc::O_WRONLY).unwrap();
+        f.vfs.write(&op(), ino, 0, data, true).unwrap();
+        f.vfs.release(ino, 0).unwrap();
+    };
+    for b in [b'b', b'c', b'd'] {
+        append(&f, ino, &[b; 300]);
+        model.extend_from_slice(&[b; 300]);
+    }
+    assert!(
+        !f.durable.load().unwrap().pieces.is_empty(),
+        "the appends made pieces"
+    );
+    // Overwrite across the boundary of two pieces.
+    f.vfs.open_file(&op(), ino, libc::O_WRONLY).unwrap();
+    f.vfs.write(&op(), ino, 1250, &[b'x'; 100], false).unwrap();
+    f.vfs.release(ino, 0).unwrap();
+    model[1250..1350].fill(b'x');
+    assert_eq!(f.read_all(ino), model);
+    append(&f, ino, &[b'e'; 50]);
+    model.extend_from_slice(&[b'e'; 50]);
+    let cut = SetAttr {
+        size: Some(1700),
+        ..Default::default()
+    };
+    f.vfs.setattr(&op(), ino, cut).unwrap();
+    model.truncate(1700);
+    append(&f, ino, &[b'f'; 20]);
+    model.extend_from_slice(&[b'f'; 20]);
+    let ranges_match = |f: &Fixture, ino: Ino, model: &[u8]| {
+        // Reads that start inside a piece, end inside another, or span several.
+        for off in (0..model.len()).step_by(37) {
+            let got = f.vfs.read(&op(), ino, 0, off as u64, 301).unwrap();
+            assert_eq!(
+                got,
+                model[off..(off + 301).min(model.len())],
+                "read at {off}"
+            );
+        }
+    };
+    assert_eq!(f.read_all(ino), model);
+    ranges_match(&f, ino, &model);
+    f.restart();
+    let ino = f.ino("a/mem/semantic/f").unwrap();
+    assert_eq!(f.read_all(ino), model, "after a restart");
+    ranges_match(&f, ino, &model);
+}
+
+#[test]
+fn pieces_kept_halve_towards_the_end() {
+    use agentfs_memory::{ChunkId, Piece};
+    let piece = |len: u32| Piece {
+        id: ChunkId([len as u8; 32]),
+        len,
+    };
+    let keep = crate::ops::data::pieces_to_keep;
+    // A new piece swallows every trailing piece no longer than what follows it.
+    assert_eq!(keep(&[piece(1000), piece(100)], 10), 2);
+    assert_eq!(keep(&[piece(1000), piece(100)], 100), 1);
+    assert_eq!(keep(&[piece(1000), piece(100)], 900), 0);
+    assert_eq!(keep(&[piece(4), piece(2), piece(1)], 1), 0);
+    // A full chunk is stored whole.
+    assert_eq!(keep(&[piece(CHUNK_SIZE as u32 - 10)], 10), 0);
+    // Appending one byte at a time never holds more than log2(CHUNK_SIZE) + 1 pieces.
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut most = 0;
+    for _ in 0..CHUNK_SIZE - 1 {
+        let k = keep(&pieces, 1);
+        let merged: u32 = pieces[k..].iter().map(|p| p.len).sum::<u32>() + 1;
+        pieces.truncate(k);
+        pieces.push(piece(merged));
+        most = most.max(pieces.len());
+    }
+    assert!(most <= 18, "{most} pieces");
 }

@@ -279,6 +279,7 @@ impl Vfs {
             inodes,
             dirents,
             chunks,
+            pieces,
             xattrs,
             meta,
         } = loaded;
@@ -345,6 +346,15 @@ impl Vfs {
             }) = table.get_mut(&ino)
             {
                 f.slots.insert(idx, Slot::Clean(id));
+            }
+        }
+        for (ino, idx, p) in pieces {
+            if let Some(Node {
+                body: Body::File(f),
+                ..
+            }) = table.get_mut(&ino)
+            {
+                f.slots.insert(idx, Slot::Pieces(p.into()));
             }
         }
         for (ino, name, value) in xattrs {
@@ -748,8 +758,8 @@ impl Vfs {
                     dst[..avail].copy_from_slice(&held[..avail]);
                     dst[avail..].fill(0);
                 }
-                Some(Slot::Clean(id)) => {
-                    let got = store.read_at(id, in_chunk, dst)?;
+                Some(stored @ (Slot::Clean(_) | Slot::Pieces(_))) => {
+                    let got = crate::ops::data::read_stored(store.as_ref(), stored, in_chunk, dst)?;
                     dst[got..].fill(0);
                 }
             }

@@ -537,12 +537,16 @@ impl SqliteStore {
     }
 }
 
-/// The first chunk a `SetChunks` of `batch` names that `locs` lacks.
+/// The first chunk a `SetChunks` or `SetPieces` of `batch` names that `locs` lacks.
 fn first_missing(batch: &Batch, locs: &HashMap<ChunkId, Entry>) -> Option<ChunkId> {
     batch.changes.iter().find_map(|c| match c {
         Change::SetChunks { chunks, .. } => chunks
             .iter()
             .filter_map(|(_, id)| *id)
+            .find(|id| !locs.contains_key(id)),
+        Change::SetPieces { pieces, .. } => pieces
+            .iter()
+            .map(|p| p.id)
             .find(|id| !locs.contains_key(id)),
         _ => None,
     })

@@ -8,7 +8,8 @@ use super::schema::{APPLIED_SEQ_KEY, SYNC_SEQ_KEY};
 use crate::audit::ChainHead;
 use crate::checks::{check_meta_key, is_reserved_meta, missing_chunk};
 use crate::{
-    AppendRecord, AuditEntry, Change, ChunkId, FileKind, Ino, InodeRecord, LoadedState, StoreError,
+    AppendRecord, AuditEntry, Change, ChunkId, FileKind, Ino, InodeRecord, LoadedState, Piece,
+    StoreError,
 };
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use std::collections::HashSet;
@@ -103,6 +104,18 @@ pub(super) fn apply(
                     }
                 }
             }
+        }
+        Change::SetPieces { ino, idx, pieces } => {
+            if let Some(p) = pieces.iter().find(|p| !holds(&p.id)) {
+                return Err(missing_chunk(&p.id));
+            }
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO chunks(ino, idx, hash) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![*ino as i64, *idx as i64, Piece::encode_all(pieces)])
+            })
+            .map_err(sql)?;
         }
         Change::TruncateChunks { ino, from_index } => {
             // `idx >= from` on the stored i64 is right for every index below 2^63.
@@ -315,9 +328,36 @@ pub(super) fn chunk_refs(conn: &Connection, db: &Path) -> Result<HashSet<ChunkId
         .map_err(sql)?;
     let mut out = HashSet::new();
     for row in rows {
-        out.insert(chunk_id(row.map_err(sql)?, "chunks", db)?);
+        match slot_row(row.map_err(sql)?, db)? {
+            SlotRow::Whole(id) => {
+                out.insert(id);
+            }
+            SlotRow::Pieces(pieces) => out.extend(pieces.iter().map(|p| p.id)),
+        }
     }
     Ok(out)
+}
+
+/// What a `chunks.hash` value names.
+enum SlotRow {
+    Whole(ChunkId),
+    Pieces(Vec<Piece>),
+}
+
+/// Decodes a `chunks.hash` value: 32 bytes are one chunk id, 36·k bytes k pieces.
+fn slot_row(bytes: Vec<u8>, db: &Path) -> Result<SlotRow, StoreError> {
+    if bytes.len() == 32 {
+        return chunk_id(bytes, "chunks", db).map(SlotRow::Whole);
+    }
+    Piece::decode_all(&bytes)
+        .map(SlotRow::Pieces)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{}: a chunks.hash value of {} bytes is neither a chunk id nor pieces",
+                db.display(),
+                bytes.len()
+            ))
+        })
 }
 
 /// Every `blobs` row.
@@ -387,7 +427,10 @@ pub(super) fn load(conn: &Connection, db: &Path) -> Result<LoadedState, StoreErr
         .map_err(sql)?;
     for row in rows {
         let (ino, idx, hash) = row.map_err(sql)?;
-        state.chunks.push((ino, idx, chunk_id(hash, "chunks", db)?));
+        match slot_row(hash, db)? {
+            SlotRow::Whole(id) => state.chunks.push((ino, idx, id)),
+            SlotRow::Pieces(pieces) => state.pieces.push((ino, idx, pieces)),
+        }
     }
 
     let mut stmt = conn

@@ -45,6 +45,7 @@ pub fn assert_same(a: &LoadedState, b: &LoadedState) {
     assert_eq!(a.inodes, b.inodes, "inodes differ");
     assert_eq!(a.dirents, b.dirents, "dirents differ");
     assert_eq!(a.chunks, b.chunks, "chunks differ");
+    assert_eq!(a.pieces, b.pieces, "pieces differ");
     assert_eq!(a.xattrs, b.xattrs, "xattrs differ");
     assert_eq!(a.meta, b.meta, "meta differ");
 }
@@ -53,6 +54,7 @@ pub fn is_empty(s: &LoadedState) -> bool {
     s.inodes.is_empty()
         && s.dirents.is_empty()
         && s.chunks.is_empty()
+        && s.pieces.is_empty()
         && s.xattrs.is_empty()
         && s.meta.is_empty()
 }

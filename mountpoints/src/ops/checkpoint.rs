@@ -15,10 +15,11 @@ use crate::error::{Result, VfsError};
 use crate::mutate::Txn;
 use crate::names::check_name;
 use crate::node::{Body, Class, FileData, Node, Slot};
+use crate::ops::data::{push_slots, read_stored};
 use crate::vfs::{now_ns, Vfs};
 use agentfs_memory::TimeNs;
 use agentfs_memory::CHUNK_SIZE;
-use agentfs_memory::{AuditEntry, Batch, Change, ChunkId, Durability, FileKind, Ino, InodeRecord};
+use agentfs_memory::{AuditEntry, Batch, Change, Durability, FileKind, Ino, InodeRecord};
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -165,10 +166,7 @@ impl Vfs {
                 ino,
             });
             if !chunks.is_empty() {
-                batch.push(Change::SetChunks {
-                    ino,
-                    chunks: chunks.iter().map(|(i, id)| (*i, Some(*id))).collect(),
-                });
+                push_slots(batch, ino, chunks.iter().map(|(i, slot)| (*i, Some(slot))));
             }
             for (k, v) in &copy.xattrs {
                 batch.push(Change::SetXattr {
@@ -178,10 +176,7 @@ impl Vfs {
                 });
             }
             if let Body::File(f) = &mut copy.body {
-                f.slots = chunks
-                    .into_iter()
-                    .map(|(i, id)| (i, Slot::Clean(id)))
-                    .collect();
+                f.slots = chunks;
             }
             plan.add_entry(dst, name, ino, rec.kind);
             if hard_linked {
@@ -199,27 +194,27 @@ impl Vfs {
         Ok(())
     }
 
-    /// The chunk map of a copy of `f` (a file of class `src`) in the store of class `dst`.
-    /// Within one store the ids are shared; across stores the bytes are copied. Buffered
-    /// (dirty) chunks are stored: a copy holds what readers of the file see.
-    fn copy_chunks(&self, f: &FileData, src: Class, dst: Class) -> Result<BTreeMap<u64, ChunkId>> {
+    /// The chunk map of a copy of `f` (a file of class `src`) in the store of class `dst`:
+    /// stored slots only. Within one store the ids are shared; across stores the bytes are
+    /// copied. Buffered (dirty) chunks are stored: a copy holds what readers of the file see.
+    fn copy_chunks(&self, f: &FileData, src: Class, dst: Class) -> Result<BTreeMap<u64, Slot>> {
         let same_store = src.is_volatile() == dst.is_volatile();
         let from = self.store_for(src);
         let to = self.store_for(dst);
         let mut out = BTreeMap::new();
         let mut buf = Vec::new();
         for (idx, slot) in &f.slots {
-            let id = match slot {
-                Slot::Clean(id) if same_store => *id,
-                Slot::Clean(id) => {
+            let copy = match slot {
+                Slot::Clean(_) | Slot::Pieces(_) if same_store => slot.clone(),
+                Slot::Clean(_) | Slot::Pieces(_) => {
                     buf.resize(CHUNK_SIZE, 0);
-                    let n = from.read_at(id, 0, &mut buf)?;
-                    to.put_chunk(&buf[..n])?
+                    let n = read_stored(from.as_ref(), slot, 0, &mut buf)?;
+                    Slot::Clean(to.put_chunk(&buf[..n])?)
                 }
                 Slot::Dirty(bytes) if bytes.is_empty() => continue,
-                Slot::Dirty(bytes) => to.put_chunk(bytes)?,
+                Slot::Dirty(bytes) => Slot::Clean(to.put_chunk(bytes)?),
             };
-            out.insert(*idx, id);
+            out.insert(*idx, copy);
         }
         Ok(out)
     }
@@ -502,14 +497,14 @@ impl Vfs {
                 if f.dirty || f.dirty_slots > 0 || f.truncated_from.is_some() {
                     return Ok(None);
                 }
-                let mut ids = Vec::with_capacity(f.slots.len());
+                let mut slots = Vec::with_capacity(f.slots.len());
                 for (idx, slot) in &f.slots {
                     match slot {
-                        Slot::Clean(id) => ids.push((*idx, *id)),
+                        Slot::Clean(_) | Slot::Pieces(_) => slots.push((*idx, slot.clone())),
                         Slot::Dirty(_) => return Ok(None),
                     }
                 }
-                ids
+                slots
             }
             _ => Vec::new(),
         };
@@ -833,7 +828,7 @@ struct SamenessKey {
     rdev: u32,
     target: Vec<u8>,
     xattrs: Xattrs,
-    chunks: Vec<(u64, ChunkId)>,
+    chunks: Vec<(u64, Slot)>,
 }
 
 /// A rollback being planned: the copies, the removals, and which live directories change.

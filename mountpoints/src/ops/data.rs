@@ -8,10 +8,11 @@
 
 use crate::error::{Result, VfsError};
 use crate::mutate::Txn;
-use crate::node::{Body, Class, FileData, Node, Slot};
+use crate::node::{Body, Class, FileData, Node, Slot, StoredPrefix};
 use crate::vfs::{now_ns, Vfs};
 use agentfs_memory::{
-    AppendRecord, AuditEntry, Batch, Change, ChunkId, Durability, Ino, Store, CHUNK_SIZE,
+    AppendRecord, AuditEntry, Batch, Change, ChunkId, Durability, Ino, Piece, Store, CHUNK_SIZE,
+    MAX_PIECES,
 };
 use rayon::prelude::*;
 
@@ -99,7 +100,7 @@ impl Vfs {
                 set_slot(file, idx, Slot::Clean(*id));
                 continue;
             }
-            let buf = dirty_slot(file, idx, store.as_ref())?;
+            let buf = dirty_slot(file, idx, store.as_ref(), in_chunk)?;
             if buf.len() == in_chunk {
                 buf.extend_from_slice(piece);
             } else {
@@ -174,7 +175,7 @@ impl Vfs {
             if cut != 0 {
                 let idx = new_size / CHUNK;
                 if file.slots.contains_key(&idx) {
-                    let buf = dirty_slot(file, idx, store.as_ref())?;
+                    let buf = dirty_slot(file, idx, store.as_ref(), cut)?;
                     buf.truncate(cut);
                     file.unsynced.insert(idx);
                 }
@@ -232,18 +233,8 @@ impl Vfs {
                 });
             }
             if !file.unsynced.is_empty() {
-                let chunks = file
-                    .unsynced
-                    .iter()
-                    .map(|idx| {
-                        let id = match file.slots.get(idx) {
-                            Some(Slot::Clean(id)) => Some(*id),
-                            _ => None,
-                        };
-                        (*idx, id)
-                    })
-                    .collect();
-                batch.push(Change::SetChunks { ino, chunks });
+                let slots = file.unsynced.iter().map(|idx| (*idx, file.slots.get(idx)));
+                push_slots(&mut batch, ino, slots);
             }
             batch
                 .changes
@@ -312,31 +303,58 @@ fn whole_chunks(offset: u64, data: &[u8]) -> Vec<(u64, &[u8])> {
 
 /// Puts `slot` at `idx`, keeping the count of dirty slots right.
 fn set_slot(file: &mut FileData, idx: u64, slot: Slot) {
+    file.stored_prefix.remove(&idx);
     let now_dirty = matches!(slot, Slot::Dirty(_));
     let was_dirty = matches!(file.slots.insert(idx, slot), Some(Slot::Dirty(_)));
     file.dirty_slots = file.dirty_slots + usize::from(now_dirty) - usize::from(was_dirty);
 }
 
 fn remove_slot(file: &mut FileData, idx: u64) {
+    file.stored_prefix.remove(&idx);
     if let Some(Slot::Dirty(_)) = file.slots.remove(&idx) {
         file.dirty_slots -= 1;
     }
 }
 
-/// The slot `idx` as a writable buffer, loading its stored bytes first.
-fn dirty_slot<'a>(file: &'a mut FileData, idx: u64, store: &dyn Store) -> Result<&'a mut Vec<u8>> {
+/// The slot `idx` as a writable buffer, loading its stored bytes first. The caller is about
+/// to change the buffer from byte `changes_from` on: a stored prefix reaching past that is
+/// forgotten.
+fn dirty_slot<'a>(
+    file: &'a mut FileData,
+    idx: u64,
+    store: &dyn Store,
+    changes_from: usize,
+) -> Result<&'a mut Vec<u8>> {
     let loaded = match file.slots.get(&idx) {
         Some(Slot::Dirty(_)) => None,
-        Some(Slot::Clean(id)) => {
+        Some(stored @ (Slot::Clean(_) | Slot::Pieces(_))) => {
             let mut buf = vec![0u8; CHUNK_SIZE];
-            let n = store.read_at(id, 0, &mut buf)?;
+            let n = read_stored(store, stored, 0, &mut buf)?;
             buf.truncate(n);
-            Some(buf)
+            let pieces = match stored {
+                Slot::Clean(id) => vec![Piece {
+                    id: *id,
+                    len: n as u32,
+                }],
+                Slot::Pieces(p) => p.to_vec(),
+                Slot::Dirty(_) => Vec::new(),
+            };
+            Some((buf, Some(StoredPrefix { pieces, len: n })))
         }
-        None => Some(Vec::new()),
+        None => Some((Vec::new(), None)),
     };
-    if let Some(buf) = loaded {
+    if let Some((buf, prefix)) = loaded {
         set_slot(file, idx, Slot::Dirty(buf));
+        if let Some(prefix) = prefix.filter(|p| p.len > 0) {
+            file.stored_prefix.insert(idx, prefix);
+        }
+    }
+    if file
+        .stored_prefix
+        .get(&idx)
+        .is_some_and(|p| changes_from < p.len)
+    {
+        file.stored_prefix.remove(&idx);
     }
     match file.slots.get_mut(&idx) {
         Some(Slot::Dirty(buf)) => Ok(buf),
@@ -344,20 +362,133 @@ fn dirty_slot<'a>(file: &'a mut FileData, idx: u64, store: &dyn Store) -> Result
     }
 }
 
-/// Stores the dirty slot `idx` and replaces it by its chunk id.
+/// Reads the stored slot `slot` (`Clean` or `Pieces`) from byte `offset` into `dst`; returns
+/// how many bytes it holds there (the rest of `dst` is past its end).
+pub(crate) fn read_stored(
+    store: &dyn Store,
+    slot: &Slot,
+    offset: usize,
+    dst: &mut [u8],
+) -> Result<usize> {
+    match slot {
+        Slot::Clean(id) => Ok(store.read_at(id, offset, dst)?),
+        Slot::Pieces(pieces) => {
+            let mut filled = 0;
+            let mut start = 0usize;
+            for p in pieces.iter() {
+                let end = start + p.len as usize;
+                let at = offset + filled;
+                if filled < dst.len() && at < end {
+                    let want = (end - at).min(dst.len() - filled);
+                    let got = store.read_at(&p.id, at - start, &mut dst[filled..filled + want])?;
+                    if got < want {
+                        // The next piece's bytes would land in the wrong place.
+                        return Err(agentfs_memory::StoreError::Corrupt(format!(
+                            "chunk {:?} holds fewer bytes than its piece of a slot says",
+                            p.id
+                        ))
+                        .into());
+                    }
+                    filled += got;
+                }
+                start = end;
+            }
+            Ok(filled)
+        }
+        Slot::Dirty(_) => Err(VfsError::Invalid("a dirty slot is not stored")),
+    }
+}
+
+/// Adds to `batch` the changes that commit `slots` of file `ino`: `SetChunks` for whole
+/// chunks and holes (`None`, or a dirty slot, which sealing has just emptied), one
+/// `SetPieces` per slot held in pieces.
+pub(crate) fn push_slots<'a>(
+    batch: &mut Batch,
+    ino: Ino,
+    slots: impl Iterator<Item = (u64, Option<&'a Slot>)>,
+) {
+    let mut chunks = Vec::new();
+    for (idx, slot) in slots {
+        match slot {
+            Some(Slot::Clean(id)) => chunks.push((idx, Some(*id))),
+            Some(Slot::Pieces(pieces)) => batch.push(Change::SetPieces {
+                ino,
+                idx,
+                pieces: pieces.to_vec(),
+            }),
+            Some(Slot::Dirty(_)) | None => chunks.push((idx, None)),
+        }
+    }
+    if !chunks.is_empty() {
+        batch.push(Change::SetChunks { ino, chunks });
+    }
+}
+
+/// How many of a slot's stored pieces to keep when `added` bytes follow them: the trailing
+/// pieces no longer than what is stored after them are merged into the new piece, so piece
+/// lengths at least double from the end backwards (like a binary counter). A slot then has
+/// at most about log2(CHUNK_SIZE) pieces, and each byte is stored again at most that many
+/// times, instead of once per append. A full chunk is always stored whole (0: keep none).
+pub(crate) fn pieces_to_keep(stored: &[Piece], added: usize) -> usize {
+    let stored_len: usize = stored.iter().map(|p| p.len as usize).sum();
+    if added == 0 || stored_len + added >= CHUNK_SIZE {
+        return 0;
+    }
+    let mut keep = stored.len();
+    let mut tail = added;
+    while keep > 0 && stored[keep - 1].len as usize <= tail {
+        tail += stored[keep - 1].len as usize;
+        keep -= 1;
+    }
+    if keep + 1 > MAX_PIECES {
+        0
+    } else {
+        keep
+    }
+}
+
+/// Stores the dirty slot `idx` and replaces it by its stored form: the slot's pieces when it
+/// only grew since it was loaded, else one chunk.
 fn seal_one(file: &mut FileData, idx: u64, store: &dyn Store) -> Result<()> {
-    let id = match file.slots.get(&idx) {
+    let prefix = file.stored_prefix.remove(&idx);
+    let sealed = match file.slots.get(&idx) {
         Some(Slot::Dirty(buf)) if buf.is_empty() => {
             // An empty buffer is a hole.
             remove_slot(file, idx);
             file.unsynced.insert(idx);
             return Ok(());
         }
-        Some(Slot::Dirty(buf)) => store.put_chunk(buf)?,
+        Some(Slot::Dirty(buf)) => match prefix.filter(|p| p.len <= buf.len()) {
+            Some(p) if p.len == buf.len() => stored_slot(p.pieces),
+            Some(p) => {
+                let keep = pieces_to_keep(&p.pieces, buf.len() - p.len);
+                if keep == 0 {
+                    Slot::Clean(store.put_chunk(buf)?)
+                } else {
+                    let from: usize = p.pieces[..keep].iter().map(|q| q.len as usize).sum();
+                    let tail = &buf[from..];
+                    let mut pieces = p.pieces[..keep].to_vec();
+                    pieces.push(Piece {
+                        id: store.put_chunk(tail)?,
+                        len: tail.len() as u32,
+                    });
+                    stored_slot(pieces)
+                }
+            }
+            None => Slot::Clean(store.put_chunk(buf)?),
+        },
         _ => return Ok(()),
     };
-    set_slot(file, idx, Slot::Clean(id));
+    set_slot(file, idx, sealed);
     Ok(())
+}
+
+/// A stored slot of `pieces`: one piece is a plain chunk.
+fn stored_slot(pieces: Vec<Piece>) -> Slot {
+    match pieces.as_slice() {
+        [one] => Slot::Clean(one.id),
+        _ => Slot::Pieces(pieces.into()),
+    }
 }
 
 fn seal_all(file: &mut FileData, store: &dyn Store) -> Result<()> {
