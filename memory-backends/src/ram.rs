@@ -11,7 +11,9 @@
 //! chunk that was put but has not yet been referenced by a commit is *unclaimed*: it is never
 //! freed, because the writer that put it may be about to commit a `SetChunks` naming it (a
 //! `put_chunk` that deduplicates against a chunk some commit is releasing must not lose it).
-//! Each `put_chunk` adds one claim-to-be and each new reference in a commit settles one, so a
+//! Each `put_chunk` adds one claim-to-be and each new reference in a commit settles one (a
+//! slot committed again with a chunk it already named, such as the pieces a growing slot
+//! keeps, is not a new reference: it was not put for this commit), so a
 //! chunk put but never referenced (a write superseded before it was committed, or the same
 //! bytes put twice for one slot) lingers until the garbage collector
 //! ([`Store::collect_garbage`]) finds nothing references it for two rounds.
@@ -152,6 +154,13 @@ impl Tables {
         *self.refs.entry(id).or_insert(0) += 1;
     }
 
+    /// Whether the committed slot `idx` of `ino` names chunk `id` already.
+    fn slot_names(&self, ino: Ino, idx: u64, id: &ChunkId) -> bool {
+        self.chunks
+            .get(&(ino, idx))
+            .is_some_and(|slot| slot.ids().contains(id))
+    }
+
     /// Drops the references of a slot that is gone or replaced.
     fn drop_refs(&mut self, slot: &RamSlot, released: &mut Vec<ChunkId>) {
         for id in slot.ids() {
@@ -212,7 +221,9 @@ impl Tables {
                     let old = match slot {
                         Some(id) => {
                             self.add_ref(id);
-                            claimed.push(id);
+                            if !self.slot_names(ino, idx, &id) {
+                                claimed.push(id);
+                            }
                             self.chunks.insert((ino, idx), RamSlot::Whole(id))
                         }
                         None => self.chunks.remove(&(ino, idx)),
@@ -225,7 +236,11 @@ impl Tables {
             Change::SetPieces { ino, idx, pieces } => {
                 for p in &pieces {
                     self.add_ref(p.id);
-                    claimed.push(p.id);
+                    // The pieces a slot keeps from its last commit were not put for this
+                    // one: settling a claim for them would take another writer's.
+                    if !self.slot_names(ino, idx, &p.id) {
+                        claimed.push(p.id);
+                    }
                 }
                 if let Some(old) = self.chunks.insert((ino, idx), RamSlot::Pieces(pieces)) {
                     self.drop_refs(&old, released);

@@ -112,3 +112,38 @@ fn audit_entries_are_counted() {
     store.commit(batch, Durability::Process).unwrap();
     assert_eq!(store.audit_count(), 2);
 }
+
+/// A growing slot commits again the pieces it keeps, which nobody put for that commit: they
+/// must not settle the claim of another writer who has just put the same bytes, or that
+/// writer's chunk is freed before its commit names it.
+#[test]
+fn kept_pieces_do_not_take_another_writers_claim() {
+    let store = RamStore::new();
+    let line = store.put_chunk(b"the same line\n").unwrap();
+    store
+        .commit(set(1, 0, Some(line)), Durability::Process)
+        .unwrap();
+    // Another writer puts the same bytes for file 2 and has not committed yet.
+    assert_eq!(store.put_chunk(b"the same line\n").unwrap(), line);
+    // File 1 grows: its slot keeps `line` as a piece and adds one.
+    let more = store.put_chunk(b"more").unwrap();
+    let pieces = vec![Piece { id: line, len: 14 }, Piece { id: more, len: 4 }];
+    let batch = Batch {
+        changes: vec![Change::SetPieces {
+            ino: 1,
+            idx: 0,
+            pieces,
+        }],
+    };
+    store.commit(batch, Durability::Process).unwrap();
+    // File 1 is rewritten: `line` loses its last committed reference.
+    let other = store.put_chunk(b"rewritten").unwrap();
+    store
+        .commit(set(1, 0, Some(other)), Durability::Process)
+        .unwrap();
+    // The other writer's commit must still find its chunk.
+    store
+        .commit(set(2, 0, Some(line)), Durability::Process)
+        .expect("the other writer's chunk was freed under it");
+    assert_eq!(read_all(&store, &line), b"the same line\n");
+}
