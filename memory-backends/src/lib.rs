@@ -18,6 +18,7 @@ mod error;
 mod ram;
 pub mod search;
 mod sqlite;
+mod sync;
 mod types;
 
 pub use audit::{AuditRecord, ChainHead};

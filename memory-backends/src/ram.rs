@@ -20,13 +20,12 @@
 
 use crate::audit::{canonical_body, AuditRecord, ChainHead};
 use crate::checks::{check_batch, check_chunk_len, is_reserved_meta, missing_chunk};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, RwLock};
 use crate::{
     AppendRecord, Batch, Change, ChunkId, Durability, GcReport, Ino, InodeRecord, LoadedState,
     Piece, Store, StoreError,
 };
-use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Number of chunk-map shards; a power of two so the shard is a mask of the hash's first byte.
