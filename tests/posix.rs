@@ -2442,3 +2442,21 @@ fn e37_binding_a_dead_pid_is_esrch() {
     );
     assert_errno("not a pid", fs::write(&pids, "me\n"), libc::EINVAL);
 }
+
+/// `isatty` on a file of the tree (Python's `open` asks every time) says no with ENOTTY, as
+/// on any regular file, and leaves no warning in the daemon's log.
+#[test]
+fn ioctl_answers_enotty_quietly() {
+    let Some((m, dirs)) = setup() else { return };
+    for (class, dir) in &dirs {
+        let path = dir.join("tty?");
+        let file = File::create(&path).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: isatty only reads the descriptor's state.
+        let tty = unsafe { libc::isatty(fd) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!((tty, errno), (0, Some(libc::ENOTTY)), "{class}");
+    }
+    let log = fs::read_to_string(m.data.join("agentfs.log")).unwrap_or_default();
+    assert!(!log.contains("[Not Implemented] ioctl"), "{log}");
+}

@@ -16,6 +16,9 @@ pub enum VfsError {
     IsDir,
     #[error("directory not empty")]
     NotEmpty,
+    /// No file of the tree takes an ioctl (it is not a terminal or a device).
+    #[error("inappropriate ioctl for device")]
+    NoIoctl,
     /// Another agent's tree, or a policy refusal.
     #[error("access denied: {0}")]
     AccessDenied(&'static str),
@@ -101,6 +104,7 @@ impl VfsError {
             VfsError::NotDir => libc::ENOTDIR,
             VfsError::IsDir => libc::EISDIR,
             VfsError::NotEmpty => libc::ENOTEMPTY,
+            VfsError::NoIoctl => libc::ENOTTY,
             VfsError::AccessDenied(_) => libc::EACCES,
             VfsError::NotPermitted(_) => libc::EPERM,
             VfsError::ReadOnly(_) => libc::EROFS,
