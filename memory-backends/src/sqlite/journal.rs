@@ -745,7 +745,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AuditEntry, Change, FileKind, InodeRecord};
+    use crate::{AuditEntry, Change, FileKind, InodeRecord, Piece};
 
     fn sample() -> Batch {
         Batch {
@@ -879,6 +879,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!(drop[FRAME_HEADER..FRAME_HEADER + 3], [1, 12, 1]);
+        // SetPieces is variant 14: ino, idx, then each piece's id and length (varint).
+        let pieces = start_record(&Batch {
+            changes: vec![Change::SetPieces {
+                ino: 5,
+                idx: 2,
+                pieces: vec![Piece {
+                    id: ChunkId([7; 32]),
+                    len: 300,
+                }],
+            }],
+        })
+        .unwrap();
+        let mut expected = vec![1, 14, 5, 2, 1];
+        expected.extend([7; 32]);
+        expected.extend([0xac, 0x02]);
+        assert_eq!(pieces[FRAME_HEADER..], expected[..]);
         let blob = (
             ChunkId([9; 32]),
             Loc {
