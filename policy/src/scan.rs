@@ -428,6 +428,10 @@ mod differential {
         r"(?-u:\b)xyz(?-u:\b)",
         r"z{2,4}y",
         r"\bcat\b",
+        // Literals holding `secret` (at offsets 3 and 1), which the prefilter leaves out.
+        r"(?i)secret[0-9]{2,4}",
+        r"(?i)my_secret_[0-9]{4}",
+        r"[a-z]{1,6}\.secret\.example",
     ];
 
     const FRAGMENTS: &[&str] = &[
@@ -482,6 +486,12 @@ mod differential {
         "=",
         "'",
         "\"",
+        "secret42",
+        "SeCrEt7",
+        "MY_SECRET_1234",
+        "my_secret_12",
+        "db.secret.example",
+        "x.SECRET.example",
     ];
 
     /// The patterns above, and many similar rules whose literals the automaton must cut.
