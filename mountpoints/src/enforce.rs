@@ -22,6 +22,7 @@ use agentfs_policy::{
 };
 use agentfs_signals::Signal;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -33,6 +34,56 @@ pub(crate) const MAX_ZERO_FILL_SCAN: u64 = 16 << 20;
 /// Changes larger than this have their content scan split into pieces scanned on all cores.
 const PARALLEL_SCAN_MIN: u64 = 256 << 10;
 const SCAN_PIECE: u64 = 128 << 10;
+
+/// The bytes a large write leaves in a file: `data` at `offset`, with the file's bytes just
+/// before it (`before`, ending at `offset`) and just after it (`after`), each at most a
+/// window long.
+struct Around<'a> {
+    before: &'a [u8],
+    data: &'a [u8],
+    offset: u64,
+    after: &'a [u8],
+}
+
+impl Around<'_> {
+    fn start(&self) -> u64 {
+        self.offset - self.before.len() as u64
+    }
+
+    fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    fn stop(&self) -> u64 {
+        self.end() + self.after.len() as u64
+    }
+
+    /// The bytes at `range` (within `start()..stop()`): borrowed from `data` when the range
+    /// lies inside it, else copied together across the seam.
+    fn bytes(&self, range: Range<u64>) -> Cow<'_, [u8]> {
+        let (offset, end) = (self.offset, self.end());
+        if range.start >= offset && range.end <= end {
+            return Cow::Borrowed(
+                &self.data[(range.start - offset) as usize..(range.end - offset) as usize],
+            );
+        }
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        if range.start < offset {
+            let from = (range.start - self.start()) as usize;
+            let to = (range.end.min(offset) - self.start()) as usize;
+            out.extend_from_slice(&self.before[from..to]);
+        }
+        let (lo, hi) = (range.start.max(offset), range.end.min(end));
+        if lo < hi {
+            out.extend_from_slice(&self.data[(lo - offset) as usize..(hi - offset) as usize]);
+        }
+        if range.end > end {
+            let from = (range.start.max(end) - end) as usize;
+            out.extend_from_slice(&self.after[from..(range.end - end) as usize]);
+        }
+        Cow::Owned(out)
+    }
+}
 
 /// Who asks, under which rules: everything a call's decisions share.
 pub(crate) struct Asker {
@@ -271,6 +322,19 @@ impl Vfs {
         let changed = offset.min(old_size)..end;
         let lo = changed.start.saturating_sub(w);
         self.read_locked(n, lo..changed.start, &mut bytes)?;
+        if hole == 0 && data.len() as u64 > PARALLEL_SCAN_MIN {
+            // A large write: its pieces are scanned straight from the request's buffer; only
+            // the two at its ends are stitched to the file's bytes around it.
+            let mut after = Vec::new();
+            self.read_locked(n, end..end + w, &mut after)?;
+            let around = Around {
+                before: &bytes,
+                data,
+                offset,
+                after: &after,
+            };
+            return self.decide_in_pieces(asker, entry, &base, &around, new_size);
+        }
         if hole > MAX_ZERO_FILL_SCAN {
             // Too long to scan: the short window makes the policy refuse (content-window).
         } else {
@@ -279,7 +343,14 @@ impl Vfs {
             self.read_locked(n, end..end + w, &mut bytes)?;
         }
         if changed.end - changed.start > PARALLEL_SCAN_MIN && bytes.len() as u64 >= end - lo {
-            return self.decide_in_pieces(asker, entry, &base, &bytes, lo, changed, new_size);
+            // After a hole: the zeros and the data are one buffer already.
+            let around = Around {
+                before: &[],
+                data: &bytes,
+                offset: lo,
+                after: &[],
+            };
+            return self.decide_in_pieces(asker, entry, &base, &around, new_size);
         }
         let call = Call {
             content: Some(Content {
@@ -297,34 +368,36 @@ impl Vfs {
     /// with its own window (exact: no match is longer than the window). The piece that
     /// decides (the first refused, else the first with an audit finding, else the first) is
     /// decided again through [`Vfs::enforce`] to be recorded, rated and acted on.
-    #[allow(clippy::too_many_arguments)]
-    fn decide_in_pieces<'a>(
+    fn decide_in_pieces(
         &self,
         asker: &Asker,
         entry: &mut AuditEntry,
-        base: &Call<'a>,
-        bytes: &'a [u8],
-        at: u64,
-        changed: Range<u64>,
+        base: &Call<'_>,
+        around: &Around<'_>,
         file_size: u64,
     ) -> Result<()> {
         let w = asker.rules.window() as u64;
-        let held = at..at + bytes.len() as u64;
-        let pieces: Vec<Call<'_>> = (changed.start..changed.end)
+        let changed = around.offset..around.end();
+        let windows: Vec<(u64, Cow<'_, [u8]>, Range<u64>)> = changed
+            .clone()
             .step_by(SCAN_PIECE as usize)
             .map(|start| {
                 let piece = start..(start + SCAN_PIECE).min(changed.end);
-                let lo = piece.start.saturating_sub(w).max(held.start);
-                let hi = (piece.end + w).min(held.end);
-                Call {
-                    content: Some(Content {
-                        bytes: &bytes[(lo - at) as usize..(hi - at) as usize],
-                        at: lo,
-                        changed: piece,
-                        file_size,
-                    }),
-                    ..base.clone()
-                }
+                let lo = piece.start.saturating_sub(w).max(around.start());
+                let hi = (piece.end + w).min(around.stop());
+                (lo, around.bytes(lo..hi), piece)
+            })
+            .collect();
+        let pieces: Vec<Call<'_>> = windows
+            .iter()
+            .map(|(lo, bytes, piece)| Call {
+                content: Some(Content {
+                    bytes,
+                    at: *lo,
+                    changed: piece.clone(),
+                    file_size,
+                }),
+                ..base.clone()
             })
             .collect();
         let verdicts: Vec<Verdict> = pieces.par_iter().map(|c| asker.rules.decide(c)).collect();

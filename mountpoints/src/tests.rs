@@ -678,6 +678,7 @@ fn large_writes_are_scanned_in_pieces_exactly() {
             .write(&op(), ino, 0, &data, false)
             .expect_err("secret");
         assert_eq!(err.errno(), libc::EACCES, "secret at {at}");
+        assert!(err.to_string().contains("aws-access-key-id"), "at {at}: {err}");
         assert_eq!(
             f.vfs.getattr(&op(), ino).unwrap().size,
             0,
@@ -696,7 +697,23 @@ fn large_writes_are_scanned_in_pieces_exactly() {
         .write(&op(), ino, 13, &data, false)
         .expect_err("joined");
     assert_eq!(err.errno(), libc::EACCES);
+    assert!(err.to_string().contains("aws-access-key-id"), "{err}");
     assert_eq!(f.read_all(ino), b"xx AKIAIOSFOD");
+    // Completed by bytes already in the file, just after a large overwrite.
+    let f = Fixture::new();
+    f.agent("a");
+    let mut old = vec![b'.'; len + 100];
+    old[len..len + 10].copy_from_slice(b"NN7EXAMPLE");
+    let ino = f.write_file("a/mem/semantic", "big", &old);
+    let mut data = vec![b'-'; len];
+    data[len - 10..].copy_from_slice(b"AKIAIOSFOD");
+    let err = f
+        .vfs
+        .write(&op(), ino, 0, &data, false)
+        .expect_err("joined after");
+    assert_eq!(err.errno(), libc::EACCES);
+    assert!(err.to_string().contains("aws-access-key-id"), "{err}");
+    assert_eq!(f.read_all(ino), old);
     // A 1 MiB append to an episodic log is allowed.
     let f = Fixture::new();
     f.agent("a");
