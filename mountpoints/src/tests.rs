@@ -678,7 +678,10 @@ fn large_writes_are_scanned_in_pieces_exactly() {
             .write(&op(), ino, 0, &data, false)
             .expect_err("secret");
         assert_eq!(err.errno(), libc::EACCES, "secret at {at}");
-        assert!(err.to_string().contains("aws-access-key-id"), "at {at}: {err}");
+        assert!(
+            err.to_string().contains("aws-access-key-id"),
+            "at {at}: {err}"
+        );
         assert_eq!(
             f.vfs.getattr(&op(), ino).unwrap().size,
             0,
