@@ -11,11 +11,13 @@
 //! chunk that was put but has not yet been referenced by a commit is *unclaimed*: it is never
 //! freed, because the writer that put it may be about to commit a `SetChunks` naming it (a
 //! `put_chunk` that deduplicates against a chunk some commit is releasing must not lose it).
-//! Each `put_chunk` adds one claim-to-be and each new reference in a commit settles one (a
-//! slot committed again with a chunk it already named, such as the pieces a growing slot
-//! keeps, is not a new reference: it was not put for this commit), so a
-//! chunk put but never referenced (a write superseded before it was committed, or the same
-//! bytes put twice for one slot) lingers until the garbage collector
+//! Each `put_chunk` adds one claim-to-be and each new reference in a commit settles one. A
+//! slot committed again with a chunk it already named (such as the pieces a growing slot
+//! keeps) is not a new reference: nobody put that chunk for this commit. A new slot naming a
+//! chunk nobody put for it would still settle a claim; only a same-store checkpoint copy does
+//! that, and the core makes those in the durable store, which has no claims. A chunk put but
+//! never referenced (a write superseded before it was committed, or the same bytes put twice
+//! for one slot) lingers until the garbage collector
 //! ([`Store::collect_garbage`]) finds nothing references it for two rounds.
 
 use crate::audit::{canonical_body, AuditRecord, ChainHead};
