@@ -343,11 +343,13 @@ impl Vfs {
             self.read_locked(n, end..end + w, &mut bytes)?;
         }
         if changed.end - changed.start > PARALLEL_SCAN_MIN && bytes.len() as u64 >= end - lo {
-            // After a hole: the zeros and the data are one buffer already.
+            // After a hole: the change starts at the old end of file (an append, to the
+            // policy), and the zeros and the data follow the old bytes in one buffer.
+            let (before, data) = bytes.split_at((changed.start - lo) as usize);
             let around = Around {
-                before: &[],
-                data: &bytes,
-                offset: lo,
+                before,
+                data,
+                offset: changed.start,
                 after: &[],
             };
             return self.decide_in_pieces(asker, entry, &base, &around, new_size);

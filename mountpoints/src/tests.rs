@@ -717,6 +717,17 @@ fn large_writes_are_scanned_in_pieces_exactly() {
     assert_eq!(err.errno(), libc::EACCES);
     assert!(err.to_string().contains("aws-access-key-id"), "{err}");
     assert_eq!(f.read_all(ino), old);
+    // A large write just past the end of an episodic log (a short hole) is still an append
+    // to the policy: the core's own rule refuses it (EPERM), not the append-only rule.
+    let f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/episodic", "log", b"start\n");
+    let err = f
+        .vfs
+        .write(&op(), ino, 106, &vec![b'-'; len], false)
+        .expect_err("past the end");
+    assert_eq!(err.errno(), libc::EPERM, "{err}");
+    assert_eq!(f.read_all(ino), b"start\n");
     // A 1 MiB append to an episodic log is allowed.
     let f = Fixture::new();
     f.agent("a");
