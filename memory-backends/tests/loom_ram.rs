@@ -24,6 +24,15 @@ fn set(ino: Ino, id: Option<ChunkId>) -> Batch {
     }
 }
 
+/// Another writer, on a thread of its own: puts `BYTES` and commits them as file 2's.
+fn put_and_commit(store: &Arc<RamStore>) -> thread::JoinHandle<Result<(), StoreError>> {
+    let store = store.clone();
+    thread::spawn(move || {
+        let id = store.put_chunk(BYTES).unwrap();
+        store.commit(set(2, Some(id)), Durability::Process)
+    })
+}
+
 fn readable(store: &RamStore, id: &ChunkId) -> bool {
     let mut buf = [0u8; 64];
     store.read_at(id, 0, &mut buf).is_ok()
@@ -38,13 +47,7 @@ fn a_put_survives_a_commit_dropping_the_last_reference() {
         let id = store.put_chunk(BYTES).unwrap();
         store.commit(set(1, Some(id)), Durability::Process).unwrap();
 
-        let writer = {
-            let store = store.clone();
-            thread::spawn(move || {
-                let id = store.put_chunk(BYTES).unwrap();
-                store.commit(set(2, Some(id)), Durability::Process)
-            })
-        };
+        let writer = put_and_commit(&store);
         store.commit(set(1, None), Durability::Process).unwrap();
         writer
             .join()
@@ -70,13 +73,7 @@ fn a_put_survives_a_collection_round() {
             "two rounds make it a quiet suspect, not freed yet"
         );
 
-        let writer = {
-            let store = store.clone();
-            thread::spawn(move || {
-                let id = store.put_chunk(BYTES).unwrap();
-                store.commit(set(2, Some(id)), Durability::Process)
-            })
-        };
+        let writer = put_and_commit(&store);
         store.collect_garbage(&none).unwrap();
         writer
             .join()
@@ -102,13 +99,7 @@ fn kept_pieces_leave_other_writers_claims_alone() {
             .commit(set(1, Some(line)), Durability::Process)
             .unwrap();
 
-        let writer = {
-            let store = store.clone();
-            thread::spawn(move || {
-                let id = store.put_chunk(BYTES).unwrap();
-                store.commit(set(2, Some(id)), Durability::Process)
-            })
-        };
+        let writer = put_and_commit(&store);
         let more = store.put_chunk(b"more").unwrap();
         let grow = Batch {
             changes: vec![Change::SetPieces {

@@ -339,22 +339,19 @@ impl Vfs {
                 dir.insert(name, ino, kind);
             }
         }
-        for (ino, idx, id) in chunks {
+        let whole = chunks
+            .into_iter()
+            .map(|(ino, idx, id)| (ino, idx, Slot::Clean(id)));
+        let in_pieces = pieces
+            .into_iter()
+            .map(|(ino, idx, p)| (ino, idx, Slot::Pieces(p.into())));
+        for (ino, idx, slot) in whole.chain(in_pieces) {
             if let Some(Node {
                 body: Body::File(f),
                 ..
             }) = table.get_mut(&ino)
             {
-                f.slots.insert(idx, Slot::Clean(id));
-            }
-        }
-        for (ino, idx, p) in pieces {
-            if let Some(Node {
-                body: Body::File(f),
-                ..
-            }) = table.get_mut(&ino)
-            {
-                f.slots.insert(idx, Slot::Pieces(p.into()));
+                f.slots.insert(idx, slot);
             }
         }
         for (ino, name, value) in xattrs {

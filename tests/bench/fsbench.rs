@@ -158,6 +158,16 @@ fn main() {
 
 /// Runs `work` on a fresh mount (made by `mount` from a fresh root dir) whose data dir is on
 /// its own tmpfs, with agent `bench` registered; unmounts and removes everything after.
+/// Creates `files` files `fNNNNNN` in `dir`, each written with `content` and closed; files/s.
+fn create_rate(dir: &Path, files: usize, content: &[u8]) -> f64 {
+    let t0 = Instant::now();
+    for i in 0..files {
+        let mut fh = File::create(dir.join(format!("f{i:06}"))).unwrap();
+        fh.write_all(content).unwrap();
+    }
+    files as f64 / t0.elapsed().as_secs_f64()
+}
+
 fn on_tmpfs_data<T>(
     tag: &str,
     mount: impl FnOnce(&Path) -> Mount,
@@ -226,14 +236,7 @@ fn report_recorder_cost() {
                 .with_binary(binary.clone())
         };
         on_tmpfs_data("bench-recorder", mount, |m| {
-            let dir = m.mem("bench", "semantic");
-            let four_k = [b'x'; 4096];
-            let t0 = Instant::now();
-            for i in 0..FILES {
-                let mut fh = File::create(dir.join(format!("f{i:06}"))).unwrap();
-                fh.write_all(&four_k).unwrap();
-            }
-            FILES as f64 / t0.elapsed().as_secs_f64()
+            create_rate(&m.mem("bench", "semantic"), FILES, &[b'x'; 4096])
         })
     };
     let (mut with, mut off) = (0f64, 0f64);
@@ -273,13 +276,7 @@ fn report_policy_cost() {
             }
             drop(fh);
             let seq = SEQ_MIB as f64 / t0.elapsed().as_secs_f64();
-            let four_k = [b'x'; 4096];
-            let t0 = Instant::now();
-            for i in 0..FILES {
-                let mut fh = File::create(dir.join(format!("f{i:06}"))).unwrap();
-                fh.write_all(&four_k).unwrap();
-            }
-            (seq, FILES as f64 / t0.elapsed().as_secs_f64())
+            (seq, create_rate(&dir, FILES, &[b'x'; 4096]))
         })
     };
     let best = |a: (f64, f64), b: (f64, f64)| (a.0.max(b.0), a.1.max(b.1));
@@ -391,12 +388,7 @@ fn run_workload(
     let small = dir.join("small");
     fs::create_dir(&small).unwrap();
     let four_k = pattern(7, 4096);
-    let t0 = Instant::now();
-    for i in 0..s.small_files {
-        let mut fh = File::create(small.join(format!("f{i:06}"))).unwrap();
-        fh.write_all(&four_k).unwrap();
-    }
-    f.create_fps = s.small_files as f64 / t0.elapsed().as_secs_f64();
+    f.create_fps = create_rate(&small, s.small_files, &four_k);
     println!("  create     {:>10.0} files/s", f.create_fps);
 
     // stat, several passes.
