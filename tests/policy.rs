@@ -1858,6 +1858,38 @@ action = "deny"
     assert_eq!(len, ok * 4096, "the stored bytes are the admitted writes");
 }
 
+/// A write over 256 KiB is decided in pieces on all cores; the byte rate must still be
+/// charged for all of it, not for the piece that stood for the call (it once was: a 1 MiB
+/// write cost 128 KiB of the budget).
+#[test]
+fn a_large_write_is_charged_in_full_against_the_byte_rate() {
+    let m = mount!(
+        r#"
+[[limit]]
+name = "slow-bytes"
+write_bytes_per_sec = "256 KiB"
+action = "deny"
+"#
+    );
+    let f = sem(&m, "bigrate").join("k");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&f)
+        .expect("create");
+    // A full bucket admits one write of any size, which then owes up to 768 KiB: about three
+    // seconds before the next byte may be written. (The kernel may split the 1 MiB in two
+    // requests when the buffer is not page-aligned; the second is then already refused.)
+    let big = filler(1 << 20);
+    let n = file.write(&big).expect("the first write");
+    assert!(n >= 768 << 10, "the first request wrote only {n} bytes");
+    let e = file
+        .write(&filler(4096))
+        .expect_err("a write right after 1 MiB at 256 KiB/s must be refused");
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    assert_denied(&m, "bigrate", "slow-bytes");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Writes racing a reload
 // ---------------------------------------------------------------------------------------------

@@ -161,12 +161,27 @@ impl Vfs {
         call: &Call<'_>,
         rated: bool,
     ) -> Result<()> {
-        let mut verdict = match (&asker.agent, rated) {
-            (Some(agent), true) => {
+        let verdict = asker.rules.decide(call);
+        self.enforce_verdict(asker, entry, call, verdict, rated.then_some(call))
+    }
+
+    /// [`Vfs::enforce`] with `verdict` already decided for `call`; `rate_as`, when given, is
+    /// the call the write-rate limits charge (the whole change, for one decided in pieces).
+    fn enforce_verdict(
+        &self,
+        asker: &Asker,
+        entry: &mut AuditEntry,
+        call: &Call<'_>,
+        verdict: Verdict,
+        rate_as: Option<&Call<'_>>,
+    ) -> Result<()> {
+        let rated = rate_as.is_some();
+        let mut verdict = match (&asker.agent, rate_as) {
+            (Some(agent), Some(whole)) => {
                 let mut rate = agent.rate.lock();
-                asker.rules.decide_rated(call, &mut rate, monotonic_ns())
+                asker.rules.rate(whole, verdict, &mut rate, monotonic_ns())
             }
-            _ => asker.rules.decide(call),
+            _ => verdict,
         };
         if verdict.is_allowed() {
             for alias in &asker.aliases {
@@ -367,9 +382,9 @@ impl Vfs {
     }
 
     /// Decides a large change as pieces of [`SCAN_PIECE`] bytes scanned on all cores, each
-    /// with its own window (exact: no match is longer than the window). The piece that
-    /// decides (the first refused, else the first with an audit finding, else the first) is
-    /// decided again through [`Vfs::enforce`] to be recorded, rated and acted on.
+    /// with its own window (exact: no match is longer than the window). The verdict of the
+    /// piece that decides (the first refused, else the first with an audit finding, else the
+    /// first) is recorded and acted on; the rate limits charge the whole change.
     fn decide_in_pieces(
         &self,
         asker: &Asker,
@@ -402,14 +417,25 @@ impl Vfs {
                 ..base.clone()
             })
             .collect();
-        let verdicts: Vec<Verdict> = pieces.par_iter().map(|c| asker.rules.decide(c)).collect();
+        let mut verdicts: Vec<Verdict> = pieces.par_iter().map(|c| asker.rules.decide(c)).collect();
         let deciding = verdicts
             .iter()
             .position(|v| !v.is_allowed())
-            .or_else(|| verdicts.iter().position(|v| !v.audited.is_empty()));
-        // With no deciding piece, the first one stands for the call: it carries where the
-        // change starts, which tells an append from an overwrite.
-        self.enforce(asker, entry, &pieces[deciding.unwrap_or(0)], true)
+            .or_else(|| verdicts.iter().position(|v| !v.audited.is_empty()))
+            // With no deciding piece, the first one stands for the call: it carries where
+            // the change starts, which tells an append from an overwrite.
+            .unwrap_or(0);
+        let whole = Call {
+            content: Some(Content {
+                bytes: &[],
+                at: changed.start,
+                changed: changed.clone(),
+                file_size,
+            }),
+            ..base.clone()
+        };
+        let verdict = verdicts.swap_remove(deciding);
+        self.enforce_verdict(asker, entry, &pieces[deciding], verdict, Some(&whole))
     }
 
     /// Decides a truncate of the file `n` (locked by the caller) to `new_size`, with the

@@ -32,7 +32,13 @@ impl Ruleset {
     /// and its written bytes from each of the agent's rate buckets in `rate`. `now_ns` is a
     /// monotonic clock in nanoseconds. A refused call takes nothing.
     pub fn decide_rated(&self, call: &Call<'_>, rate: &mut RateState, now_ns: u64) -> Verdict {
-        let v = self.decide(call);
+        self.rate(call, self.decide(call), rate, now_ns)
+    }
+
+    /// The write-rate limits applied to `v`, the verdict [`Ruleset::decide`] gave for
+    /// `call`: what [`Ruleset::decide_rated`] does after deciding. For a change decided in
+    /// pieces, `call` is the whole change (its `changed` range is what is charged).
+    pub fn rate(&self, call: &Call<'_>, v: Verdict, rate: &mut RateState, now_ns: u64) -> Verdict {
         if !v.is_allowed() || !self.has_rates {
             return v;
         }
