@@ -148,7 +148,10 @@ fn main() {
     let _ = fs::remove_dir_all(&np_root);
 
     report(&sizes, &t, &d, &td);
-    report_policy_overhead(&td, &np);
+    report_policy_overhead(
+        &[(td.seq_write_mibs, np.seq_write_mibs)],
+        &[(td.create_fps, np.create_fps)],
+    );
     report_audit_reads_cost();
     println!(
         "fsbench: load average at the end {} (figures from a busy machine are low)",
@@ -254,10 +257,16 @@ fn report_recorder_cost() {
 
 /// What the default policy costs through the mount, without the rest of the bench: sequential
 /// write (256 MiB in 1 MiB blocks) and create + 4 KiB + close (5,000 files), data dir on a
-/// tmpfs, default policy against the allow-all one, interleaved five times; best of each.
+/// tmpfs, default policy against the allow-all one, in back-to-back pairs
+/// (`AGENTFS_BENCH_PAIRS`, default 7). The verdict is on the median of the pairs' overheads:
+/// a pair runs within seconds, so load that drifts over minutes mostly cancels in it.
 fn report_policy_cost() {
     const SEQ_MIB: usize = 256;
     const FILES: usize = 5_000;
+    let pairs: usize = std::env::var("AGENTFS_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
     let dir = fresh_dir("bench-policy-file");
     let allow_all = dir.join("allow-all.toml");
     fs::write(&allow_all, ALLOW_ALL_POLICY).unwrap();
@@ -279,25 +288,27 @@ fn report_policy_cost() {
             (seq, create_rate(&dir, FILES, &[b'x'; 4096]))
         })
     };
-    let best = |a: (f64, f64), b: (f64, f64)| (a.0.max(b.0), a.1.max(b.1));
-    let (mut default, mut empty) = ((0f64, 0f64), (0f64, 0f64));
-    for _ in 0..5 {
-        default = best(default, rates(&[]));
-        empty = best(empty, rates(&["--policy", &allow_all]));
+    println!("\n=== policy overhead, pair by pair (default policy, then allow-all)");
+    let (mut seq, mut create) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        let d = rates(&[]);
+        let e = rates(&["--policy", &allow_all]);
+        let pct = |with: f64, without: f64| (without / with - 1.0) * 100.0;
+        println!(
+            "pair {i}: seq write {:.0} / {:.0} MiB/s ({:+.1}%), create {:.0} / {:.0} files/s ({:+.1}%), load {}",
+            d.0,
+            e.0,
+            pct(d.0, e.0),
+            d.1,
+            e.1,
+            pct(d.1, e.1),
+            loadavg()
+        );
+        seq.push((d.0, e.0));
+        create.push((d.1, e.1));
     }
     let _ = fs::remove_dir_all(&dir);
-    report_policy_overhead(
-        &Figures {
-            seq_write_mibs: default.0,
-            create_fps: default.1,
-            ..Figures::default()
-        },
-        &Figures {
-            seq_write_mibs: empty.0,
-            create_fps: empty.1,
-            ..Figures::default()
-        },
-    );
+    report_policy_overhead(&seq, &create);
 }
 
 /// No built-in rules, no content rules: every call is allowed by one glob.
@@ -502,26 +513,27 @@ enum Goal {
 }
 
 /// The default policy (built-in rules, 16 secret patterns scanned around every write) against
-/// an empty one, both with the data dir on a tmpfs. Target: at most 10% slower.
-fn report_policy_overhead(default: &Figures, empty: &Figures) {
+/// an empty one, both with the data dir on a tmpfs: `(default, empty)` rates per run, in
+/// pairs. Target: at most 10% slower, judged on the median of the pairs' overheads.
+fn report_policy_overhead(seq: &[(f64, f64)], create: &[(f64, f64)]) {
     println!("\n=== policy overhead (data dir on tmpfs; default policy vs empty policy)");
-    let line = |name: &str, with: f64, without: f64| {
-        let overhead = (without / with - 1.0) * 100.0;
-        let judge = if overhead <= 10.0 { "PASS" } else { "MISS" };
+    let line = |name: &str, pairs: &[(f64, f64)]| {
+        let mut overheads: Vec<f64> = pairs.iter().map(|(w, wo)| (wo / w - 1.0) * 100.0).collect();
+        overheads.sort_by(f64::total_cmp);
+        let median = overheads[overheads.len() / 2];
+        let best = |pick: fn(&(f64, f64)) -> f64| pairs.iter().map(pick).fold(0f64, f64::max);
+        let (with, without) = (best(|p| p.0), best(|p| p.1));
+        let judge = if median <= 10.0 { "PASS" } else { "MISS" };
         println!(
-            "{name:<28} default {with:>10.1}  empty {without:>10.1}  overhead {overhead:>5.1}%  target ≤ 10%  {judge}"
+            "{name:<28} best: default {with:>10.1}  empty {without:>10.1} ({:+.1}%)  median of {} pairs {median:>5.1}% (range {:.1} to {:.1})  target ≤ 10%  {judge}",
+            (without / with - 1.0) * 100.0,
+            pairs.len(),
+            overheads[0],
+            overheads[overheads.len() - 1],
         );
     };
-    line(
-        "seq write MiB/s",
-        default.seq_write_mibs,
-        empty.seq_write_mibs,
-    );
-    line(
-        "create+4KiB+close files/s",
-        default.create_fps,
-        empty.create_fps,
-    );
+    line("seq write MiB/s", seq);
+    line("create+4KiB+close files/s", create);
 }
 
 fn report(s: &Sizes, t: &Figures, d: &Figures, td: &Figures) {
