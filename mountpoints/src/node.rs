@@ -6,6 +6,7 @@
 
 use agentfs_memory::{ChunkId, FileKind, Ino, InodeRecord, Piece};
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -140,18 +141,30 @@ impl DirEntries {
         self.by_name.get(name).map(|(ino, _, _)| *ino)
     }
 
+    /// Empty, with room for `n` entries (a copy of a directory of `n` entries).
+    pub fn with_capacity(n: usize) -> Self {
+        DirEntries {
+            by_name: HashMap::with_capacity(n),
+            ..Self::default()
+        }
+    }
+
     /// Adds or replaces `name`. A replaced entry keeps its cookie, so a reader iterating the
     /// directory sees it once.
     pub fn insert(&mut self, name: Vec<u8>, ino: Ino, kind: FileKind) {
-        if let Some(entry) = self.by_name.get_mut(&name) {
-            entry.0 = ino;
-            entry.1 = kind;
-            return;
+        match self.by_name.entry(name) {
+            Entry::Occupied(mut e) => {
+                let entry = e.get_mut();
+                entry.0 = ino;
+                entry.1 = kind;
+            }
+            Entry::Vacant(e) => {
+                let cookie = self.next_cookie;
+                self.next_cookie += 1;
+                self.by_cookie.insert(cookie, e.key().clone());
+                e.insert((ino, kind, cookie));
+            }
         }
-        let cookie = self.next_cookie;
-        self.next_cookie += 1;
-        self.by_cookie.insert(cookie, name.clone());
-        self.by_name.insert(name, (ino, kind, cookie));
     }
 
     pub fn remove(&mut self, name: &[u8]) -> Option<Ino> {
@@ -160,7 +173,6 @@ impl DirEntries {
         Some(ino)
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
