@@ -117,9 +117,10 @@ pub enum Slot {
 #[derive(Debug)]
 pub struct DirEntries {
     /// name → (inode, its kind, readdir cookie). The kind is kept here so readdir never has
-    /// to lock the children.
-    by_name: HashMap<Vec<u8>, (Ino, FileKind, u64)>,
-    by_cookie: BTreeMap<u64, Vec<u8>>,
+    /// to lock the children. A name is stored once for both maps, and shared with the
+    /// copies of this directory in checkpoints (names never change in place).
+    by_name: HashMap<Arc<[u8]>, (Ino, FileKind, u64)>,
+    by_cookie: BTreeMap<u64, Arc<[u8]>>,
     next_cookie: u64,
 }
 
@@ -152,6 +153,11 @@ impl DirEntries {
     /// Adds or replaces `name`. A replaced entry keeps its cookie, so a reader iterating the
     /// directory sees it once.
     pub fn insert(&mut self, name: Vec<u8>, ino: Ino, kind: FileKind) {
+        self.insert_shared(name.into(), ino, kind)
+    }
+
+    /// [`Self::insert`] of a name shared with another directory (a copy's).
+    pub fn insert_shared(&mut self, name: Arc<[u8]>, ino: Ino, kind: FileKind) {
         match self.by_name.entry(name) {
             Entry::Occupied(mut e) => {
                 let entry = e.get_mut();
@@ -188,14 +194,19 @@ impl DirEntries {
             .filter_map(|(cookie, name)| {
                 self.by_name
                     .get(name)
-                    .map(|(ino, kind, _)| (*cookie, name.as_slice(), *ino, *kind))
+                    .map(|(ino, kind, _)| (*cookie, &name[..], *ino, *kind))
             })
     }
 
     pub fn names(&self) -> impl Iterator<Item = (&[u8], Ino)> + '_ {
+        self.by_name.iter().map(|(n, (ino, _, _))| (&n[..], *ino))
+    }
+
+    /// The entries with their names shared, not copied: `(name, inode)`.
+    pub fn shared_names(&self) -> impl Iterator<Item = (Arc<[u8]>, Ino)> + '_ {
         self.by_name
             .iter()
-            .map(|(n, (ino, _, _))| (n.as_slice(), *ino))
+            .map(|(n, (ino, _, _))| (n.clone(), *ino))
     }
 }
 

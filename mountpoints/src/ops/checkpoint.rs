@@ -51,7 +51,7 @@ struct CopyPlan {
     /// Source inode → copy, so a hard-linked file stays one inode with several names.
     map: InoMap<Ino>,
     /// Entries made in directories that already exist (rollback into the live class dirs).
-    top: HashMap<Ino, Vec<(Vec<u8>, Ino, FileKind)>>,
+    top: HashMap<Ino, Vec<(Name, Ino, FileKind)>>,
     durable: Batch,
     volatile: Batch,
 }
@@ -76,10 +76,10 @@ impl CopyPlan {
         }
     }
 
-    fn add_entry(&mut self, dir: Ino, name: Vec<u8>, ino: Ino, kind: FileKind) {
+    fn add_entry(&mut self, dir: Ino, name: Name, ino: Ino, kind: FileKind) {
         if let Some(d) = self.made.get(&dir) {
             if let Some(d) = d.write().dir_mut() {
-                d.insert(name, ino, kind);
+                d.insert_shared(name, ino, kind);
                 return;
             }
         }
@@ -93,10 +93,22 @@ impl CopyPlan {
 
 type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// A directory entry's name, shared between a directory and its copies.
+type Name = Arc<[u8]>;
+
 /// Every node below `dir` (not `dir` itself): `(parent, name, ino)` per entry, parents first.
 type Entries = Vec<(Ino, Vec<u8>, Ino)>;
 
 impl Vfs {
+    /// The entries of directory `dir` with their names shared (no copy): `(name, inode)`.
+    fn shared_entries_of(&self, dir: Ino) -> Result<Vec<(Name, Ino)>> {
+        let node = self.node(dir)?;
+        let n = node.read();
+        Ok(n.dir()
+            .map(|d| d.shared_names().collect())
+            .unwrap_or_default())
+    }
+
     /// The entries of directory `dir`: `(name, inode)`.
     fn entries_of(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino)>> {
         let node = self.node(dir)?;
@@ -117,7 +129,7 @@ impl Vfs {
         agent: &Arc<str>,
     ) -> Result<()> {
         let queue = self
-            .entries_of(src_dir)?
+            .shared_entries_of(src_dir)?
             .into_iter()
             .map(|(name, child)| (name, child, dst_dir))
             .collect();
@@ -129,7 +141,7 @@ impl Vfs {
     fn copy_entries(
         &self,
         plan: &mut CopyPlan,
-        mut queue: Vec<(Vec<u8>, Ino, Ino)>,
+        mut queue: Vec<(Name, Ino, Ino)>,
         dst_class: Class,
         agent: &Arc<str>,
     ) -> Result<()> {
@@ -142,7 +154,7 @@ impl Vfs {
                     .map_or(FileKind::File, |n| n.read().attr.kind);
                 plan.batch(dst_class).push(Change::PutDirent {
                     parent: dst,
-                    name: name.clone(),
+                    name: name.to_vec(),
                     ino: copy,
                 });
                 plan.add_entry(dst, name, copy, kind);
@@ -158,7 +170,7 @@ impl Vfs {
                 dst_class,
                 Some(agent.clone()),
                 dst,
-                name.clone(),
+                name.to_vec(),
             );
             copy.xattrs = c.xattrs.clone();
             let chunks = match &c.body {
@@ -177,7 +189,7 @@ impl Vfs {
             batch.push(Change::PutInode(rec.clone()));
             batch.push(Change::PutDirent {
                 parent: dst,
-                name: name.clone(),
+                name: name.to_vec(),
                 ino,
             });
             if !chunks.is_empty() {
@@ -200,7 +212,7 @@ impl Vfs {
             plan.add_node(ino, copy);
             if is_dir {
                 queue.extend(
-                    self.entries_of(child)?
+                    self.shared_entries_of(child)?
                         .into_iter()
                         .map(|(name, grandchild)| (name, grandchild, ino)),
                 );
@@ -413,7 +425,7 @@ impl Vfs {
             }
             copy.xattrs = xattrs;
             plan.add_node(ino, copy);
-            plan.add_entry(root, class_name.to_vec(), ino, FileKind::Dir);
+            plan.add_entry(root, class_name.into(), ino, FileKind::Dir);
             self.copy_children(&mut plan, src, ino, Class::Checkpoint, &agent_name)?;
         }
         state_attr.nlink += 1;
@@ -577,7 +589,7 @@ impl Vfs {
                                 rb.kept += 1;
                             } else {
                                 replaced.insert(name.clone());
-                                copies.push((name.clone(), si, l));
+                                copies.push((Name::from(&name[..]), si, l));
                             }
                             same
                         }
@@ -597,7 +609,7 @@ impl Vfs {
                 // KILL dropped working memory.
                 rb.changed.insert(l);
                 rb.invalidate.push((l, name.clone()));
-                copies.push((name, si, l));
+                copies.push((name.into(), si, l));
             }
             self.copy_entries(&mut rb.copy, copies, class, agent)?;
         }
@@ -782,7 +794,7 @@ impl Vfs {
                             d.remove(&n);
                         }
                         for (n, i, k) in top.remove(ino).unwrap_or_default() {
-                            d.insert(n, i, k);
+                            d.insert_shared(n, i, k);
                         }
                     }
                     // An empty name: the directory's own attributes and listing.
