@@ -6,6 +6,7 @@
 
 use agentfs_memory::{ChunkId, FileKind, Ino, InodeRecord, Piece};
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -116,9 +117,10 @@ pub enum Slot {
 #[derive(Debug)]
 pub struct DirEntries {
     /// name → (inode, its kind, readdir cookie). The kind is kept here so readdir never has
-    /// to lock the children.
-    by_name: HashMap<Vec<u8>, (Ino, FileKind, u64)>,
-    by_cookie: BTreeMap<u64, Vec<u8>>,
+    /// to lock the children. A name is stored once for both maps, and shared with the
+    /// copies of this directory in checkpoints (names never change in place).
+    by_name: HashMap<Arc<[u8]>, (Ino, FileKind, u64)>,
+    by_cookie: BTreeMap<u64, Arc<[u8]>>,
     next_cookie: u64,
 }
 
@@ -140,18 +142,35 @@ impl DirEntries {
         self.by_name.get(name).map(|(ino, _, _)| *ino)
     }
 
+    /// Empty, with room for `n` entries (a copy of a directory of `n` entries).
+    pub fn with_capacity(n: usize) -> Self {
+        DirEntries {
+            by_name: HashMap::with_capacity(n),
+            ..Self::default()
+        }
+    }
+
     /// Adds or replaces `name`. A replaced entry keeps its cookie, so a reader iterating the
     /// directory sees it once.
     pub fn insert(&mut self, name: Vec<u8>, ino: Ino, kind: FileKind) {
-        if let Some(entry) = self.by_name.get_mut(&name) {
-            entry.0 = ino;
-            entry.1 = kind;
-            return;
+        self.insert_shared(name.into(), ino, kind)
+    }
+
+    /// [`Self::insert`] of a name shared with another directory (a copy's).
+    pub fn insert_shared(&mut self, name: Arc<[u8]>, ino: Ino, kind: FileKind) {
+        match self.by_name.entry(name) {
+            Entry::Occupied(mut e) => {
+                let entry = e.get_mut();
+                entry.0 = ino;
+                entry.1 = kind;
+            }
+            Entry::Vacant(e) => {
+                let cookie = self.next_cookie;
+                self.next_cookie += 1;
+                self.by_cookie.insert(cookie, e.key().clone());
+                e.insert((ino, kind, cookie));
+            }
         }
-        let cookie = self.next_cookie;
-        self.next_cookie += 1;
-        self.by_cookie.insert(cookie, name.clone());
-        self.by_name.insert(name, (ino, kind, cookie));
     }
 
     pub fn remove(&mut self, name: &[u8]) -> Option<Ino> {
@@ -160,7 +179,6 @@ impl DirEntries {
         Some(ino)
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
@@ -176,14 +194,19 @@ impl DirEntries {
             .filter_map(|(cookie, name)| {
                 self.by_name
                     .get(name)
-                    .map(|(ino, kind, _)| (*cookie, name.as_slice(), *ino, *kind))
+                    .map(|(ino, kind, _)| (*cookie, &name[..], *ino, *kind))
             })
     }
 
     pub fn names(&self) -> impl Iterator<Item = (&[u8], Ino)> + '_ {
+        self.by_name.iter().map(|(n, (ino, _, _))| (&n[..], *ino))
+    }
+
+    /// The entries with their names shared, not copied: `(name, inode)`.
+    pub fn shared_names(&self) -> impl Iterator<Item = (Arc<[u8]>, Ino)> + '_ {
         self.by_name
             .iter()
-            .map(|(n, (ino, _, _))| (n.as_slice(), *ino))
+            .map(|(n, (ino, _, _))| (n.clone(), *ino))
     }
 }
 

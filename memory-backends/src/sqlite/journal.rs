@@ -36,6 +36,7 @@
 //! Once the records are in SQLite and SQLite is synced, the old segments are deleted and a new
 //! segment is started, so a torn tail is dropped with its file.
 
+use super::encode;
 use super::errors;
 use super::packs::{sync_dir, Loc};
 use crate::audit::ChainHead;
@@ -172,8 +173,9 @@ fn parse_segment_name(name: &str) -> Option<u32> {
 /// Starts a record: room for the frame header, then the encoded batch. Done before the journal
 /// lock is taken; [`Journal::append`] adds the blob rows under it.
 pub(super) fn start_record(batch: &Batch) -> Result<Vec<u8>, StoreError> {
-    let buf = vec![0u8; FRAME_HEADER];
-    postcard::to_extend(batch, buf).map_err(encode_error)
+    let mut buf = Vec::with_capacity(FRAME_HEADER + encode::size_hint(batch));
+    buf.resize(FRAME_HEADER, 0);
+    encode::batch(batch, buf).map_err(encode_error)
 }
 
 fn encode_error(e: postcard::Error) -> StoreError {
@@ -808,6 +810,97 @@ mod tests {
                     ..Default::default()
                 }),
             ],
+        }
+    }
+
+    /// The hand-written encoder of the hot changes (`encode.rs`) writes exactly what postcard
+    /// writes, for edge values of every field (multi-byte varints, negative times, long names,
+    /// holes, pieces) and every kind.
+    #[test]
+    fn hand_encoding_is_postcard() {
+        let kinds = [
+            FileKind::File,
+            FileKind::Dir,
+            FileKind::Symlink,
+            FileKind::Fifo,
+            FileKind::Socket,
+            FileKind::CharDevice,
+            FileKind::BlockDevice,
+        ];
+        let ints = [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u32::MAX as u64,
+            u64::MAX,
+        ];
+        let times = [0i64, -1, 1, 63, -64, 64, i64::MIN, i64::MAX];
+        let mut changes = Vec::new();
+        for (i, &n) in ints.iter().enumerate() {
+            let t = times[i % times.len()];
+            let name = vec![b'a' + (i as u8); (n % 300) as usize];
+            changes.push(Change::PutInode(InodeRecord {
+                ino: n,
+                kind: kinds[i % kinds.len()],
+                perm: n as u16,
+                uid: n as u32,
+                gid: (n >> 3) as u32,
+                nlink: (n >> 7) as u32,
+                size: n.rotate_left(13),
+                atime: t,
+                mtime: t.wrapping_neg(),
+                ctime: t / 3,
+                crtime: i as i64,
+                rdev: n as u32,
+                symlink_target: name.clone(),
+            }));
+            changes.push(Change::PutDirent {
+                parent: n,
+                name: name.clone(),
+                ino: n ^ 5,
+            });
+            changes.push(Change::SetChunks {
+                ino: n,
+                chunks: (0..i as u64)
+                    .map(|k| {
+                        (
+                            k.wrapping_mul(n),
+                            (k % 3 != 1).then_some(ChunkId([k as u8; 32])),
+                        )
+                    })
+                    .collect(),
+            });
+            changes.push(Change::SetXattr {
+                ino: n,
+                name: name.clone(),
+                value: vec![7; i * 40],
+            });
+            changes.push(Change::SetPieces {
+                ino: n,
+                idx: n / 2,
+                pieces: (0..i)
+                    .map(|k| Piece {
+                        id: ChunkId([k as u8 ^ 0x5a; 32]),
+                        len: (n as u32).wrapping_add(k as u32),
+                    })
+                    .collect(),
+            });
+        }
+        changes.extend(sample().changes);
+        for batch in [
+            Batch::default(),
+            sample(),
+            Batch {
+                changes: changes.clone(),
+            },
+        ] {
+            let mut expected = vec![0u8; FRAME_HEADER];
+            expected = postcard::to_extend(&batch, expected).unwrap();
+            assert_eq!(start_record(&batch).unwrap(), expected);
         }
     }
 

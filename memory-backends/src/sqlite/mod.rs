@@ -12,6 +12,7 @@
 
 mod applier;
 mod auditlog;
+mod encode;
 mod errors;
 mod head;
 mod journal;
@@ -608,7 +609,19 @@ impl Store for SqliteStore {
         // Stamping the chunks keeps the garbage collector off them for a whole round, and the
         // check is repeated under the journal lock (which the collector holds while it removes
         // chunks), so no record can name a chunk without its blob row.
-        check_batch(&batch, |id| self.stamp(id))?;
+        {
+            // One read lock for the whole batch, not one per chunk (a snapshot names
+            // thousands).
+            let index = self.index.read();
+            let round = self.round.load(Ordering::Acquire);
+            check_batch(&batch, |id| match index.locs.get(id) {
+                Some(e) => {
+                    e.touch(round);
+                    true
+                }
+                None => false,
+            })?;
+        }
         if !batch.is_empty() || !self.index.read().pending.is_empty() {
             self.applier.admit()?;
             let frame = journal::start_record(&batch)?;

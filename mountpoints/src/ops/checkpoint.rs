@@ -14,9 +14,9 @@ use crate::caller::Caller;
 use crate::error::{Result, VfsError};
 use crate::mutate::Txn;
 use crate::names::check_name;
-use crate::node::{Body, Class, FileData, Node, Slot};
+use crate::node::{Body, Class, DirEntries, FileData, Node, Slot};
 use crate::ops::data::{push_slots, read_stored};
-use crate::vfs::{now_ns, Vfs};
+use crate::vfs::{now_ns, InoMap, NodeRef, Vfs};
 use agentfs_memory::TimeNs;
 use agentfs_memory::CHUNK_SIZE;
 use agentfs_memory::{AuditEntry, Batch, Change, Durability, FileKind, Ino, InodeRecord};
@@ -45,12 +45,13 @@ pub(crate) fn check_checkpoint_name(name: &[u8]) -> Result<()> {
 /// A copy of subtrees being prepared: new nodes and the store changes that create them.
 #[derive(Default)]
 struct CopyPlan {
-    /// New nodes by their (new) inode number.
-    made: HashMap<Ino, Node>,
+    /// New nodes by their (new) inode number, made as the table holds them (no one else
+    /// can see them until [`Vfs::insert_nodes`]), so inserting them moves pointers only.
+    made: InoMap<NodeRef>,
     /// Source inode → copy, so a hard-linked file stays one inode with several names.
-    map: HashMap<Ino, Ino>,
+    map: InoMap<Ino>,
     /// Entries made in directories that already exist (rollback into the live class dirs).
-    top: HashMap<Ino, Vec<(Vec<u8>, Ino, FileKind)>>,
+    top: HashMap<Ino, Vec<(Name, Ino, FileKind)>>,
     durable: Batch,
     volatile: Batch,
 }
@@ -60,7 +61,7 @@ impl CopyPlan {
     /// not spend its time growing (rehashing, moving) its maps and batch.
     fn with_capacity(nodes: usize) -> Self {
         Self {
-            made: HashMap::with_capacity(nodes),
+            made: InoMap::with_capacity_and_hasher(nodes, Default::default()),
             // A file and its entry, plus its chunk map.
             durable: Batch::with_capacity(3 * nodes),
             ..Self::default()
@@ -75,20 +76,39 @@ impl CopyPlan {
         }
     }
 
-    fn add_entry(&mut self, dir: Ino, name: Vec<u8>, ino: Ino, kind: FileKind) {
-        match self.made.get_mut(&dir).and_then(|d| d.dir_mut()) {
-            Some(d) => d.insert(name, ino, kind),
-            None => self.top.entry(dir).or_default().push((name, ino, kind)),
+    fn add_entry(&mut self, dir: Ino, name: Name, ino: Ino, kind: FileKind) {
+        if let Some(d) = self.made.get(&dir) {
+            if let Some(d) = d.write().dir_mut() {
+                d.insert_shared(name, ino, kind);
+                return;
+            }
         }
+        self.top.entry(dir).or_default().push((name, ino, kind));
+    }
+
+    fn add_node(&mut self, ino: Ino, node: Node) {
+        self.made.insert(ino, Arc::new(RwLock::new(node)));
     }
 }
 
 type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// A directory entry's name, shared between a directory and its copies.
+type Name = Arc<[u8]>;
+
 /// Every node below `dir` (not `dir` itself): `(parent, name, ino)` per entry, parents first.
 type Entries = Vec<(Ino, Vec<u8>, Ino)>;
 
 impl Vfs {
+    /// The entries of directory `dir` with their names shared (no copy): `(name, inode)`.
+    fn shared_entries_of(&self, dir: Ino) -> Result<Vec<(Name, Ino)>> {
+        let node = self.node(dir)?;
+        let n = node.read();
+        Ok(n.dir()
+            .map(|d| d.shared_names().collect())
+            .unwrap_or_default())
+    }
+
     /// The entries of directory `dir`: `(name, inode)`.
     fn entries_of(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino)>> {
         let node = self.node(dir)?;
@@ -109,7 +129,7 @@ impl Vfs {
         agent: &Arc<str>,
     ) -> Result<()> {
         let queue = self
-            .entries_of(src_dir)?
+            .shared_entries_of(src_dir)?
             .into_iter()
             .map(|(name, child)| (name, child, dst_dir))
             .collect();
@@ -121,17 +141,20 @@ impl Vfs {
     fn copy_entries(
         &self,
         plan: &mut CopyPlan,
-        mut queue: Vec<(Vec<u8>, Ino, Ino)>,
+        mut queue: Vec<(Name, Ino, Ino)>,
         dst_class: Class,
         agent: &Arc<str>,
     ) -> Result<()> {
         while let Some((name, child, dst)) = queue.pop() {
             if let Some(&copy) = plan.map.get(&child) {
                 // Another name of a hard-linked file already copied.
-                let kind = plan.made.get(&copy).map_or(FileKind::File, |n| n.attr.kind);
+                let kind = plan
+                    .made
+                    .get(&copy)
+                    .map_or(FileKind::File, |n| n.read().attr.kind);
                 plan.batch(dst_class).push(Change::PutDirent {
                     parent: dst,
-                    name: name.clone(),
+                    name: name.to_vec(),
                     ino: copy,
                 });
                 plan.add_entry(dst, name, copy, kind);
@@ -147,7 +170,7 @@ impl Vfs {
                 dst_class,
                 Some(agent.clone()),
                 dst,
-                name.clone(),
+                name.to_vec(),
             );
             copy.xattrs = c.xattrs.clone();
             let chunks = match &c.body {
@@ -155,6 +178,10 @@ impl Vfs {
                 _ => BTreeMap::new(),
             };
             let is_dir = c.is_dir();
+            if let Some(d) = c.dir() {
+                // Room for every entry up front: no rehash while the copy fills it.
+                copy.body = Body::Dir(DirEntries::with_capacity(d.len()));
+            }
             // Only a file with several names can be reached twice.
             let hard_linked = !is_dir && c.attr.nlink > 1;
             drop(c);
@@ -162,7 +189,7 @@ impl Vfs {
             batch.push(Change::PutInode(rec.clone()));
             batch.push(Change::PutDirent {
                 parent: dst,
-                name: name.clone(),
+                name: name.to_vec(),
                 ino,
             });
             if !chunks.is_empty() {
@@ -182,10 +209,10 @@ impl Vfs {
             if hard_linked {
                 plan.map.insert(child, ino);
             }
-            plan.made.insert(ino, copy);
+            plan.add_node(ino, copy);
             if is_dir {
                 queue.extend(
-                    self.entries_of(child)?
+                    self.shared_entries_of(child)?
                         .into_iter()
                         .map(|(name, grandchild)| (name, grandchild, ino)),
                 );
@@ -298,12 +325,10 @@ impl Vfs {
         }
     }
 
-    fn insert_nodes(&self, made: HashMap<Ino, Node>) {
+    fn insert_nodes(&self, made: InoMap<NodeRef>) {
         let mut nodes = self.nodes.write();
         nodes.reserve(made.len());
-        for (ino, node) in made {
-            nodes.insert(ino, Arc::new(RwLock::new(node)));
-        }
+        nodes.extend(made);
     }
 
     /// `mkdir AGENT/state/NAME`: a read-only copy of `mem/`, in one durable batch. Runs under
@@ -353,7 +378,7 @@ impl Vfs {
             symlink_target: Vec::new(),
         };
         let mut plan = CopyPlan::with_capacity(agent.usage(None).files as usize + 8);
-        plan.made.insert(
+        plan.add_node(
             root,
             Node::new(
                 root_rec.clone(),
@@ -399,8 +424,8 @@ impl Vfs {
                 });
             }
             copy.xattrs = xattrs;
-            plan.made.insert(ino, copy);
-            plan.add_entry(root, class_name.to_vec(), ino, FileKind::Dir);
+            plan.add_node(ino, copy);
+            plan.add_entry(root, class_name.into(), ino, FileKind::Dir);
             self.copy_children(&mut plan, src, ino, Class::Checkpoint, &agent_name)?;
         }
         state_attr.nlink += 1;
@@ -564,7 +589,7 @@ impl Vfs {
                                 rb.kept += 1;
                             } else {
                                 replaced.insert(name.clone());
-                                copies.push((name.clone(), si, l));
+                                copies.push((Name::from(&name[..]), si, l));
                             }
                             same
                         }
@@ -584,7 +609,7 @@ impl Vfs {
                 // KILL dropped working memory.
                 rb.changed.insert(l);
                 rb.invalidate.push((l, name.clone()));
-                copies.push((name, si, l));
+                copies.push((name.into(), si, l));
             }
             self.copy_entries(&mut rb.copy, copies, class, agent)?;
         }
@@ -731,6 +756,7 @@ impl Vfs {
             let committed = started.elapsed();
             // Counters: the new nodes count now; the removed ones leave through forget_node.
             for n in rb.copy.made.values() {
+                let n = n.read();
                 if let Some(ci) = n.class.memory_index() {
                     agent.add_files(ci, 1);
                     agent.add_bytes(ci, n.attr.size as i64);
@@ -741,7 +767,10 @@ impl Vfs {
                 .copy
                 .made
                 .iter()
-                .filter(|(_, n)| n.class == Class::Semantic && matches!(n.body, Body::File(_)))
+                .filter(|(_, n)| {
+                    let n = n.read();
+                    n.class == Class::Semantic && matches!(n.body, Body::File(_))
+                })
                 .map(|(ino, _)| *ino)
                 .collect();
             self.insert_nodes(std::mem::take(&mut rb.copy.made));
@@ -765,7 +794,7 @@ impl Vfs {
                             d.remove(&n);
                         }
                         for (n, i, k) in top.remove(ino).unwrap_or_default() {
-                            d.insert(n, i, k);
+                            d.insert_shared(n, i, k);
                         }
                     }
                     // An empty name: the directory's own attributes and listing.

@@ -407,7 +407,7 @@ pub(crate) fn push_slots<'a>(
     ino: Ino,
     slots: impl Iterator<Item = (u64, Option<&'a Slot>)>,
 ) {
-    let mut chunks = Vec::new();
+    let mut chunks = Vec::with_capacity(slots.size_hint().0);
     for (idx, slot) in slots {
         match slot {
             Some(Slot::Clean(id)) => chunks.push((idx, Some(*id))),
