@@ -1904,6 +1904,87 @@ fn other_uid_creates_and_owns_files() {
     }
 }
 
+/// As `uid`: opens `p` for writing and writes one byte at offset 0, or truncates it to 1 byte.
+fn user_write_or_truncate(uid: u32, p: &Path, truncate: bool) -> i32 {
+    let c = cstr(p);
+    as_user(uid, uid, || unsafe {
+        if truncate {
+            return if libc::truncate(c.as_ptr(), 1) != 0 {
+                last_errno()
+            } else {
+                0
+            };
+        }
+        let fd = libc::open(c.as_ptr(), libc::O_WRONLY);
+        if fd < 0 {
+            return last_errno();
+        }
+        let r = libc::pwrite(fd, b"y".as_ptr().cast(), 1, 0);
+        libc::close(fd);
+        if r != 1 {
+            last_errno()
+        } else {
+            0
+        }
+    })
+}
+
+/// Linux's rule (should_remove_suid): a write or truncate by a caller without CAP_FSETID
+/// clears set-user-ID, and set-group-ID when group-exec is set; root keeps both; chown
+/// clears them whoever does it.
+#[test]
+fn write_and_truncate_clear_suid_sgid_unless_privileged() {
+    let Some((_m, dirs)) = setup() else { return };
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    for (class, d) in &dirs {
+        for truncate in [false, true] {
+            let what = if truncate { "truncate" } else { "write" };
+            for (start, after_user) in [(0o6755, 0o0755), (0o6745, 0o2745), (0o4700, 0o0700)] {
+                let f = d.join(format!("suid-{what}-{start:o}"));
+                fs::write(&f, b"xx").unwrap();
+                std::os::unix::fs::chown(&f, Some(NOBODY), Some(NOBODY)).unwrap();
+                fs::set_permissions(&f, fs::Permissions::from_mode(start)).unwrap();
+                assert_eq!(mode(&f), start, "{class}: chmod {start:o}");
+                let r = user_write_or_truncate(NOBODY, &f, truncate);
+                assert_eq!(r, 0, "{class}: {what} by the owner: {}", errno_name(r));
+                assert_eq!(
+                    mode(&f),
+                    after_user,
+                    "{class}: {what} by uid {NOBODY} of a {start:o} file"
+                );
+                // Root (CAP_FSETID) keeps the bits.
+                fs::set_permissions(&f, fs::Permissions::from_mode(start)).unwrap();
+                if truncate {
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&f)
+                        .unwrap()
+                        .set_len(1)
+                        .unwrap();
+                } else {
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&f)
+                        .unwrap()
+                        .write_all_at(b"z", 0)
+                        .unwrap();
+                }
+                assert_eq!(
+                    mode(&f),
+                    start,
+                    "{class}: {what} by root of a {start:o} file"
+                );
+            }
+        }
+        // chown clears them, also done by root.
+        let f = d.join("suid-chown");
+        fs::write(&f, b"x").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o6755)).unwrap();
+        std::os::unix::fs::chown(&f, Some(NOBODY), Some(NOBODY)).unwrap();
+        assert_eq!(mode(&f), 0o0755, "{class}: chown by root of a 6755 file");
+    }
+}
+
 #[test]
 fn e26_chmod_by_non_owner_is_eperm() {
     let Some((_m, dirs)) = setup() else { return };

@@ -16,6 +16,24 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the calling process has `CAP_FSETID` in its effective set (then a truncate
+    /// keeps set-user-ID and set-group-ID), from `/proc/PID/status`. A process that is gone
+    /// has not; the daemon itself (pid 0) has.
+    pub fn has_cap_fsetid(&self) -> bool {
+        const CAP_FSETID: u32 = 4;
+        if self.pid == 0 {
+            return true;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
+            return false;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0)
+    }
+
     /// The daemon itself (mount-time work, shutdown flushes).
     pub fn kernel() -> Self {
         Caller {

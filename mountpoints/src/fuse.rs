@@ -1,7 +1,7 @@
 //! The FUSE adapter: kernel requests in, [`Vfs`] calls out, errors to errno. Nothing else
 //! lives here: every decision is the core's.
 
-use crate::{Admission, Attr, Caller, FileKind, SetAttr, TimeSet, Vfs, VfsError};
+use crate::{Admission, Attr, Caller, FileKind, KillSuidgid, SetAttr, TimeSet, Vfs, VfsError};
 use fuser::{
     AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption,
@@ -263,6 +263,10 @@ impl Filesystem for AgentFs {
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // The kernel then stops asking for `security.capability` before truncates and
+        // chowns (and before writes through the page cache) and leaves clearing set-user-ID
+        // and set-group-ID to us: see `KillSuidgid`.
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
 
@@ -304,6 +308,14 @@ impl Filesystem for AgentFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // The kernel's rule for FATTR_KILL_SUIDGID, which fuser 0.18 does not pass on.
+        let kill_suidgid = if uid.is_some() || gid.is_some() {
+            KillSuidgid::Yes
+        } else if size.is_some() {
+            KillSuidgid::UnlessCapFsetid
+        } else {
+            KillSuidgid::No
+        };
         let set = SetAttr {
             mode,
             uid,
@@ -311,6 +323,7 @@ impl Filesystem for AgentFs {
             size,
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
+            kill_suidgid,
         };
         self.gated(req, ino.0, move |vfs, caller, admitted| {
             reply_attr(
@@ -474,17 +487,21 @@ impl Filesystem for AgentFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let append = flags.0 & libc::O_APPEND != 0;
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let caller = self.caller(req);
         match self.vfs.admission(&caller, ino.0) {
             // The common case writes straight from the request buffer.
             Admission::Proceed => {
-                reply_written(reply, self.vfs.write(&caller, ino.0, offset, data, append))
+                let written = self
+                    .vfs
+                    .write_killing(&caller, ino.0, offset, data, append, kill);
+                reply_written(reply, written)
             }
             Admission::Refuse(e) => reply.error(e.to_errno()),
             Admission::Park(at) => {
@@ -493,8 +510,9 @@ impl Filesystem for AgentFs {
                 self.vfs.park(
                     at,
                     Box::new(move |admitted| {
-                        let result = admitted
-                            .and_then(|()| vfs.write(&caller, ino.0, offset, &data, append));
+                        let result = admitted.and_then(|()| {
+                            vfs.write_killing(&caller, ino.0, offset, &data, append, kill)
+                        });
                         reply_written(reply, result)
                     }),
                 );

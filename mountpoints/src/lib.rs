@@ -45,7 +45,7 @@ pub use caller::Caller;
 pub use control::{Admission, Parked, Waiting};
 pub use error::{Refusal, Result, VfsError};
 pub use gc::{start_collector, GcRound, GC_HOLD_FILE};
-pub use mutate::{SetAttr, TimeSet};
+pub use mutate::{KillSuidgid, SetAttr, TimeSet};
 pub use names::NAME_MAX;
 pub use periodic::Periodic;
 pub use vfs::{now_ns, Attr, DirEntry, FsStats, Invalidator, Opened, Vfs, ROOT_INO};
@@ -201,6 +201,20 @@ impl Vfs {
         data: &[u8],
         append: bool,
     ) -> Result<u32> {
+        self.write_killing(caller, ino, offset, data, append, false)
+    }
+
+    /// [`Vfs::write`] that also clears set-user-ID and set-group-ID when `kill_suidgid` (the
+    /// kernel asks so when the writer lacks `CAP_FSETID`; see [`KillSuidgid`]).
+    pub fn write_killing(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+        kill_suidgid: bool,
+    ) -> Result<u32> {
         if let Some(v) = sysfs::Virtual::of(self, ino) {
             // A file of `AGENT/policy/` is refused by the choke point (EROFS), below.
             if v.agent_view().is_none() {
@@ -214,6 +228,7 @@ impl Vfs {
                 offset,
                 data,
                 append,
+                kill_suidgid,
             },
         )? {
             Outcome::Written(n) => Ok(n),
@@ -221,7 +236,7 @@ impl Vfs {
         }
     }
 
-    pub fn setattr(&self, caller: &Caller, ino: Ino, set: SetAttr) -> Result<Attr> {
+    pub fn setattr(&self, caller: &Caller, ino: Ino, mut set: SetAttr) -> Result<Attr> {
         if let Some(v) = sysfs::Virtual::of(self, ino) {
             // `echo X > signal` opens with O_TRUNC: truncating a control file is a no-op.
             let only_truncate =
@@ -229,6 +244,18 @@ impl Vfs {
             if v.control_of().is_some() && only_truncate {
                 return self.getattr(caller, ino);
             }
+        }
+        if set.kill_suidgid == KillSuidgid::UnlessCapFsetid {
+            // Reading the caller's capabilities costs a /proc read: only for a file with a bit
+            // to clear (a bit set between this look and the change is left, as by a race).
+            let to_clear = self
+                .getattr(caller, ino)
+                .is_ok_and(|a| a.kind == FileKind::File && mutate::has_suidgid(a.perm));
+            set.kill_suidgid = if to_clear && !caller.has_cap_fsetid() {
+                KillSuidgid::Yes
+            } else {
+                KillSuidgid::No
+            };
         }
         self.attr_of(caller, self.mutate(caller, Mutation::SetAttr { ino, set })?)
     }

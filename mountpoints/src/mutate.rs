@@ -25,6 +25,39 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
+    /// Whether a regular file loses set-user-ID and set-group-ID ([`drop_suidgid`]); an
+    /// explicit `mode` is applied after.
+    pub kill_suidgid: KillSuidgid,
+}
+
+/// When a change clears set-user-ID and set-group-ID. With `FUSE_HANDLE_KILLPRIV_V2` the
+/// kernel leaves this to the file system: it asks on chown of a non-directory always, and on
+/// truncate and write when the caller lacks `CAP_FSETID`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum KillSuidgid {
+    #[default]
+    No,
+    Yes,
+    /// Yes unless the caller has `CAP_FSETID` (the core looks only when there is a bit to
+    /// clear): for a truncate, whose kernel flag (`FATTR_KILL_SUIDGID`) fuser 0.18 does not
+    /// pass on.
+    UnlessCapFsetid,
+}
+
+/// The permission bits after a write, truncate or chown that drops privileges, as Linux's
+/// `should_remove_suid`: set-user-ID always goes, set-group-ID only with group-exec (without
+/// it, the bit marks mandatory locking and stays).
+pub(crate) fn drop_suidgid(perm: u16) -> u16 {
+    let mut perm = perm & !0o4000;
+    if perm & 0o010 != 0 {
+        perm &= !0o2000;
+    }
+    perm
+}
+
+/// Whether [`drop_suidgid`] changes `perm`.
+pub(crate) fn has_suidgid(perm: u16) -> bool {
+    drop_suidgid(perm) != perm
 }
 
 /// A timestamp to set: a given time or "now".
@@ -80,6 +113,8 @@ pub(crate) enum Mutation<'a> {
         offset: u64,
         data: &'a [u8],
         append: bool,
+        /// Clear set-user-ID and set-group-ID (the kernel's `FUSE_WRITE_KILL_SUIDGID`).
+        kill_suidgid: bool,
     },
     SetAttr {
         ino: Ino,
@@ -508,8 +543,9 @@ impl Vfs {
                 offset,
                 data,
                 append,
+                kill_suidgid,
             } => self
-                .write_data(txn, ino, offset, data, append, located.class)
+                .write_data(txn, ino, offset, data, append, kill_suidgid, located.class)
                 .map(Outcome::Written),
             Mutation::SetAttr { ino, set } => self.set_attr(txn, ino, set).map(Outcome::Attr),
             Mutation::SetXattr {

@@ -2,7 +2,7 @@
 //! model-based test of random operation sequences against a plain in-memory model, including
 //! reloads from the durable store.
 
-use crate::{Caller, FileKind, Ino, SetAttr, Vfs, VfsError, ROOT_INO};
+use crate::{Caller, FileKind, Ino, KillSuidgid, SetAttr, Vfs, VfsError, ROOT_INO};
 use agentfs_memory::{RamStore, Store, CHUNK_SIZE};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -324,6 +324,61 @@ fn unlinked_open_file_keeps_working_until_close() {
     assert!(f.vfs.getattr(&op(), ino).is_err());
     f.restart();
     assert!(f.ino("a/mem/semantic/f").is_err());
+}
+
+/// Writes and truncates the kernel marks as unprivileged clear set-user-ID, and set-group-ID
+/// with group-exec (Linux's should_remove_suid); the change survives a restart.
+#[test]
+fn kill_suidgid_clears_setuid_and_exec_setgid() {
+    let mut f = Fixture::new();
+    f.agent("a");
+    let ino = f.write_file("a/mem/semantic", "tool", b"#!");
+    let perm = |f: &Fixture| f.vfs.getattr(&op(), ino).unwrap().perm;
+    let chmod = |f: &Fixture, mode| {
+        let set = SetAttr {
+            mode: Some(mode),
+            ..Default::default()
+        };
+        f.vfs.setattr(&op(), ino, set).unwrap();
+    };
+    chmod(&f, 0o6755);
+    f.vfs
+        .write_killing(&op(), ino, 0, b"x", false, false)
+        .unwrap();
+    assert_eq!(perm(&f), 0o6755, "a write without the flag keeps them");
+    f.vfs
+        .write_killing(&op(), ino, 0, b"x", false, true)
+        .unwrap();
+    assert_eq!(perm(&f), 0o0755);
+    chmod(&f, 0o6745);
+    f.vfs
+        .write_killing(&op(), ino, 0, b"x", false, true)
+        .unwrap();
+    assert_eq!(perm(&f), 0o2745, "setgid without group-exec stays");
+    chmod(&f, 0o6755);
+    let truncate = |kill| SetAttr {
+        size: Some(1),
+        kill_suidgid: kill,
+        ..Default::default()
+    };
+    // The daemon (pid 0) has CAP_FSETID.
+    f.vfs
+        .setattr(&op(), ino, truncate(KillSuidgid::UnlessCapFsetid))
+        .unwrap();
+    assert_eq!(perm(&f), 0o6755);
+    f.vfs
+        .setattr(&op(), ino, truncate(KillSuidgid::Yes))
+        .unwrap();
+    assert_eq!(perm(&f), 0o0755);
+    chmod(&f, 0o6755);
+    f.vfs.open_file(&op(), ino, libc::O_WRONLY).unwrap();
+    f.vfs
+        .write_killing(&op(), ino, 0, b"y", false, true)
+        .unwrap();
+    f.vfs.release(ino, 0).unwrap();
+    f.restart();
+    let ino = f.ino("a/mem/semantic/tool").unwrap();
+    assert_eq!(f.vfs.getattr(&op(), ino).unwrap().perm, 0o0755);
 }
 
 #[test]

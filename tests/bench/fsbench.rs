@@ -6,15 +6,22 @@
 //! * `tmpfs`              — a fresh tmpfs, the yardstick;
 //! * `agentfs disk`       — agentfs with its data dir on the normal disk (target/tmp);
 //! * `agentfs tmpfs-data` — agentfs with its data dir on a tmpfs, which takes the disk out
-//!   and leaves the cost of FUSE + the engine.
+//!   and leaves the cost of FUSE + the engine;
+//! * `FUSE floor`         — a minimal in-memory FUSE file system mounted with agentfs's
+//!   settings (floorfs.rs): what the kernel and the round trips cost, with no engine at all.
+//!   Create, stat and readdir only (it keeps no data); it also counts the requests per
+//!   created file.
 //!
 //! The workload runs in `MNT/bench/mem/<class>` (class `semantic` unless
 //! `AGENTFS_BENCH_CLASS` says otherwise). Figures are printed per target and as ratios to
 //! tmpfs, next to the project's targets with PASS/MISS. Informational: never fails on a miss.
-//! `AGENTFS_BENCH_QUICK=1` shrinks every size for a smoke run.
+//! `AGENTFS_BENCH_QUICK=1` shrinks every size for a smoke run. `AGENTFS_BENCH_ONLY=floor` runs
+//! only the floor and agentfs with its data dir on tmpfs; `AGENTFS_BENCH_ONLY=create` compares
+//! the create rate of `$AGENTFS_BIN_BASELINE` with the binary under test.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod floorfs;
 
 use common::*;
 use std::fs::{self, File};
@@ -42,6 +49,8 @@ struct Figures {
     unlink_fps: f64,
     rss_kib: Option<u64>,
     notes: Vec<String>,
+    /// The floor only: requests per created file, total and by opcode.
+    requests_per_create: Option<(f64, String)>,
 }
 
 fn main() {
@@ -54,6 +63,7 @@ fn main() {
         Ok("audit-reads") => return report_audit_reads_cost(),
         Ok("recorder") => return report_recorder_cost(),
         Ok("policy") => return report_policy_cost(),
+        Ok("create") => return report_baseline_create(),
         _ => {}
     }
     let quick = std::env::var("AGENTFS_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
@@ -91,12 +101,24 @@ fn main() {
         kernel(),
         loadavg()
     );
+    if std::env::var("AGENTFS_BENCH_ONLY").as_deref() == Ok("floor") {
+        // Without the growth part (minutes on agentfs, and not compared with the floor).
+        let sizes = Sizes {
+            grow_files: 0,
+            ..sizes
+        };
+        let fl = bench_floor(&sizes);
+        let td = bench_agentfs_tmpfs_data(&class, &sizes);
+        report_floor(&sizes, &fl, &td, None);
+        println!("fsbench: load average at the end {}", loadavg());
+        return;
+    }
 
     // 1. tmpfs yardstick.
     let tmp_root = fresh_dir("bench-tmpfs");
     let tmpfs_dir = tmp_root.join("fs");
     mount_tmpfs(&tmpfs_dir);
-    let t = run_workload("tmpfs", &tmpfs_dir, &sizes, None, false);
+    let t = run_workload("tmpfs", &tmpfs_dir, &sizes, None, false, None);
     umount(&tmpfs_dir);
     let _ = fs::remove_dir_all(&tmp_root);
 
@@ -119,17 +141,7 @@ fn main() {
     let _ = fs::remove_dir_all(&disk_root);
 
     // 3. agentfs, data dir on a tmpfs.
-    let td_root = fresh_dir("bench-tmpfsdata");
-    mount_tmpfs(&td_root.join("data-fs"));
-    let td = bench_agentfs(
-        "agentfs tmpfs-data",
-        td_root.join("mnt"),
-        td_root.join("data-fs/data"),
-        &class,
-        &sizes,
-    );
-    umount(&td_root.join("data-fs"));
-    let _ = fs::remove_dir_all(&td_root);
+    let td = bench_agentfs_tmpfs_data(&class, &sizes);
 
     // 4. The same as 3 with an empty policy: what the default policy costs.
     let np_root = fresh_dir("bench-nopolicy");
@@ -147,7 +159,11 @@ fn main() {
     umount(&np_root.join("data-fs"));
     let _ = fs::remove_dir_all(&np_root);
 
+    // 5. The FUSE floor.
+    let fl = bench_floor(&sizes);
+
     report(&sizes, &t, &d, &td);
+    report_floor(&sizes, &fl, &td, Some((&t, &d)));
     report_policy_overhead(
         &[(td.seq_write_mibs, np.seq_write_mibs)],
         &[(td.create_fps, np.create_fps)],
@@ -315,6 +331,101 @@ fn report_policy_cost() {
 const ALLOW_ALL_POLICY: &str =
     "[builtin]\nenabled = false\n\n[[allow]]\nname = \"all\"\npaths = [\"**\"]\n";
 
+fn bench_agentfs_tmpfs_data(class: &str, s: &Sizes) -> Figures {
+    let root = fresh_dir("bench-tmpfsdata");
+    mount_tmpfs(&root.join("data-fs"));
+    let td = bench_agentfs(
+        "agentfs tmpfs-data",
+        root.join("mnt"),
+        root.join("data-fs/data"),
+        class,
+        s,
+    );
+    umount(&root.join("data-fs"));
+    let _ = fs::remove_dir_all(&root);
+    td
+}
+
+/// The workload's create, stat and readdir parts on the FUSE floor, mounted with agentfs's
+/// default number of FUSE threads and agentfs's capabilities.
+fn bench_floor(s: &Sizes) -> Figures {
+    let root = fresh_dir("bench-floor");
+    let mnt = root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let floor = floorfs::mount(&mnt, FLOOR_THREADS, true).expect("mount the FUSE floor");
+    let f = run_workload("FUSE floor", &mnt, s, None, false, Some(&floor.counts));
+    drop(floor);
+    let _ = fs::remove_dir_all(&root);
+    f
+}
+
+/// agentfs's default FUSE worker threads (`agentfs_vfs::fuse::MountOptions::default()`).
+const FLOOR_THREADS: usize = 4;
+
+/// Requests per create on the floor without `FUSE_HANDLE_KILLPRIV_V2`: what the capability saves.
+fn floor_requests_without_killpriv(files: usize) -> (f64, String) {
+    let root = fresh_dir("bench-floor-nokillpriv");
+    let mnt = root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let floor = floorfs::mount(&mnt, FLOOR_THREADS, false).expect("mount the FUSE floor");
+    let before = floor.counts.snapshot();
+    create_rate(&mnt, files, &[b'x'; 4096]);
+    let out = per_file(&before, &floor.counts.snapshot(), files);
+    drop(floor);
+    let _ = fs::remove_dir_all(&root);
+    out
+}
+
+/// Requests between two snapshots divided by `files`: the total and "OP n.nn" by opcode.
+fn per_file(before: &[u64], after: &[u64], files: usize) -> (f64, String) {
+    let diff: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let total = diff.iter().sum::<u64>() as f64 / files as f64;
+    let by_op = floorfs::OPS
+        .iter()
+        .zip(&diff)
+        .filter(|(_, n)| **n > 0)
+        .map(|(op, n)| format!("{op} {:.2}", *n as f64 / files as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (total, by_op)
+}
+
+/// create + 4 KiB + close of 5,000 files by `$AGENTFS_BIN_BASELINE` and by the binary under
+/// test, data dir on a tmpfs, interleaved five times; best of each.
+fn report_baseline_create() {
+    let Some(baseline) = std::env::var_os("AGENTFS_BIN_BASELINE") else {
+        println!("fsbench create: set AGENTFS_BIN_BASELINE to the agentfs binary to compare with");
+        return;
+    };
+    let files = std::env::var("AGENTFS_BENCH_FILES").map_or(5_000, |v| v.parse().unwrap());
+    let rate = |binary: std::ffi::OsString| -> f64 {
+        let mount = |root: &Path| {
+            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None)
+                .with_binary(binary.clone())
+        };
+        on_tmpfs_data("bench-create", mount, |m| {
+            create_rate(&m.mem("bench", "semantic"), files, &[b'x'; 4096])
+        })
+    };
+    println!("fsbench create: load average at start {}", loadavg());
+    let (mut base, mut this) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        base.push(rate(baseline.clone()));
+        this.push(rate(bin()));
+    }
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let best = |v: &[f64]| v.iter().copied().fold(0f64, f64::max);
+    println!("\n=== create+4KiB+close ({files} files, data dir on tmpfs, interleaved, best of 5)");
+    println!("baseline {:>7.0} files/s  ({})", best(&base), show(&base));
+    println!("this     {:>7.0} files/s  ({})", best(&this), show(&this));
+    println!("fsbench create: load average at the end {}", loadavg());
+}
+
 fn bench_agentfs(name: &str, mnt: PathBuf, data: PathBuf, class: &str, s: &Sizes) -> Figures {
     bench_agentfs_with(name, mnt, data, class, s, &[])
 }
@@ -333,7 +444,7 @@ fn bench_agentfs_with(
     let dir = m.mem("bench", class);
     // Working memory does not survive a remount: there, "cold" only drops the kernel caches.
     let remount = class != "working";
-    run_workload(name, &dir, s, Some(&mut m), remount)
+    run_workload(name, &dir, s, Some(&mut m), remount, None)
     // `m` unmounts on drop.
 }
 
@@ -348,16 +459,15 @@ fn daemon_rss(m: Option<&Mount>) -> Option<u64> {
         .ok()
 }
 
-fn run_workload(
+/// Sequential write (1 MiB blocks, fsync) and cold sequential read of one file.
+fn seq_workload(
+    f: &mut Figures,
     name: &str,
     dir: &Path,
     s: &Sizes,
-    mut m: Option<&mut Mount>,
+    m: Option<&mut Mount>,
     remount_for_cold: bool,
-) -> Figures {
-    println!("\n== {name} ({})", dir.display());
-    let mut f = Figures::default();
-
+) {
     // Sequential write, 1 MiB blocks, fsync at the end.
     let block = pattern(42, 1 << 20);
     let seq = dir.join("seq.bin");
@@ -375,7 +485,7 @@ fn run_workload(
 
     // Cold sequential read: for agentfs a remount (drops the daemon's own caches), for all
     // targets a drop of the kernel's page, dentry and inode caches.
-    if let Some(m) = m.as_deref_mut().filter(|_| remount_for_cold) {
+    if let Some(m) = m.filter(|_| remount_for_cold) {
         m.remount();
     }
     drop_caches();
@@ -394,13 +504,36 @@ fn run_workload(
     assert_eq!(total, s.seq_mib << 20, "{name}: read back size");
     println!("  cold read  {:>10.0} MiB/s", f.seq_read_mibs);
     fs::remove_file(&seq).unwrap();
+}
+
+/// The workload in `dir`. On the floor (`floor` gives its request counts) only the parts
+/// that need no data: create, stat, readdir + lstat, unlink.
+fn run_workload(
+    name: &str,
+    dir: &Path,
+    s: &Sizes,
+    mut m: Option<&mut Mount>,
+    remount_for_cold: bool,
+    floor: Option<&floorfs::Counts>,
+) -> Figures {
+    println!("\n== {name} ({})", dir.display());
+    let mut f = Figures::default();
+    if floor.is_none() {
+        seq_workload(&mut f, name, dir, s, m.as_deref_mut(), remount_for_cold);
+    }
 
     // 4 KiB create + write + close.
     let small = dir.join("small");
     fs::create_dir(&small).unwrap();
     let four_k = pattern(7, 4096);
+    let before = floor.map(|c| c.snapshot());
     f.create_fps = create_rate(&small, s.small_files, &four_k);
     println!("  create     {:>10.0} files/s", f.create_fps);
+    if let (Some(c), Some(before)) = (floor, before) {
+        let (n, by_op) = per_file(&before, &c.snapshot(), s.small_files);
+        println!("  requests per created file: {n:.2} ({by_op})");
+        f.requests_per_create = Some((n, by_op));
+    }
 
     // stat, several passes.
     let paths: Vec<PathBuf> = (0..s.small_files)
@@ -434,29 +567,33 @@ fn run_workload(
         s.small_files, f.readdir_cold_ms, f.readdir_warm_ms
     );
 
-    // Create rate as one directory grows.
+    // Create rate as one directory grows (not on the floor: the create figure says enough;
+    // `AGENTFS_BENCH_ONLY=floor` leaves it out for agentfs too).
     let grow = dir.join("grow");
-    fs::create_dir(&grow).unwrap();
-    let mut band_start = Instant::now();
-    for i in 0..s.grow_files {
-        let mut fh = File::create(grow.join(format!("g{i:07}"))).unwrap();
-        fh.write_all(&four_k).unwrap();
-        drop(fh);
-        if (i + 1) % s.band == 0 {
-            f.grow_bands
-                .push(s.band as f64 / band_start.elapsed().as_secs_f64());
-            band_start = Instant::now();
+    let growth = floor.is_none() && s.grow_files > 0;
+    if growth {
+        fs::create_dir(&grow).unwrap();
+        let mut band_start = Instant::now();
+        for i in 0..s.grow_files {
+            let mut fh = File::create(grow.join(format!("g{i:07}"))).unwrap();
+            fh.write_all(&four_k).unwrap();
+            drop(fh);
+            if (i + 1) % s.band == 0 {
+                f.grow_bands
+                    .push(s.band as f64 / band_start.elapsed().as_secs_f64());
+                band_start = Instant::now();
+            }
         }
+        println!(
+            "  growth     {} files/s per {}-entry band",
+            f.grow_bands
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            s.band
+        );
     }
-    println!(
-        "  growth     {} files/s per {}-entry band",
-        f.grow_bands
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        s.band
-    );
 
     // Unlink rate.
     let t0 = Instant::now();
@@ -465,16 +602,18 @@ fn run_workload(
     }
     f.unlink_fps = s.small_files as f64 / t0.elapsed().as_secs_f64();
     println!("  unlink     {:>10.0} files/s", f.unlink_fps);
-    let t0 = Instant::now();
-    fs::remove_dir_all(&grow).unwrap();
-    let rm = t0.elapsed().as_secs_f64();
-    f.notes.push(format!(
-        "rm -r of the {}-entry dir: {:.2} s ({:.0} files/s)",
-        s.grow_files,
-        rm,
-        s.grow_files as f64 / rm
-    ));
-    println!("  {}", f.notes.last().unwrap());
+    if growth {
+        let t0 = Instant::now();
+        fs::remove_dir_all(&grow).unwrap();
+        let rm = t0.elapsed().as_secs_f64();
+        f.notes.push(format!(
+            "rm -r of the {}-entry dir: {:.2} s ({:.0} files/s)",
+            s.grow_files,
+            rm,
+            s.grow_files as f64 / rm
+        ));
+        println!("  {}", f.notes.last().unwrap());
+    }
     fs::remove_dir(&small).unwrap();
 
     f.rss_kib = daemon_rss(m.as_deref());
@@ -703,6 +842,71 @@ fn report(s: &Sizes, t: &Figures, d: &Figures, td: &Figures) {
         );
     }
     println!("(informational: the benchmark never fails on a MISS)");
+}
+
+/// The floor against agentfs (data dir on tmpfs; on disk too and tmpfs in a full run): how
+/// much of each figure is the transport. For rates the ratio is agentfs / floor (1.0 = all
+/// transport), for readdir ms floor / agentfs, so that 1.0 means "at the floor" in both.
+fn report_floor(s: &Sizes, fl: &Figures, td: &Figures, full: Option<(&Figures, &Figures)>) {
+    println!(
+        "\n=== FUSE floor (a minimal in-memory FUSE fs mounted like agentfs; share = how close \
+         agentfs is to it, 1.00 = at the floor)"
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>13} {:>7} {:>13} {:>7}",
+        "metric", "tmpfs", "floor", "agentfs-tmpd", "share", "agentfs-disk", "share"
+    );
+    let line = |name: &str, pick: fn(&Figures) -> f64, lower_is_better: bool| {
+        let share = |v: f64| {
+            if lower_is_better {
+                pick(fl) / v
+            } else {
+                v / pick(fl)
+            }
+        };
+        let (tmpfs, disk) = match full {
+            Some((t, d)) => (
+                format!("{:.1}", pick(t)),
+                format!("{:>13.1} {:>6.2}x", pick(d), share(pick(d))),
+            ),
+            None => ("-".into(), format!("{:>13} {:>7}", "-", "")),
+        };
+        println!(
+            "{:<34} {:>10} {:>10.1} {:>13.1} {:>6.2}x {}",
+            name,
+            tmpfs,
+            pick(fl),
+            pick(td),
+            share(pick(td)),
+            disk
+        );
+    };
+    line(
+        &format!("create+4KiB+close ({}) files/s", s.small_files),
+        |f| f.create_fps,
+        false,
+    );
+    line("stat /s", |f| f.stat_ps, false);
+    line(
+        &format!("readdir+lstat {} cold ms", s.small_files),
+        |f| f.readdir_cold_ms,
+        true,
+    );
+    line(
+        &format!("readdir+lstat {} warm ms", s.small_files),
+        |f| f.readdir_warm_ms,
+        true,
+    );
+    line(
+        &format!("unlink ({}) files/s", s.small_files),
+        |f| f.unlink_fps,
+        false,
+    );
+    if let Some((n, by_op)) = &fl.requests_per_create {
+        println!("floor requests per create+4KiB+close: {n:.2} ({by_op})");
+        let (n, by_op) = floor_requests_without_killpriv(s.small_files);
+        println!("  without FUSE_HANDLE_KILLPRIV_V2:     {n:.2} ({by_op})");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //! own lock and commit at once (a truncate without an open handle has no close to wait for).
 
 use crate::error::{Result, VfsError};
-use crate::mutate::{SetAttr, TimeSet, Txn};
+use crate::mutate::{drop_suidgid, KillSuidgid, SetAttr, TimeSet, Txn};
 use crate::node::{Body, Class};
 use crate::ops::data::mark_synced;
 use crate::vfs::{now_ns, Vfs};
@@ -48,14 +48,17 @@ impl Vfs {
             self.truncate_locked(&mut n, size)?;
             n.attr.mtime = now;
         }
-        if let Some(mode) = set.mode {
-            n.attr.perm = (mode & 0o7777) as u16;
-        }
         if let Some(uid) = set.uid {
             n.attr.uid = uid;
         }
         if let Some(gid) = set.gid {
             n.attr.gid = gid;
+        }
+        if set.kill_suidgid == KillSuidgid::Yes && n.attr.kind == FileKind::File {
+            n.attr.perm = drop_suidgid(n.attr.perm);
+        }
+        if let Some(mode) = set.mode {
+            n.attr.perm = (mode & 0o7777) as u16;
         }
         let resolve = |t: TimeSet| match t {
             TimeSet::Now => now,

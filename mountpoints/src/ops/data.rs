@@ -7,7 +7,7 @@
 //! most one partial chunk per file in RAM.
 
 use crate::error::{Result, VfsError};
-use crate::mutate::Txn;
+use crate::mutate::{drop_suidgid, Txn};
 use crate::node::{Body, Class, FileData, Node, Slot, StoredPrefix};
 use crate::vfs::{now_ns, Vfs};
 use agentfs_memory::{
@@ -26,6 +26,7 @@ const MAX_DIRTY_CHUNKS: usize = 256;
 const CHUNK: u64 = CHUNK_SIZE as u64;
 
 impl Vfs {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn write_data(
         &self,
         txn: &mut Txn,
@@ -33,6 +34,7 @@ impl Vfs {
         offset: u64,
         data: &[u8],
         append: bool,
+        kill_suidgid: bool,
         class: Class,
     ) -> Result<u32> {
         if data.is_empty() {
@@ -137,6 +139,10 @@ impl Vfs {
         n.attr.size = old_size.max(end);
         n.attr.mtime = now;
         n.attr.ctime = now;
+        if kill_suidgid {
+            // Committed with the data at close, like the size.
+            n.attr.perm = drop_suidgid(n.attr.perm);
+        }
         let grown = n.attr.size - old_size;
         if grown > 0 {
             self.count_bytes(&n, grown as i64);
