@@ -263,10 +263,6 @@ impl Filesystem for AgentFs {
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
-        // The kernel then stops asking for `security.capability` before truncates and
-        // chowns (and before writes through the page cache) and leaves clearing set-user-ID
-        // and set-group-ID to us: see `KillSuidgid`.
-        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
 
