@@ -18,6 +18,7 @@ use crate::vfs::Vfs;
 use agentfs_memory::search::{Hit, SearchError, SearchIndex};
 use agentfs_memory::{FileKind, Ino};
 use parking_lot::Mutex;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -226,10 +227,13 @@ impl Vfs {
                 ok = false;
             }
         }
-        for ino in copied {
-            ok &= self.index_file(*ino);
-        }
-        ok
+        // On all cores: reading the restored files back is most of a rollback's time after
+        // its commit, and it still runs on the request's thread (the rollback returns once
+        // the index has every update queued, in order before any later write of the agent).
+        ok & copied
+            .par_iter()
+            .map(|ino| self.index_file(*ino))
+            .reduce(|| true, |a, b| a && b)
     }
 
     /// After a namespace change succeeded: drop or move what the index holds.

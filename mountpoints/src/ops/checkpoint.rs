@@ -838,6 +838,7 @@ impl Vfs {
             commit_ms = (committed - copied).as_secs_f64() * 1e3,
             swap_ms = (swapped - committed).as_secs_f64() * 1e3,
             kernel_ms = (kernel - swapped).as_secs_f64() * 1e3,
+            index_ms = (started.elapsed() - kernel).as_secs_f64() * 1e3,
             "rolled back"
         );
         Ok(restored)
