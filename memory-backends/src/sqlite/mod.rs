@@ -348,16 +348,21 @@ impl SqliteStore {
     }
 }
 
+/// Marks chunk `id` as handed out in `round`, if `index` holds it.
+fn stamp_in(index: &Index, round: u64, id: &ChunkId) -> bool {
+    match index.locs.get(id) {
+        Some(e) => {
+            e.touch(round);
+            true
+        }
+        None => false,
+    }
+}
+
 impl SqliteStore {
     /// Marks chunk `id` as handed out in this round, if the store holds it.
     fn stamp(&self, id: &ChunkId) -> bool {
-        match self.index.read().locs.get(id) {
-            Some(e) => {
-                e.touch(self.round.load(Ordering::Acquire));
-                true
-            }
-            None => false,
-        }
+        stamp_in(&self.index.read(), self.round.load(Ordering::Acquire), id)
     }
 
     /// Every chunk a committed chunk map names, read through a connection of its own so the
@@ -614,13 +619,7 @@ impl Store for SqliteStore {
             // thousands).
             let index = self.index.read();
             let round = self.round.load(Ordering::Acquire);
-            check_batch(&batch, |id| match index.locs.get(id) {
-                Some(e) => {
-                    e.touch(round);
-                    true
-                }
-                None => false,
-            })?;
+            check_batch(&batch, |id| stamp_in(&index, round, id))?;
         }
         if !batch.is_empty() || !self.index.read().pending.is_empty() {
             self.applier.admit()?;
