@@ -30,9 +30,11 @@ pub struct SetAttr {
     pub kill_suidgid: KillSuidgid,
 }
 
-/// When a change clears set-user-ID and set-group-ID. With `FUSE_HANDLE_KILLPRIV_V2` the
-/// kernel leaves this to the file system: it asks on chown of a non-directory always, and on
-/// truncate and write when the caller lacks `CAP_FSETID`.
+/// When a change clears set-user-ID and set-group-ID: on chown of a non-directory always,
+/// on truncate and write when the caller lacks `CAP_FSETID` (Linux's rule). The kernel marks
+/// such a direct-I/O write itself; for truncate and chown it also sends the cleared mode
+/// (agentfs does not ask for `FUSE_HANDLE_KILLPRIV_V2`), and the core applies the rule on
+/// its own too, so the result does not depend on the kernel asking.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum KillSuidgid {
     #[default]
