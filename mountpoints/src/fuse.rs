@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long the kernel may cache names and attributes. Every change goes through this mount,
 /// so the kernel's cache stays right; changes the daemon makes on its own will invalidate.
-const TTL: Duration = Duration::from_secs(1);
+pub const TTL: Duration = Duration::from_secs(1);
 
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
@@ -71,6 +71,28 @@ pub fn mount(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> std::io::Result<Session<AgentFs>> {
+    let session = Session::new(AgentFs::new(vfs.clone()), mountpoint, &session_config(opts))?;
+    // A rollback replaces names the kernel may have cached (TTL): it drops them through this.
+    let notifier = session.notifier();
+    vfs.set_invalidator(Arc::new(move |ino, name: &[u8]| {
+        let result = if name.is_empty() {
+            notifier.inval_inode(INodeNo(ino), 0, 0)
+        } else {
+            notifier.inval_entry(INodeNo(ino), OsStr::from_bytes(name))
+        };
+        // ENOENT: the kernel had nothing cached, which is fine.
+        if let Err(e) = result {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, error = %e, "cache invalidation failed");
+            }
+        }
+    }));
+    Ok(session)
+}
+
+/// The fuser session settings agentfs mounts with (also the bench's FUSE floor's, so that
+/// it is mounted the same way).
+pub fn session_config(opts: &MountOptions) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
@@ -91,23 +113,16 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = Session::new(AgentFs::new(vfs.clone()), mountpoint, &config)?;
-    // A rollback replaces names the kernel may have cached (TTL): it drops them through this.
-    let notifier = session.notifier();
-    vfs.set_invalidator(Arc::new(move |ino, name: &[u8]| {
-        let result = if name.is_empty() {
-            notifier.inval_inode(INodeNo(ino), 0, 0)
-        } else {
-            notifier.inval_entry(INodeNo(ino), OsStr::from_bytes(name))
-        };
-        // ENOENT: the kernel had nothing cached, which is fine.
-        if let Err(e) = result {
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::debug!(ino, error = %e, "cache invalidation failed");
-            }
-        }
-    }));
-    Ok(session)
+    config
+}
+
+/// What agentfs asks of the kernel at `init` (also the bench's FUSE floor).
+pub fn negotiate(config: &mut KernelConfig) {
+    if let Err(nearest) = config.set_max_write(MAX_WRITE) {
+        let _ = config.set_max_write(nearest);
+    }
+    let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+    let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
 }
 
 /// The one place core errors become errno.
@@ -258,11 +273,7 @@ fn reply_written(reply: ReplyWrite, result: crate::Result<u32>) {
 
 impl Filesystem for AgentFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if let Err(nearest) = config.set_max_write(MAX_WRITE) {
-            let _ = config.set_max_write(nearest);
-        }
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        negotiate(config);
         Ok(())
     }
 

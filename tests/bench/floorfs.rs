@@ -1,29 +1,25 @@
 //! The FUSE floor: the least a FUSE file system can do, mounted the way agentfs mounts.
 //!
 //! An in-memory tree of attributes (a `HashMap` by inode) that discards file data: no store,
-//! no policy, no recording. It is mounted in-process with agentfs's settings — the same
-//! fuser `Config` (worker threads, `clone_fd`, `allow_other`, `default_permissions`, `nosuid`,
-//! `nodev`), the same TTLs, `FOPEN_DIRECT_IO` on open and create, `max_write` 1 MiB and the
-//! `READDIRPLUS` and `PARALLEL_DIROPS` capabilities — so what a workload costs on it is what
-//! the kernel and the FUSE round trips cost on this machine. Every request is counted by
+//! no policy, no recording. It is mounted in-process with agentfs's own settings — the fuser
+//! `Config` of `agentfs_vfs::fuse::session_config`, what `negotiate` asks of the kernel at
+//! `init`, the same TTL, and `FOPEN_DIRECT_IO` on open and create — so what a workload costs
+//! on it is what the kernel and the FUSE round trips cost on this machine. Every request is counted by
 //! opcode, to see how many a workload sends.
 
+use agentfs_vfs::fuse::{negotiate, session_config, MountOptions, TTL};
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr,
-    Request, Session, SessionACL, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request,
+    Session, TimeOrNow, WriteFlags,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-
-/// agentfs's entry and attribute timeout (mountpoints/src/fuse.rs).
-const TTL: Duration = Duration::from_secs(1);
-const MAX_WRITE: u32 = 1 << 20;
+use std::time::SystemTime;
 
 /// The requests the floor answers, in the order they are printed.
 pub const OPS: [&str; 17] = [
@@ -83,9 +79,9 @@ pub struct Mounted {
     _session: fuser::BackgroundSession,
 }
 
-/// Mounts a floor on `dir` (which must exist) with `threads` FUSE workers (agentfs's
-/// default). With `killpriv_v2` it also asks for `FUSE_HANDLE_KILLPRIV_V2`.
-pub fn mount(dir: &Path, threads: usize, killpriv_v2: bool) -> std::io::Result<Mounted> {
+/// Mounts a floor on `dir` (which must exist) with agentfs's default mount options. With
+/// `killpriv_v2` it also asks for `FUSE_HANDLE_KILLPRIV_V2`.
+pub fn mount(dir: &Path, killpriv_v2: bool) -> std::io::Result<Mounted> {
     let counts = Arc::new(Counts::default());
     let now = SystemTime::now();
     let root = Node {
@@ -100,17 +96,10 @@ pub fn mount(dir: &Path, threads: usize, killpriv_v2: bool) -> std::io::Result<M
         counts: counts.clone(),
         killpriv_v2,
     };
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("floor".into()),
-        MountOption::Subtype("floor".into()),
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::DefaultPermissions,
-    ];
-    config.acl = SessionACL::All;
-    config.n_threads = Some(threads);
-    config.clone_fd = true;
+    let config = session_config(&MountOptions {
+        fsname: "floor".into(),
+        ..MountOptions::default()
+    });
     let session = Session::new(fs, dir, &config)?.spawn()?;
     Ok(Mounted {
         counts,
@@ -218,11 +207,7 @@ impl Floor {
 
 impl Filesystem for Floor {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if let Err(nearest) = config.set_max_write(MAX_WRITE) {
-            let _ = config.set_max_write(nearest);
-        }
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        negotiate(config);
         if self.killpriv_v2 {
             let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         }

@@ -239,6 +239,30 @@ fn report_audit_reads_cost() {
     );
 }
 
+/// create + 4 KiB + close of `files` files by binary `a`, then by `b`, five times over, each
+/// on a fresh mount with its data dir on a tmpfs: the files/s of each run, `a`'s and `b`'s.
+fn interleaved_create_rates(
+    tag: &str,
+    a: &std::ffi::OsStr,
+    b: &std::ffi::OsStr,
+    files: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let rate = |binary: &std::ffi::OsStr| -> f64 {
+        let mount = |root: &Path| {
+            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None)
+                .with_binary(binary.to_os_string())
+        };
+        on_tmpfs_data(tag, mount, |m| {
+            create_rate(&m.mem("bench", "semantic"), files, &[b'x'; 4096])
+        })
+    };
+    (0..5).map(|_| (rate(a), rate(b))).unzip()
+}
+
+fn best_of(rates: &[f64]) -> f64 {
+    rates.iter().copied().fold(0f64, f64::max)
+}
+
 /// Creates of 4 KiB files (create, write, close) by the recording daemon and by a build
 /// whose recorder is compiled out (`$AGENTFS_BIN_NO_RECORDER`, built with `--features
 /// bench-no-recorder`; scripts/bench-recorder.sh builds both), data dir on a tmpfs,
@@ -248,21 +272,8 @@ fn report_recorder_cost() {
         println!("fsbench recorder: set AGENTFS_BIN_NO_RECORDER (see scripts/bench-recorder.sh)");
         return;
     };
-    const FILES: usize = 5_000;
-    let rate = |binary: std::ffi::OsString| -> f64 {
-        let mount = |root: &Path| {
-            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None)
-                .with_binary(binary.clone())
-        };
-        on_tmpfs_data("bench-recorder", mount, |m| {
-            create_rate(&m.mem("bench", "semantic"), FILES, &[b'x'; 4096])
-        })
-    };
-    let (mut with, mut off) = (0f64, 0f64);
-    for _ in 0..5 {
-        with = with.max(rate(bin()));
-        off = off.max(rate(without.clone()));
-    }
+    let (with, off) = interleaved_create_rates("bench-recorder", &bin(), &without, 5_000);
+    let (with, off) = (best_of(&with), best_of(&off));
     let cost = (off / with - 1.0) * 100.0;
     println!("\n=== flight recorder cost (create+4KiB+close, data dir on tmpfs, best of 5)");
     println!(
@@ -347,20 +358,17 @@ fn bench_agentfs_tmpfs_data(class: &str, s: &Sizes) -> Figures {
 }
 
 /// The workload's create, stat and readdir parts on the FUSE floor, mounted with agentfs's
-/// default number of FUSE threads and agentfs's capabilities.
+/// default mount options and capabilities.
 fn bench_floor(s: &Sizes) -> Figures {
     let root = fresh_dir("bench-floor");
     let mnt = root.join("mnt");
     fs::create_dir_all(&mnt).unwrap();
-    let floor = floorfs::mount(&mnt, FLOOR_THREADS, false).expect("mount the FUSE floor");
+    let floor = floorfs::mount(&mnt, false).expect("mount the FUSE floor");
     let f = run_workload("FUSE floor", &mnt, s, None, false, Some(&floor.counts));
     drop(floor);
     let _ = fs::remove_dir_all(&root);
     f
 }
-
-/// agentfs's default FUSE worker threads (`agentfs_vfs::fuse::MountOptions::default()`).
-const FLOOR_THREADS: usize = 4;
 
 /// Requests per create on the floor with `FUSE_HANDLE_KILLPRIV_V2` (agentfs does not ask for
 /// it): what the capability would save.
@@ -368,7 +376,7 @@ fn floor_requests_with_killpriv(files: usize) -> (f64, String) {
     let root = fresh_dir("bench-floor-killpriv");
     let mnt = root.join("mnt");
     fs::create_dir_all(&mnt).unwrap();
-    let floor = floorfs::mount(&mnt, FLOOR_THREADS, true).expect("mount the FUSE floor");
+    let floor = floorfs::mount(&mnt, true).expect("mount the FUSE floor");
     let before = floor.counts.snapshot();
     create_rate(&mnt, files, &[b'x'; 4096]);
     let out = per_file(&before, &floor.counts.snapshot(), files);
@@ -399,31 +407,25 @@ fn report_baseline_create() {
         return;
     };
     let files = std::env::var("AGENTFS_BENCH_FILES").map_or(5_000, |v| v.parse().unwrap());
-    let rate = |binary: std::ffi::OsString| -> f64 {
-        let mount = |root: &Path| {
-            Mount::unmounted(root.join("mnt"), root.join("data-fs/data"), None)
-                .with_binary(binary.clone())
-        };
-        on_tmpfs_data("bench-create", mount, |m| {
-            create_rate(&m.mem("bench", "semantic"), files, &[b'x'; 4096])
-        })
-    };
     println!("fsbench create: load average at start {}", loadavg());
-    let (mut base, mut this) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        base.push(rate(baseline.clone()));
-        this.push(rate(bin()));
-    }
+    let (base, this) = interleaved_create_rates("bench-create", &baseline, &bin(), files);
     let show = |v: &[f64]| {
         v.iter()
             .map(|r| format!("{r:.0}"))
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let best = |v: &[f64]| v.iter().copied().fold(0f64, f64::max);
     println!("\n=== create+4KiB+close ({files} files, data dir on tmpfs, interleaved, best of 5)");
-    println!("baseline {:>7.0} files/s  ({})", best(&base), show(&base));
-    println!("this     {:>7.0} files/s  ({})", best(&this), show(&this));
+    println!(
+        "baseline {:>7.0} files/s  ({})",
+        best_of(&base),
+        show(&base)
+    );
+    println!(
+        "this     {:>7.0} files/s  ({})",
+        best_of(&this),
+        show(&this)
+    );
     println!("fsbench create: load average at the end {}", loadavg());
 }
 
