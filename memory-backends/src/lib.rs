@@ -54,7 +54,14 @@ pub trait Store: Send + Sync {
     /// and returns its id. The chunk is not referenced by anything until a committed
     /// [`Change::SetChunks`] or [`Change::SetPieces`] names it; an unreferenced chunk may be
     /// reclaimed later.
-    fn put_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError>;
+    fn put_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError> {
+        self.put_hashed(ChunkId::of(data), data)
+    }
+
+    /// [`Store::put_chunk`] for a caller that has already hashed `data` (`id` is
+    /// `ChunkId::of(data)`), e.g. on all cores beside other work. A wrong `id` would make
+    /// the chunk readable under another chunk's address: only pass what `ChunkId::of` gave.
+    fn put_hashed(&self, id: ChunkId, data: &[u8]) -> Result<ChunkId, StoreError>;
 
     /// Copies bytes of chunk `id` starting at `offset` into `buf`; returns how many were copied
     /// (fewer than `buf.len()` when the chunk ends first, 0 at or past its end).

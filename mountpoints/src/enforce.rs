@@ -274,7 +274,12 @@ impl Vfs {
 
     /// Decides a write of `data` at `offset` into the file `n` (locked by the caller) of
     /// memory class `class_index`, on the bytes the file will hold around it.
-    pub(crate) fn decide_write(
+    ///
+    /// A large write is scanned in pieces on all cores, and `beside` (the write's own hashing)
+    /// runs in the same parallel pass: one trip into the thread pool per request instead of
+    /// two. Its result comes back when it ran; otherwise (`Ok(None)`) the caller runs it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide_write<R: Send>(
         &self,
         asker: &Asker,
         entry: &mut AuditEntry,
@@ -282,7 +287,8 @@ impl Vfs {
         offset: u64,
         data: &[u8],
         class_index: Option<usize>,
-    ) -> Result<()> {
+        beside: impl FnOnce() -> R + Send,
+    ) -> Result<Option<R>> {
         let old_size = n.attr.size;
         let end = offset + data.len() as u64;
         let new_size = old_size.max(end);
@@ -298,7 +304,7 @@ impl Vfs {
         };
         let w = asker.rules.window() as u64;
         if w == 0 {
-            return self.enforce(asker, entry, &base, true);
+            return self.enforce(asker, entry, &base, true).map(|()| None);
         }
         let hole = offset.saturating_sub(old_size);
         let mut bytes = Vec::new();
@@ -332,7 +338,7 @@ impl Vfs {
                 }),
                 ..base
             };
-            return self.enforce(asker, entry, &call, true);
+            return self.enforce(asker, entry, &call, true).map(|()| None);
         }
         let changed = offset.min(old_size)..end;
         let lo = changed.start.saturating_sub(w);
@@ -348,7 +354,9 @@ impl Vfs {
                 offset,
                 after: &after,
             };
-            return self.decide_in_pieces(asker, entry, &base, &around, new_size);
+            return self
+                .decide_in_pieces(asker, entry, &base, &around, new_size, beside)
+                .map(Some);
         }
         if hole > MAX_ZERO_FILL_SCAN {
             // Too long to scan: the short window makes the policy refuse (content-window).
@@ -367,7 +375,9 @@ impl Vfs {
                 offset: changed.start,
                 after: &[],
             };
-            return self.decide_in_pieces(asker, entry, &base, &around, new_size);
+            return self
+                .decide_in_pieces(asker, entry, &base, &around, new_size, beside)
+                .map(Some);
         }
         let call = Call {
             content: Some(Content {
@@ -378,21 +388,23 @@ impl Vfs {
             }),
             ..base
         };
-        self.enforce(asker, entry, &call, true)
+        self.enforce(asker, entry, &call, true).map(|()| None)
     }
 
     /// Decides a large change as pieces of [`SCAN_PIECE`] bytes scanned on all cores, each
     /// with its own window (exact: no match is longer than the window). The verdict of the
     /// piece that decides (the first refused, else the first with an audit finding, else the
-    /// first) is recorded and acted on; the rate limits charge the whole change.
-    fn decide_in_pieces(
+    /// first) is recorded and acted on; the rate limits charge the whole change. `beside` runs
+    /// in the same parallel pass; its result is returned when the change is allowed.
+    fn decide_in_pieces<R: Send>(
         &self,
         asker: &Asker,
         entry: &mut AuditEntry,
         base: &Call<'_>,
         around: &Around<'_>,
         file_size: u64,
-    ) -> Result<()> {
+        beside: impl FnOnce() -> R + Send,
+    ) -> Result<R> {
         let w = asker.rules.window() as u64;
         let changed = around.offset..around.end();
         let windows: Vec<(u64, Cow<'_, [u8]>, Range<u64>)> = changed
@@ -417,7 +429,10 @@ impl Vfs {
                 ..base.clone()
             })
             .collect();
-        let mut verdicts: Vec<Verdict> = pieces.par_iter().map(|c| asker.rules.decide(c)).collect();
+        let (mut verdicts, beside): (Vec<Verdict>, R) = rayon::join(
+            || pieces.par_iter().map(|c| asker.rules.decide(c)).collect(),
+            beside,
+        );
         let deciding = verdicts
             .iter()
             .position(|v| !v.is_allowed())
@@ -435,7 +450,8 @@ impl Vfs {
             ..base.clone()
         };
         let verdict = verdicts.swap_remove(deciding);
-        self.enforce_verdict(asker, entry, &pieces[deciding], verdict, Some(&whole))
+        self.enforce_verdict(asker, entry, &pieces[deciding], verdict, Some(&whole))?;
+        Ok(beside)
     }
 
     /// Decides a truncate of the file `n` (locked by the caller) to `new_size`, with the

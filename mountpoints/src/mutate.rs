@@ -278,10 +278,10 @@ enum CutGuard<'a> {
 
 /// False only in the bench-only build (`--features bench-no-recorder`) that measures what
 /// the flight recorder costs: never ship it.
-const RECORDING: bool = !cfg!(feature = "bench-no-recorder");
+pub(crate) const RECORDING: bool = !cfg!(feature = "bench-no-recorder");
 
 /// BLAKE3 of a write's bytes for its audit entry; large writes are hashed on all cores.
-fn hash_of(data: &[u8]) -> [u8; 32] {
+pub(crate) fn hash_of(data: &[u8]) -> [u8; 32] {
     if data.len() >= 128 << 10 {
         *blake3::Hasher::new()
             .update_rayon(data)
@@ -326,10 +326,14 @@ impl Vfs {
             path = %String::from_utf8_lossy(&located.path)
         );
         let _enter = span.enter();
+        // A write's hash is left to `write_data`, which computes it beside the content scan
+        // and the chunk hashes; the fallback after `apply` covers a write that never got there.
+        let written = match &m {
+            Mutation::Write { data, .. } if RECORDING => Some(*data),
+            _ => None,
+        };
         let (offset, size, data_hash) = match &m {
-            Mutation::Write { offset, data, .. } => {
-                (*offset, data.len() as u64, RECORDING.then(|| hash_of(data)))
-            }
+            Mutation::Write { offset, data, .. } => (*offset, data.len() as u64, None),
             Mutation::SetAttr { set, .. } => (0, set.size.unwrap_or(0), None),
             Mutation::Symlink { target, .. } => (0, 0, Some(*blake3::hash(target).as_bytes())),
             Mutation::SetXattr { value, .. } => (0, 0, Some(*blake3::hash(value).as_bytes())),
@@ -430,6 +434,9 @@ impl Vfs {
                     r
                 })
         };
+        if let (Some(data), None) = (written, &txn.entry.data_hash) {
+            txn.entry.data_hash = Some(hash_of(data));
+        }
         if let (Some(agent), Err(VfsError::Refused(r))) = (&agent, &result) {
             if r.killed {
                 // SIGPOLICY acts as KILL: bound processes get SIGKILL and working memory goes

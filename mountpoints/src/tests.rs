@@ -792,6 +792,41 @@ fn large_writes_are_scanned_in_pieces_exactly() {
     assert_eq!(f.vfs.getattr(&op(), ino).unwrap().size, 6 + len as u64);
 }
 
+/// A write's flight-record entry carries the BLAKE3 of its bytes however they were hashed:
+/// beside the scan of a large write (aligned or not), alone for a small one or one no policy
+/// scans, and after the policy refused it.
+#[test]
+fn write_entries_carry_the_hash_of_their_bytes() {
+    let f = Fixture::new();
+    f.agent("a");
+    let big: Vec<u8> = (0..(1usize << 20) + 4321)
+        .map(|i| b'a' + (i * 7 % 23) as u8)
+        .collect();
+    let mut secret = big.clone();
+    secret[300_000..300_022].copy_from_slice(b" AKIAIOSFODNN7EXAMPLE ");
+    let ino = f.write_file("a/mem/semantic", "big", b"");
+    let writes: [(u64, &[u8]); 4] = [(0, &big), (1000, &big), (5, b"small"), (0, &secret)];
+    for (offset, data) in writes {
+        let r = f.vfs.write(&op(), ino, offset, data, false);
+        assert_eq!(r.is_ok(), data != &secret[..], "write at {offset}");
+    }
+    f.vfs.flush_pending_audit().expect("flush");
+    let hashes: Vec<[u8; 32]> = f
+        .durable
+        .audit_after(0, Some("a"), 1000)
+        .expect("audit")
+        .into_iter()
+        .filter(|r| r.entry.op == "write")
+        .map(|r| r.entry.data_hash.expect("a write's entry has its hash"))
+        .collect();
+    // `write_file` wrote nothing first.
+    let want: Vec<[u8; 32]> = std::iter::once(&b""[..])
+        .chain(writes.iter().map(|(_, d)| *d))
+        .map(|d| *blake3::hash(d).as_bytes())
+        .collect();
+    assert_eq!(hashes, want);
+}
+
 // ----- policy views (sys/policy/, AGENT/policy/) --------------------------------------------
 
 const TEAM_POLICY: &str = "# team rules\n[[deny]]\nname = \"a-no-scripts\"\nagents = [\"a\"]\n\
@@ -1345,13 +1380,14 @@ struct CountingStore {
 }
 
 impl Store for CountingStore {
-    fn put_chunk(
+    fn put_hashed(
         &self,
+        id: agentfs_memory::ChunkId,
         data: &[u8],
     ) -> Result<agentfs_memory::ChunkId, agentfs_memory::StoreError> {
         self.put_bytes
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.inner.put_chunk(data)
+        self.inner.put_hashed(id, data)
     }
     fn read_at(
         &self,

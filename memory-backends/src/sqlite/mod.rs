@@ -559,9 +559,9 @@ fn first_missing(batch: &Batch, locs: &HashMap<ChunkId, Entry>) -> Option<ChunkI
 }
 
 impl Store for SqliteStore {
-    fn put_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError> {
+    fn put_hashed(&self, id: ChunkId, data: &[u8]) -> Result<ChunkId, StoreError> {
         check_chunk_len(data.len())?;
-        let id = ChunkId::of(data);
+        debug_assert_eq!(id, ChunkId::of(data), "put_hashed with another chunk's id");
         if self.stamp(&id) {
             return Ok(id);
         }

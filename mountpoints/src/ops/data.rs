@@ -7,7 +7,7 @@
 //! most one partial chunk per file in RAM.
 
 use crate::error::{Result, VfsError};
-use crate::mutate::{drop_suidgid, Txn};
+use crate::mutate::{drop_suidgid, hash_of, Txn, RECORDING};
 use crate::node::{Body, Class, FileData, Node, Slot, StoredPrefix};
 use crate::vfs::{now_ns, Vfs};
 use agentfs_memory::{
@@ -51,17 +51,25 @@ impl Vfs {
             .filter(|e| *e <= MAX_FILE_SIZE)
             .ok_or(VfsError::FileTooBig)?;
         txn.entry.offset = offset;
-        if let Some(asker) = &txn.asker {
+        let whole = whole_chunks(offset, data);
+        let audit = RECORDING && txn.entry.data_hash.is_none();
+        let hashed = match &txn.asker {
             // Decided under the write lock on the bytes the file will hold: no reader sees
             // the file between the decision and the change.
-            self.decide_write(
+            Some(asker) => self.decide_write(
                 asker,
                 &mut txn.entry,
                 &n,
                 offset,
                 data,
                 class.memory_index(),
-            )?;
+                || hash_write(data, &whole, audit),
+            )?,
+            None => None,
+        };
+        let hashed = hashed.unwrap_or_else(|| hash_write(data, &whole, audit));
+        if hashed.audit.is_some() {
+            txn.entry.data_hash = hashed.audit;
         }
         // After the policy: its append-only rule (a violation) answers first; this fixed
         // rule holds whatever the policy says.
@@ -74,19 +82,15 @@ impl Vfs {
         let Body::File(file) = &mut n.body else {
             return Err(VfsError::IsDir);
         };
-        // Chunks the write covers whole go straight to the store (no copy in RAM), hashed and
-        // stored in parallel: a 1 MiB write is eight independent chunks.
-        let whole = whole_chunks(offset, data);
+        // Chunks the write covers whole go straight to the store (no copy in RAM), stored in
+        // parallel: a 1 MiB write is eight independent chunks.
+        let put = |((idx, piece), id): (&(u64, &[u8]), &ChunkId)| {
+            (*idx, store.put_hashed(*id, piece).ok())
+        };
         let stored: Vec<(u64, Option<ChunkId>)> = if whole.len() > 1 {
-            whole
-                .par_iter()
-                .map(|(idx, piece)| (*idx, store.put_chunk(piece).ok()))
-                .collect()
+            whole.par_iter().zip(&hashed.chunks).map(put).collect()
         } else {
-            whole
-                .iter()
-                .map(|(idx, piece)| (*idx, store.put_chunk(piece).ok()))
-                .collect()
+            whole.iter().zip(&hashed.chunks).map(put).collect()
         };
         let mut pos = offset;
         let mut src = 0usize;
@@ -305,6 +309,36 @@ fn whole_chunks(offset: u64, data: &[u8]) -> Vec<(u64, &[u8])> {
             (idx, &data[start..start + CHUNK_SIZE])
         })
         .collect()
+}
+
+/// What a write hashes before it is applied.
+struct WriteHashes {
+    /// BLAKE3 of the written bytes, for the audit entry (when asked for).
+    audit: Option<[u8; 32]>,
+    /// The id of each chunk the write covers whole ([`whole_chunks`], same order).
+    chunks: Vec<ChunkId>,
+}
+
+/// Hashes `data` for the audit entry (`audit`) and each of its `whole` chunks for the store,
+/// on all cores when there is enough of it. Run beside the content scan of a large write
+/// (see [`Vfs::decide_write`]), so the policy adds no trip into the thread pool of its own.
+fn hash_write(data: &[u8], whole: &[(u64, &[u8])], audit: bool) -> WriteHashes {
+    let chunk_ids = || -> Vec<ChunkId> {
+        if whole.len() > 1 {
+            whole.par_iter().map(|(_, c)| ChunkId::of(c)).collect()
+        } else {
+            whole.iter().map(|(_, c)| ChunkId::of(c)).collect()
+        }
+    };
+    let (audit, chunks) = match (audit, whole.is_empty()) {
+        (false, _) => (None, chunk_ids()),
+        (true, true) => (Some(hash_of(data)), Vec::new()),
+        (true, false) => {
+            let (a, c) = rayon::join(|| hash_of(data), chunk_ids);
+            (Some(a), c)
+        }
+    };
+    WriteHashes { audit, chunks }
 }
 
 /// Puts `slot` at `idx`, keeping the count of dirty slots right.
