@@ -314,6 +314,30 @@ thread_local! {
     static FOLDED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Appends `src` folded to ASCII lower case to `dst`. One pass, not a copy and then a fold in
+/// place: that took a third of the scan's instructions (3.2 → 2.2 per byte of random data,
+/// 3.5 → 2.5 on code).
+fn fold_into(dst: &mut Vec<u8>, src: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { fold_avx2(dst, src) };
+    }
+    fold(dst, src)
+}
+
+/// [`fold`] compiled for AVX2: 32 bytes per step instead of the baseline's 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn fold_avx2(dst: &mut Vec<u8>, src: &[u8]) {
+    fold(dst, src)
+}
+
+#[inline(always)]
+fn fold(dst: &mut Vec<u8>, src: &[u8]) {
+    dst.extend(src.iter().map(u8::to_ascii_lowercase));
+}
+
 impl Prefilter {
     pub(crate) fn new(literals: &[Vec<u8>], max_len: usize) -> Result<Prefilter, String> {
         let kept = minimal(literals);
@@ -348,9 +372,7 @@ impl Prefilter {
         FOLDED.with(|buf| {
             let mut folded = buf.borrow_mut();
             folded.clear();
-            // One pass, not a copy and then a fold in place: that took a third of the
-            // scan's instructions (3.2 → 2.2 per byte of random data, 3.5 → 2.5 on code).
-            folded.extend(haystack[range.clone()].iter().map(u8::to_ascii_lowercase));
+            fold_into(&mut folded, &haystack[range.clone()]);
             let finder = match folded.len() < SHORT_RANGE {
                 true => &self.whole,
                 false => &self.teddy,
@@ -428,6 +450,21 @@ mod tests {
         assert_eq!(p.regions(&hay, 0..hay.len()), Some(vec![0..8, 22..32]));
         // Candidates over more than half the range: search it all instead.
         assert_eq!(p.regions(&hay, 0..30), None);
+    }
+
+    #[test]
+    fn fold_maps_exactly_a_to_z_at_every_length() {
+        let src: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        for len in [0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 256, 700] {
+            let mut out = b"kept".to_vec();
+            fold_into(&mut out, &src[..len]);
+            let want: Vec<u8> = b"kept"
+                .iter()
+                .chain(&src[..len])
+                .map(|b| if b.is_ascii_uppercase() { b + 32 } else { *b })
+                .collect();
+            assert_eq!(out, want, "length {len}");
+        }
     }
 
     #[test]
