@@ -15,8 +15,9 @@
 use crate::agent::Agent;
 use crate::error::{Refusal, Result, VfsError};
 use crate::node::Node;
+use crate::ops::data::{WriteHashes, WriteHashing};
 use crate::vfs::{now_ns, Vfs};
-use agentfs_memory::{AuditEntry, FileKind as StoreKind};
+use agentfs_memory::{AuditEntry, ChunkId, FileKind as StoreKind};
 use agentfs_policy::{
     Call, Content, Decision, FileKind, Op, Ruleset, SizeChange, Usage, UsageChange, Verdict,
 };
@@ -275,20 +276,19 @@ impl Vfs {
     /// Decides a write of `data` at `offset` into the file `n` (locked by the caller) of
     /// memory class `class_index`, on the bytes the file will hold around it.
     ///
-    /// A large write is scanned in pieces on all cores, and `beside` (the write's own hashing)
-    /// runs in the same parallel pass: one trip into the thread pool per request instead of
-    /// two. Its result comes back when it ran; otherwise (`Ok(None)`) the caller runs it.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn decide_write<R: Send>(
+    /// A large write is scanned in pieces on all cores, and its own `hashing` is done in the
+    /// same parallel pass (see [`Vfs::decide_in_pieces`]); its result comes back when it was,
+    /// otherwise (`Ok(None)`) the caller hashes.
+    pub(crate) fn decide_write(
         &self,
         asker: &Asker,
         entry: &mut AuditEntry,
         n: &Node,
-        offset: u64,
         data: &[u8],
         class_index: Option<usize>,
-        beside: impl FnOnce() -> R + Send,
-    ) -> Result<Option<R>> {
+        hashing: &WriteHashing<'_>,
+    ) -> Result<Option<WriteHashes>> {
+        let offset = hashing.offset();
         let old_size = n.attr.size;
         let end = offset + data.len() as u64;
         let new_size = old_size.max(end);
@@ -355,7 +355,7 @@ impl Vfs {
                 after: &after,
             };
             return self
-                .decide_in_pieces(asker, entry, &base, &around, new_size, beside)
+                .decide_in_pieces(asker, entry, &base, &around, new_size, hashing)
                 .map(Some);
         }
         if hole > MAX_ZERO_FILL_SCAN {
@@ -376,7 +376,7 @@ impl Vfs {
                 after: &[],
             };
             return self
-                .decide_in_pieces(asker, entry, &base, &around, new_size, beside)
+                .decide_in_pieces(asker, entry, &base, &around, new_size, hashing)
                 .map(Some);
         }
         let call = Call {
@@ -394,17 +394,22 @@ impl Vfs {
     /// Decides a large change as pieces of [`SCAN_PIECE`] bytes scanned on all cores, each
     /// with its own window (exact: no match is longer than the window). The verdict of the
     /// piece that decides (the first refused, else the first with an audit finding, else the
-    /// first) is recorded and acted on; the rate limits charge the whole change. `beside` runs
-    /// in the same parallel pass; its result is returned when the change is allowed.
-    fn decide_in_pieces<R: Send>(
+    /// first) is recorded and acted on; the rate limits charge the whole change.
+    ///
+    /// The write's `hashing` runs in the same parallel pass, so the policy adds no trip into
+    /// the thread pool of its own: the task scanning a piece first hashes the chunks that
+    /// start in it, which brings the piece into that core's cache for the scan; the audit
+    /// hash of the whole write runs beside. The hashes are returned when the change is
+    /// allowed.
+    fn decide_in_pieces(
         &self,
         asker: &Asker,
         entry: &mut AuditEntry,
         base: &Call<'_>,
         around: &Around<'_>,
         file_size: u64,
-        beside: impl FnOnce() -> R + Send,
-    ) -> Result<R> {
+        hashing: &WriteHashing<'_>,
+    ) -> Result<WriteHashes> {
         let w = asker.rules.window() as u64;
         let changed = around.offset..around.end();
         let windows: Vec<(u64, Cow<'_, [u8]>, Range<u64>)> = changed
@@ -429,10 +434,20 @@ impl Vfs {
                 ..base.clone()
             })
             .collect();
-        let (mut verdicts, beside): (Vec<Verdict>, R) = rayon::join(
-            || pieces.par_iter().map(|c| asker.rules.decide(c)).collect(),
-            beside,
+        let (decided, audit): (Vec<(Verdict, Vec<ChunkId>)>, _) = rayon::join(
+            || {
+                pieces
+                    .par_iter()
+                    .zip(&windows)
+                    .map(|(call, (_, _, piece))| {
+                        let chunks = hashing.chunks_starting_in(piece.clone());
+                        (asker.rules.decide(call), chunks)
+                    })
+                    .collect()
+            },
+            || hashing.audit_hash(),
         );
+        let (mut verdicts, chunks): (Vec<Verdict>, Vec<Vec<ChunkId>>) = decided.into_iter().unzip();
         let deciding = verdicts
             .iter()
             .position(|v| !v.is_allowed())
@@ -451,7 +466,10 @@ impl Vfs {
         };
         let verdict = verdicts.swap_remove(deciding);
         self.enforce_verdict(asker, entry, &pieces[deciding], verdict, Some(&whole))?;
-        Ok(beside)
+        Ok(WriteHashes {
+            audit,
+            chunks: chunks.into_iter().flatten().collect(),
+        })
     }
 
     /// Decides a truncate of the file `n` (locked by the caller) to `new_size`, with the

@@ -15,6 +15,7 @@ use agentfs_memory::{
     MAX_PIECES,
 };
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Writes past 1 TiB get EFBIG.
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
@@ -51,8 +52,12 @@ impl Vfs {
             .filter(|e| *e <= MAX_FILE_SIZE)
             .ok_or(VfsError::FileTooBig)?;
         txn.entry.offset = offset;
-        let whole = whole_chunks(offset, data);
-        let audit = RECORDING && txn.entry.data_hash.is_none();
+        let hashing = WriteHashing {
+            data,
+            offset,
+            whole: whole_chunks(offset, data),
+            audit: RECORDING && txn.entry.data_hash.is_none(),
+        };
         let hashed = match &txn.asker {
             // Decided under the write lock on the bytes the file will hold: no reader sees
             // the file between the decision and the change.
@@ -60,14 +65,22 @@ impl Vfs {
                 asker,
                 &mut txn.entry,
                 &n,
-                offset,
                 data,
                 class.memory_index(),
-                || hash_write(data, &whole, audit),
+                &hashing,
             )?,
             None => None,
         };
-        let hashed = hashed.unwrap_or_else(|| hash_write(data, &whole, audit));
+        // Pieces that tile the write hash every whole chunk once; were one missed, its
+        // bytes would be dropped below, so check rather than trust.
+        debug_assert!(hashed
+            .as_ref()
+            .is_none_or(|h| h.chunks.len() == hashing.whole.len()));
+        let hashed = match hashed {
+            Some(h) if h.chunks.len() == hashing.whole.len() => h,
+            _ => hashing.all(),
+        };
+        let whole = hashing.whole;
         if hashed.audit.is_some() {
             txn.entry.data_hash = hashed.audit;
         }
@@ -311,34 +324,61 @@ fn whole_chunks(offset: u64, data: &[u8]) -> Vec<(u64, &[u8])> {
         .collect()
 }
 
-/// What a write hashes before it is applied.
-struct WriteHashes {
-    /// BLAKE3 of the written bytes, for the audit entry (when asked for).
-    audit: Option<[u8; 32]>,
-    /// The id of each chunk the write covers whole ([`whole_chunks`], same order).
-    chunks: Vec<ChunkId>,
+/// What a write hashes before it is applied: its bytes for the audit entry (when `audit`)
+/// and each chunk it covers whole, for the store. A large write does it beside its content
+/// scan ([`Vfs::decide_write`]); otherwise [`WriteHashing::all`] does it on its own.
+pub(crate) struct WriteHashing<'a> {
+    data: &'a [u8],
+    /// Where `data` goes in the file.
+    offset: u64,
+    /// The chunks `data` covers whole ([`whole_chunks`]).
+    whole: Vec<(u64, &'a [u8])>,
+    audit: bool,
 }
 
-/// Hashes `data` for the audit entry (`audit`) and each of its `whole` chunks for the store,
-/// on all cores when there is enough of it. Run beside the content scan of a large write
-/// (see [`Vfs::decide_write`]), so the policy adds no trip into the thread pool of its own.
-fn hash_write(data: &[u8], whole: &[(u64, &[u8])], audit: bool) -> WriteHashes {
-    let chunk_ids = || -> Vec<ChunkId> {
-        if whole.len() > 1 {
-            whole.par_iter().map(|(_, c)| ChunkId::of(c)).collect()
-        } else {
-            whole.iter().map(|(_, c)| ChunkId::of(c)).collect()
-        }
-    };
-    let (audit, chunks) = match (audit, whole.is_empty()) {
-        (false, _) => (None, chunk_ids()),
-        (true, true) => (Some(hash_of(data)), Vec::new()),
-        (true, false) => {
-            let (a, c) = rayon::join(|| hash_of(data), chunk_ids);
-            (Some(a), c)
-        }
-    };
-    WriteHashes { audit, chunks }
+/// The hashes of a [`WriteHashing`].
+pub(crate) struct WriteHashes {
+    pub audit: Option<[u8; 32]>,
+    /// The id of each whole chunk, in the order of [`WriteHashing::whole`].
+    pub chunks: Vec<ChunkId>,
+}
+
+impl WriteHashing<'_> {
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The audit hash, on all cores for a large write; `None` when not asked for.
+    pub(crate) fn audit_hash(&self) -> Option<[u8; 32]> {
+        self.audit.then(|| hash_of(self.data))
+    }
+
+    /// The ids of the whole chunks that start in `range` (file offsets), in order. Ranges
+    /// that tile the write hash each chunk once.
+    pub(crate) fn chunks_starting_in(&self, range: Range<u64>) -> Vec<ChunkId> {
+        self.whole
+            .iter()
+            .filter(|(idx, _)| range.contains(&(idx * CHUNK)))
+            .map(|(_, chunk)| ChunkId::of(chunk))
+            .collect()
+    }
+
+    /// Every hash, on all cores when there is enough to share.
+    pub(crate) fn all(&self) -> WriteHashes {
+        let chunk_ids = || -> Vec<ChunkId> {
+            if self.whole.len() > 1 {
+                self.whole.par_iter().map(|(_, c)| ChunkId::of(c)).collect()
+            } else {
+                self.whole.iter().map(|(_, c)| ChunkId::of(c)).collect()
+            }
+        };
+        let (audit, chunks) = match (self.audit, self.whole.is_empty()) {
+            (false, _) => (None, chunk_ids()),
+            (true, true) => (self.audit_hash(), Vec::new()),
+            (true, false) => rayon::join(|| self.audit_hash(), chunk_ids),
+        };
+        WriteHashes { audit, chunks }
+    }
 }
 
 /// Puts `slot` at `idx`, keeping the count of dirty slots right.
