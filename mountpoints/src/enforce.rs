@@ -276,9 +276,9 @@ impl Vfs {
     /// Decides a write of `data` at `offset` into the file `n` (locked by the caller) of
     /// memory class `class_index`, on the bytes the file will hold around it.
     ///
-    /// A large write is scanned in pieces on all cores, and its own `hashing` is done in the
-    /// same parallel pass (see [`Vfs::decide_in_pieces`]); its result comes back when it was,
-    /// otherwise (`Ok(None)`) the caller hashes.
+    /// A large write is scanned in pieces on all cores, and its `hashing` is done in the same
+    /// parallel pass (see [`Vfs::decide_in_pieces`]), which returns the hashes. `Ok(None)`:
+    /// the write was decided without that pass, and the caller hashes.
     pub(crate) fn decide_write(
         &self,
         asker: &Asker,
