@@ -75,7 +75,7 @@ impl Class {
 /// A file's content: chunk slots by index. A missing slot is a hole and reads as zeros.
 #[derive(Debug, Default)]
 pub struct FileData {
-    pub slots: BTreeMap<u64, Slot>,
+    pub slots: Slots,
     /// Slot indexes changed since the last commit.
     pub unsynced: BTreeSet<u64>,
     /// Lowest chunk index dropped by a truncate since the last commit.
@@ -90,6 +90,72 @@ pub struct FileData {
     /// For a dirty slot loaded from the store, the stored pieces its first bytes still are,
     /// so that sealing it stores only what was added after them (see [`StoredPrefix`]).
     pub stored_prefix: HashMap<u64, StoredPrefix>,
+}
+
+/// A file's chunk map, shared copy-on-write between a file and its copies in checkpoints.
+///
+/// A snapshot of 10,000 files used to build a new map per file (a ~540-byte B-tree leaf for
+/// a one-chunk file, fresh memory each time); a copy now takes a reference to the source's
+/// map when every slot is stored (`Clean` or `Pieces`, which are immutable and addressed by
+/// hash). The first change of a shared map — a write to the live file after a snapshot, or
+/// to a file a rollback restored — clones it ([`Arc::make_mut`]), so neither side ever sees
+/// the other's changes. Reads go through [`Deref`](std::ops::Deref) to the map; the few
+/// mutating methods the write path uses are here, so it reads as before. No map at all (no
+/// allocation) for a file without chunks.
+#[derive(Debug, Default, Clone)]
+pub struct Slots(Option<Arc<BTreeMap<u64, Slot>>>);
+
+/// What an empty [`Slots`] reads as.
+static NO_SLOTS: BTreeMap<u64, Slot> = BTreeMap::new();
+
+impl std::ops::Deref for Slots {
+    type Target = BTreeMap<u64, Slot>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().unwrap_or(&NO_SLOTS)
+    }
+}
+
+impl<'a> IntoIterator for &'a Slots {
+    type Item = (&'a u64, &'a Slot);
+    type IntoIter = std::collections::btree_map::Iter<'a, u64, Slot>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl From<BTreeMap<u64, Slot>> for Slots {
+    fn from(map: BTreeMap<u64, Slot>) -> Self {
+        Slots((!map.is_empty()).then(|| Arc::new(map)))
+    }
+}
+
+impl Slots {
+    /// The map, for a change: cloned first if a copy shares it.
+    fn map_mut(&mut self) -> &mut BTreeMap<u64, Slot> {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default))
+    }
+
+    pub fn insert(&mut self, idx: u64, slot: Slot) -> Option<Slot> {
+        self.map_mut().insert(idx, slot)
+    }
+
+    /// Removes slot `idx`; a map shared with a copy is cloned only if it holds `idx`.
+    pub fn remove(&mut self, idx: &u64) -> Option<Slot> {
+        if !self.contains_key(idx) {
+            return None;
+        }
+        self.map_mut().remove(idx)
+    }
+
+    /// Slot `idx` for a change; a map shared with a copy is cloned only if it holds `idx`.
+    pub fn get_mut(&mut self, idx: &u64) -> Option<&mut Slot> {
+        if !self.contains_key(idx) {
+            return None;
+        }
+        self.map_mut().get_mut(idx)
+    }
 }
 
 /// The stored form of the first `len` bytes of a dirty slot, unchanged since it was loaded.

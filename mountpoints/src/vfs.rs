@@ -1031,7 +1031,9 @@ impl Vfs {
             return Ok(());
         }
         let mut batch = Batch::new();
-        batch.changes.extend(entries.into_iter().map(Change::Audit));
+        batch
+            .changes
+            .extend(entries.into_iter().map(|e| Change::Audit(Box::new(e))));
         self.durable
             .commit(batch, agentfs_memory::Durability::Process)?;
         Ok(())

@@ -14,7 +14,7 @@ use crate::caller::Caller;
 use crate::error::{Result, VfsError};
 use crate::mutate::Txn;
 use crate::names::check_name;
-use crate::node::{Body, Class, DirEntries, FileData, Node, Slot};
+use crate::node::{Body, Class, DirEntries, FileData, Node, Slot, Slots};
 use crate::ops::data::{push_slots, read_stored};
 use crate::vfs::{now_ns, InoMap, NodeRef, Vfs};
 use agentfs_memory::TimeNs;
@@ -175,7 +175,7 @@ impl Vfs {
             copy.xattrs = c.xattrs.clone();
             let chunks = match &c.body {
                 Body::File(f) => self.copy_chunks(f, c.class, dst_class)?,
-                _ => BTreeMap::new(),
+                _ => Slots::default(),
             };
             let is_dir = c.is_dir();
             if let Some(d) = c.dir() {
@@ -222,15 +222,22 @@ impl Vfs {
     }
 
     /// The chunk map of a copy of `f` (a file of class `src`) in the store of class `dst`:
-    /// stored slots only. Within one store the ids are shared; across stores the bytes are
-    /// copied. Buffered (dirty) chunks are stored: a copy holds what readers of the file see.
-    fn copy_chunks(&self, f: &FileData, src: Class, dst: Class) -> Result<BTreeMap<u64, Slot>> {
+    /// stored slots only. Within one store the ids are shared: when every slot is stored, the
+    /// copy shares the file's map itself (copy-on-write, see [`Slots`]); across stores the
+    /// bytes are copied. Buffered (dirty) chunks are stored: a copy holds what readers of the
+    /// file see.
+    fn copy_chunks(&self, f: &FileData, src: Class, dst: Class) -> Result<Slots> {
         let same_store = src.is_volatile() == dst.is_volatile();
+        // Looked at, not taken from `dirty_slots`: a dirty slot in a shared map would be a
+        // hole in the stored copy. (The scan is what `push_slots` does after it anyway.)
+        if same_store && !f.slots.values().any(|s| matches!(s, Slot::Dirty(_))) {
+            return Ok(f.slots.clone());
+        }
         let from = self.store_for(src);
         let to = self.store_for(dst);
         let mut out = BTreeMap::new();
         let mut buf = Vec::new();
-        for (idx, slot) in &f.slots {
+        for (idx, slot) in f.slots.iter() {
             let copy = match slot {
                 Slot::Clean(_) | Slot::Pieces(_) if same_store => slot.clone(),
                 Slot::Clean(_) | Slot::Pieces(_) => {
@@ -243,7 +250,7 @@ impl Vfs {
             };
             out.insert(*idx, copy);
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     /// Every entry below `dir`, parents first.
