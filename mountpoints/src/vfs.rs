@@ -579,6 +579,11 @@ impl Vfs {
         self.next_ino.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// `n` consecutive inode numbers; returns the first.
+    pub(crate) fn alloc_inos(&self, n: u64) -> Ino {
+        self.next_ino.fetch_add(n, Ordering::Relaxed)
+    }
+
     // ----- read side -------------------------------------------------------------------
 
     pub fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> Result<Attr> {
