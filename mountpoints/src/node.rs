@@ -395,6 +395,62 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_lists_the_same_names_in_the_same_order_renumbered() {
+        let mut d = DirEntries::default();
+        for i in 0..20u64 {
+            d.insert(format!("f{i}").into_bytes(), 100 + i, FileKind::File);
+        }
+        d.remove(b"f3");
+        let (copy, children) = d.copy_renumbered(1000);
+        assert_eq!(children.len(), 19);
+        let new_of: BTreeMap<Ino, Ino> = children.iter().map(|(_, s, n)| (*s, *n)).collect();
+        let numbers: BTreeSet<Ino> = new_of.values().copied().collect();
+        assert_eq!(numbers, (1000..1019).collect());
+        let orig: Vec<_> = d
+            .after(0)
+            .map(|(c, n, i, k)| (c, n.to_vec(), i, k))
+            .collect();
+        let copied: Vec<_> = copy
+            .after(0)
+            .map(|(c, n, i, k)| (c, n.to_vec(), i, k))
+            .collect();
+        assert_eq!(orig.len(), copied.len());
+        for ((c1, n1, i1, k1), (c2, n2, i2, k2)) in orig.iter().zip(&copied) {
+            assert_eq!((c1, n1, k1), (c2, n2, k2));
+            assert_eq!(new_of[i1], *i2);
+        }
+        // Both go on independently, new cookies after the old ones.
+        let mut copy = copy;
+        copy.insert(b"late".to_vec(), 5, FileKind::File);
+        assert_eq!(d.get(b"late"), None);
+        assert_eq!(copy.after(0).last().map(|(c, ..)| c), Some(d.next_cookie));
+    }
+
+    #[test]
+    fn shared_slots_are_copied_on_write() {
+        let id = |b: u8| Slot::Clean(ChunkId([b; 32]));
+        let mut live = Slots::default();
+        assert!(live.is_empty());
+        assert_eq!(live.remove(&0), None);
+        live.insert(0, id(1));
+        live.insert(1, id(2));
+        let copy = live.clone();
+        live.insert(1, id(3));
+        live.remove(&0);
+        assert_eq!(copy.get(&0), Some(&id(1)));
+        assert_eq!(copy.get(&1), Some(&id(2)));
+        assert_eq!(live.get(&0), None);
+        assert_eq!(live.get(&1), Some(&id(3)));
+        let mut other = copy.clone();
+        if let Some(slot) = other.get_mut(&1) {
+            *slot = Slot::Dirty(vec![9]);
+        }
+        assert_eq!(other.get_mut(&7), None);
+        assert_eq!(copy.get(&1), Some(&id(2)));
+        assert_eq!(Slots::from(BTreeMap::new()).len(), 0);
+    }
+
+    #[test]
     fn replace_keeps_cookie() {
         let mut d = DirEntries::default();
         d.insert(b"a".to_vec(), 1, FileKind::File);
