@@ -92,7 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     while i < per_thread {
                         let mut batch = Batch::new();
                         for _ in 0..per_commit.min(per_thread - i) {
-                            batch.push(Change::Audit(entry(th * per_thread + i)));
+                            batch.push(Change::Audit(Box::new(entry(th * per_thread + i))));
                             i += 1;
                         }
                         store.commit(batch, Durability::Process).expect("commit");
@@ -137,7 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for c in 0..1000u64 {
             let mut batch = Batch::new();
             for i in 0..64 {
-                batch.push(Change::Audit(entry(c * 64 + i)));
+                batch.push(Change::Audit(Box::new(entry(c * 64 + i))));
             }
             store.commit(batch, Durability::Process)?;
         }
@@ -170,7 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 s.spawn(move || {
                     for i in 0..per_thread {
                         let mut batch = Batch::new();
-                        batch.push(Change::Audit(entry(th * per_thread + i)));
+                        batch.push(Change::Audit(Box::new(entry(th * per_thread + i))));
                         store.commit(batch, Durability::Disk).expect("commit");
                     }
                 });

@@ -202,7 +202,7 @@ fn three_changes(i: u64, id: ChunkId) -> Batch {
                 ino: 100 + i % 1000,
                 chunks: vec![(i % 8, Some(id))],
             },
-            Change::Audit(AuditEntry {
+            Change::Audit(Box::new(AuditEntry {
                 time: i as i64,
                 agent: "bench".into(),
                 pid: 1,
@@ -212,7 +212,7 @@ fn three_changes(i: u64, id: ChunkId) -> Batch {
                 result: 0,
                 size: 4096,
                 ..Default::default()
-            }),
+            })),
         ],
     }
 }

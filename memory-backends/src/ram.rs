@@ -283,7 +283,7 @@ impl Tables {
                 let (seq, hash) = self.chain.advance(&canonical_body(&entry));
                 self.audit.push(AuditRecord {
                     seq,
-                    entry,
+                    entry: *entry,
                     prev_hash,
                     hash,
                 });

@@ -36,7 +36,7 @@ fn fill(store: &SqliteStore, from: u64, n: u64) {
             });
         }
         for _ in 0..(1 + i % 3).min(from + n - i) {
-            batch.push(Change::Audit(entry(i)));
+            batch.push(Change::Audit(Box::new(entry(i))));
             i += 1;
         }
         store.commit(batch, Durability::Process).unwrap();

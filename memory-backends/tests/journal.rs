@@ -35,7 +35,7 @@ fn file_commit(store: &dyn Store, i: u64) -> Batch {
                 ino: 100 + i,
                 chunks: vec![(0, Some(id))],
             },
-            Change::Audit(audit("create")),
+            Change::Audit(Box::new(audit("create"))),
         ],
     }
 }
@@ -166,7 +166,7 @@ fn meta(i: u32) -> Batch {
                 key: format!("k{i:03}"),
                 value: format!("value {i}"),
             },
-            Change::Audit(audit("setmeta")),
+            Change::Audit(Box::new(audit("setmeta"))),
         ],
     }
 }

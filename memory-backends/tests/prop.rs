@@ -82,7 +82,7 @@ fn change() -> impl Strategy<Value = Change> {
                 key: k.to_string(),
                 value
             }),
-        "[a-z]{1,6}".prop_map(|op| Change::Audit(audit(&op))),
+        "[a-z]{1,6}".prop_map(|op| Change::Audit(Box::new(audit(&op)))),
         // The collector's own change: refused from a caller by both stores.
         (0usize..POOL.len()).prop_map(|i| Change::DropChunks(vec![chunk_id(i)])),
     ]

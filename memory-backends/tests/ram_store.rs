@@ -107,7 +107,10 @@ fn unreferenced_puts_linger() {
 fn audit_entries_are_counted() {
     let store = RamStore::new();
     let batch = Batch {
-        changes: vec![Change::Audit(audit("a")), Change::Audit(audit("b"))],
+        changes: vec![
+            Change::Audit(Box::new(audit("a"))),
+            Change::Audit(Box::new(audit("b"))),
+        ],
     };
     store.commit(batch, Durability::Process).unwrap();
     assert_eq!(store.audit_count(), 2);

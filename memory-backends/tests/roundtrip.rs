@@ -79,7 +79,7 @@ fn every_change_kind_round_trips() {
             key: "next_ino".into(),
             value: "6".into(),
         });
-        batch.push(Change::Audit(audit("create")));
+        batch.push(Change::Audit(Box::new(audit("create"))));
         store.commit(batch, Durability::Process).unwrap();
 
         // Second batch: every removal kind.
@@ -109,7 +109,7 @@ fn every_change_kind_round_trips() {
             key: "agents".into(),
             value: "{}".into(),
         });
-        batch.push(Change::Audit(audit("unlink")));
+        batch.push(Change::Audit(Box::new(audit("unlink"))));
         store.commit(batch, Durability::Disk).unwrap();
         store.sync().unwrap();
 
@@ -205,7 +205,7 @@ fn a_refused_batch_applies_nothing() {
             name: b"x".to_vec(),
             ino: 2,
         });
-        bad.push(Change::Audit(audit("write")));
+        bad.push(Change::Audit(Box::new(audit("write"))));
         bad.push(Change::SetChunks {
             ino: 2,
             chunks: vec![(1, Some(ChunkId::of(b"never stored")))],

@@ -40,7 +40,7 @@ fn crash_batch(store: &dyn Store) -> (Batch, Vec<(ChunkId, Vec<u8>)>) {
                 key: "next_ino".into(),
                 value: "3".into(),
             },
-            Change::Audit(audit("close")),
+            Change::Audit(Box::new(audit("close"))),
         ],
     };
     (batch, chunks)

@@ -2,6 +2,7 @@
 //! model-based test of random operation sequences against a plain in-memory model, including
 //! reloads from the durable store.
 
+use crate::node::{Body, Slot};
 use crate::{Caller, FileKind, Ino, KillSuidgid, SetAttr, Vfs, VfsError, ROOT_INO};
 use agentfs_memory::{RamStore, Store, CHUNK_SIZE};
 use proptest::prelude::*;
@@ -1259,6 +1260,66 @@ fn snapshot_holds_buffered_content_and_survives_restart() {
     assert_eq!(f.read_all(w), b"working bytes");
     let open = f.ino("a/mem/semantic/open").unwrap();
     assert_eq!(f.read_all(open), b"not yet closed");
+}
+
+/// A copy shares the file's chunk map (copy-on-write, `node::Slots`): a write, truncate
+/// or extension of either side after a snapshot or a rollback never shows in the other.
+#[test]
+fn chunk_maps_shared_with_checkpoints_are_copied_on_write() {
+    let mut f = Fixture::new();
+    f.agent("a");
+    let original: Vec<u8> = (0..3 * CHUNK_SIZE + 10).map(|i| (i % 251) as u8).collect();
+    let live = f.write_file("a/mem/semantic", "f", &original);
+    f.snapshot("a", "c").unwrap();
+    let copy = f.ino("a/state/c/semantic/f").unwrap();
+    let slots_of = |f: &Fixture, ino: Ino| -> *const Slot {
+        match &f.vfs.node(ino).unwrap().read().body {
+            Body::File(file) => file.slots.values().next().unwrap() as *const Slot,
+            _ => panic!("not a file"),
+        }
+    };
+    // One map for both: the copy made none of its own.
+    assert_eq!(slots_of(&f, live), slots_of(&f, copy));
+
+    // Overwrite inside the second chunk, then cut the file inside the third.
+    f.vfs.open_file(&op(), live, libc::O_RDWR).unwrap();
+    f.vfs
+        .write(&op(), live, CHUNK_SIZE as u64 + 7, b"CHANGED", false)
+        .unwrap();
+    f.vfs
+        .setattr(
+            &op(),
+            live,
+            SetAttr {
+                size: Some(2 * CHUNK_SIZE as u64 + 3),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    f.vfs.release(live, 0).unwrap();
+    let mut changed = original[..2 * CHUNK_SIZE + 3].to_vec();
+    changed[CHUNK_SIZE + 7..CHUNK_SIZE + 14].copy_from_slice(b"CHANGED");
+    assert_eq!(f.read_all(live), changed);
+    assert_eq!(f.read_all(copy), original);
+    assert_ne!(slots_of(&f, live), slots_of(&f, copy));
+
+    // A rollback shares the checkpoint's map with the restored file; writing that file
+    // leaves the checkpoint as it was.
+    f.rollback("a", "c").unwrap();
+    let restored = f.ino("a/mem/semantic/f").unwrap();
+    assert_eq!(f.read_all(restored), original);
+    f.vfs.open_file(&op(), restored, libc::O_RDWR).unwrap();
+    f.vfs.write(&op(), restored, 0, b"AGAIN", false).unwrap();
+    f.vfs.release(restored, 0).unwrap();
+    assert_eq!(&f.read_all(restored)[..5], b"AGAIN");
+    assert_eq!(f.read_all(copy), original);
+
+    f.restart();
+    let copy = f.ino("a/state/c/semantic/f").unwrap();
+    assert_eq!(f.read_all(copy), original);
+    let restored = f.ino("a/mem/semantic/f").unwrap();
+    assert_eq!(&f.read_all(restored)[..5], b"AGAIN");
+    assert_eq!(&f.read_all(restored)[5..], &original[5..]);
 }
 
 #[test]

@@ -579,6 +579,11 @@ impl Vfs {
         self.next_ino.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// `n` consecutive inode numbers; returns the first.
+    pub(crate) fn alloc_inos(&self, n: u64) -> Ino {
+        self.next_ino.fetch_add(n, Ordering::Relaxed)
+    }
+
     // ----- read side -------------------------------------------------------------------
 
     pub fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> Result<Attr> {
@@ -1031,7 +1036,9 @@ impl Vfs {
             return Ok(());
         }
         let mut batch = Batch::new();
-        batch.changes.extend(entries.into_iter().map(Change::Audit));
+        batch
+            .changes
+            .extend(entries.into_iter().map(|e| Change::Audit(Box::new(e))));
         self.durable
             .commit(batch, agentfs_memory::Durability::Process)?;
         Ok(())

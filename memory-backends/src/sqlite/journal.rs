@@ -798,7 +798,7 @@ mod tests {
                     key: "k".into(),
                     value: "v".into(),
                 },
-                Change::Audit(AuditEntry {
+                Change::Audit(Box::new(AuditEntry {
                     time: 9,
                     agent: "a".into(),
                     pid: 1,
@@ -808,7 +808,7 @@ mod tests {
                     result: -2,
                     size: 3,
                     ..Default::default()
-                }),
+                })),
             ],
         }
     }

@@ -1042,7 +1042,7 @@ mod tests {
                     name: format!("user.{i:04}").into_bytes(),
                     value: vec![i as u8; 100],
                 },
-                Change::Audit(crate::AuditEntry {
+                Change::Audit(Box::new(crate::AuditEntry {
                     time: 1,
                     agent: "a".into(),
                     pid: 1,
@@ -1052,7 +1052,7 @@ mod tests {
                     result: 0,
                     size: 100,
                     ..Default::default()
-                }),
+                })),
             ],
         }
     }

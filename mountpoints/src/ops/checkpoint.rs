@@ -14,7 +14,7 @@ use crate::caller::Caller;
 use crate::error::{Result, VfsError};
 use crate::mutate::Txn;
 use crate::names::check_name;
-use crate::node::{Body, Class, DirEntries, FileData, Node, Slot};
+use crate::node::{Body, Class, FileData, Node, Slot, Slots};
 use crate::ops::data::{push_slots, read_stored};
 use crate::vfs::{now_ns, InoMap, NodeRef, Vfs};
 use agentfs_memory::TimeNs;
@@ -141,13 +141,21 @@ impl Vfs {
     fn copy_entries(
         &self,
         plan: &mut CopyPlan,
-        mut queue: Vec<(Name, Ino, Ino)>,
+        queue: Vec<(Name, Ino, Ino)>,
         dst_class: Class,
         agent: &Arc<str>,
     ) -> Result<()> {
-        while let Some((name, child, dst)) = queue.pop() {
+        // The last field: the inode number the copy already has in its directory's copy
+        // (made by `DirEntries::copy_renumbered`), or none yet.
+        let mut queue: Vec<(Name, Ino, Ino, Option<Ino>)> = queue
+            .into_iter()
+            .map(|(name, child, dst)| (name, child, dst, None))
+            .collect();
+        while let Some((name, child, dst, numbered)) = queue.pop() {
             if let Some(&copy) = plan.map.get(&child) {
-                // Another name of a hard-linked file already copied.
+                // Another name of a hard-linked file already copied. Its directory's copy
+                // may already name a number of its own for it: replaced (the cookie stays),
+                // that number is never used.
                 let kind = plan
                     .made
                     .get(&copy)
@@ -162,7 +170,7 @@ impl Vfs {
             }
             let node = self.node(child)?;
             let c = node.read();
-            let ino = self.alloc_ino();
+            let ino = numbered.unwrap_or_else(|| self.alloc_ino());
             let mut rec = c.attr.clone();
             rec.ino = ino;
             let mut copy = Node::new(
@@ -175,15 +183,22 @@ impl Vfs {
             copy.xattrs = c.xattrs.clone();
             let chunks = match &c.body {
                 Body::File(f) => self.copy_chunks(f, c.class, dst_class)?,
-                _ => BTreeMap::new(),
+                _ => Slots::default(),
             };
-            let is_dir = c.is_dir();
             if let Some(d) = c.dir() {
-                // Room for every entry up front: no rehash while the copy fills it.
-                copy.body = Body::Dir(DirEntries::with_capacity(d.len()));
+                // The entries cloned whole, renumbered with a block of fresh numbers; each
+                // child is then copied under the number its entry already has.
+                let first = self.alloc_inos(d.len() as u64);
+                let (entries, children) = d.copy_renumbered(first);
+                copy.body = Body::Dir(entries);
+                queue.extend(
+                    children
+                        .into_iter()
+                        .map(|(name, grandchild, new)| (name, grandchild, ino, Some(new))),
+                );
             }
             // Only a file with several names can be reached twice.
-            let hard_linked = !is_dir && c.attr.nlink > 1;
+            let hard_linked = !c.is_dir() && c.attr.nlink > 1;
             drop(c);
             let batch = plan.batch(dst_class);
             batch.push(Change::PutInode(rec.clone()));
@@ -205,32 +220,34 @@ impl Vfs {
             if let Body::File(f) = &mut copy.body {
                 f.slots = chunks;
             }
-            plan.add_entry(dst, name, ino, rec.kind);
+            if numbered.is_none() {
+                plan.add_entry(dst, name, ino, rec.kind);
+            }
             if hard_linked {
                 plan.map.insert(child, ino);
             }
             plan.add_node(ino, copy);
-            if is_dir {
-                queue.extend(
-                    self.shared_entries_of(child)?
-                        .into_iter()
-                        .map(|(name, grandchild)| (name, grandchild, ino)),
-                );
-            }
         }
         Ok(())
     }
 
     /// The chunk map of a copy of `f` (a file of class `src`) in the store of class `dst`:
-    /// stored slots only. Within one store the ids are shared; across stores the bytes are
-    /// copied. Buffered (dirty) chunks are stored: a copy holds what readers of the file see.
-    fn copy_chunks(&self, f: &FileData, src: Class, dst: Class) -> Result<BTreeMap<u64, Slot>> {
+    /// stored slots only. Within one store the ids are shared: when every slot is stored, the
+    /// copy shares the file's map itself (copy-on-write, see [`Slots`]); across stores the
+    /// bytes are copied. Buffered (dirty) chunks are stored: a copy holds what readers of the
+    /// file see.
+    fn copy_chunks(&self, f: &FileData, src: Class, dst: Class) -> Result<Slots> {
         let same_store = src.is_volatile() == dst.is_volatile();
+        // Looked at, not taken from `dirty_slots`: a dirty slot in a shared map would be a
+        // hole in the stored copy. (The scan is what `push_slots` does after it anyway.)
+        if same_store && !f.slots.values().any(|s| matches!(s, Slot::Dirty(_))) {
+            return Ok(f.slots.clone());
+        }
         let from = self.store_for(src);
         let to = self.store_for(dst);
         let mut out = BTreeMap::new();
         let mut buf = Vec::new();
-        for (idx, slot) in &f.slots {
+        for (idx, slot) in f.slots.iter() {
             let copy = match slot {
                 Slot::Clean(_) | Slot::Pieces(_) if same_store => slot.clone(),
                 Slot::Clean(_) | Slot::Pieces(_) => {
@@ -243,7 +260,7 @@ impl Vfs {
             };
             out.insert(*idx, copy);
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     /// Every entry below `dir`, parents first.

@@ -286,9 +286,9 @@ impl Vfs {
         let pending: Vec<AuditEntry> = self.pending_audit.lock().drain(..).collect();
         batch
             .changes
-            .extend(pending.iter().cloned().map(Change::Audit));
+            .extend(pending.iter().cloned().map(|e| Change::Audit(Box::new(e))));
         if let Some(entry) = entry {
-            batch.push(Change::Audit(entry));
+            batch.push(Change::Audit(Box::new(entry)));
         }
         if let Err(e) = self.durable.commit(batch, durability) {
             // Not recorded: put the queued entries back in front.
