@@ -273,8 +273,9 @@ impl Vfs {
         self.fill_from_node(n, range.start, &mut out[at..])
     }
 
-    /// Decides a write of `data` at `offset` into the file `n` (locked by the caller) of
-    /// memory class `class_index`, on the bytes the file will hold around it.
+    /// Decides the write `hashing` describes (its bytes at its offset) into the file `n`
+    /// (locked by the caller) of memory class `class_index`, on the bytes the file will hold
+    /// around it.
     ///
     /// A large write is scanned in pieces on all cores, and its `hashing` is done in the same
     /// parallel pass (see [`Vfs::decide_in_pieces`]), which returns the hashes. `Ok(None)`:
@@ -284,11 +285,10 @@ impl Vfs {
         asker: &Asker,
         entry: &mut AuditEntry,
         n: &Node,
-        data: &[u8],
         class_index: Option<usize>,
         hashing: &WriteHashing<'_>,
     ) -> Result<Option<WriteHashes>> {
-        let offset = hashing.offset();
+        let (data, offset) = (hashing.data(), hashing.offset());
         let old_size = n.attr.size;
         let end = offset + data.len() as u64;
         let new_size = old_size.max(end);

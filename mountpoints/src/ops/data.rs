@@ -61,14 +61,9 @@ impl Vfs {
         let hashed = match &txn.asker {
             // Decided under the write lock on the bytes the file will hold: no reader sees
             // the file between the decision and the change.
-            Some(asker) => self.decide_write(
-                asker,
-                &mut txn.entry,
-                &n,
-                data,
-                class.memory_index(),
-                &hashing,
-            )?,
+            Some(asker) => {
+                self.decide_write(asker, &mut txn.entry, &n, class.memory_index(), &hashing)?
+            }
             None => None,
         };
         // Pieces that tile the write hash every whole chunk once; were one missed, its
@@ -343,7 +338,12 @@ pub(crate) struct WriteHashes {
     pub chunks: Vec<ChunkId>,
 }
 
-impl WriteHashing<'_> {
+impl<'a> WriteHashing<'a> {
+    /// The written bytes.
+    pub(crate) fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
     pub(crate) fn offset(&self) -> u64 {
         self.offset
     }
