@@ -320,12 +320,7 @@ fn report_policy_cost() {
             let create = alternate(FILES / BURST_FILES, |side, round| {
                 let burst = dirs[side].join(format!("burst{round:03}"));
                 fs::create_dir(&burst).unwrap();
-                let t0 = Instant::now();
-                for i in 0..BURST_FILES {
-                    let mut fh = File::create(burst.join(format!("f{i:04}"))).unwrap();
-                    fh.write_all(&[b'x'; 4096]).unwrap();
-                }
-                BURST_FILES as f64 / t0.elapsed().as_secs_f64()
+                create_rate(&burst, BURST_FILES, &[b'x'; 4096])
             });
             (seq, create)
         })
