@@ -48,8 +48,11 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
     }
 }
 
-/// True while process `pid` exists and is not a zombie (a zombie has finished: it only
-/// waits for its parent to collect its status).
+/// True while process `pid` exists and one of its threads has not finished. A zombie has
+/// finished: it only waits for its parent to collect its status. But the main thread of a
+/// threaded process shows as a zombie as soon as it exits itself, while the other threads
+/// may still be exiting and holding the process's files (the daemon's store lock): the
+/// process runs until every thread is a zombie or gone.
 pub fn process_running(pid: u32) -> bool {
     let Ok(pid_t) = libc::pid_t::try_from(pid) else {
         return false;
@@ -63,9 +66,12 @@ pub fn process_running(pid: u32) -> bool {
         return false;
     }
     // It exists (rc == 0, or EPERM: someone else's process).
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat_state(&stat) != Some('Z'),
-        Err(_) => true,
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks.flatten().any(|task| {
+            std::fs::read_to_string(task.path().join("stat"))
+                .is_ok_and(|stat| !matches!(stat_state(&stat), Some('Z' | 'X')))
+        }),
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
     }
 }
 

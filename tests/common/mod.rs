@@ -279,16 +279,24 @@ pub fn read_pid(data: &Path) -> Option<i32> {
         .ok()
 }
 
-/// True while `pid` exists and is not a zombie (the daemon is not our child, so nobody here
-/// reaps it; a zombie has finished everything it will ever do).
+/// True while `pid` exists and one of its threads has not finished (the daemon is not our
+/// child, so nobody here reaps it; a zombie has finished everything it will ever do). The
+/// main thread of a threaded process shows as a zombie as soon as it exits itself, while the
+/// other threads may still be exiting and holding its files (the store lock), so every
+/// thread is looked at, as `agentfs unmount` does.
 pub fn pid_alive(pid: i32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
-    match stat.rfind(')') {
-        Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
-        None => true,
-    }
+    tasks.flatten().any(|task| {
+        let Ok(stat) = fs::read_to_string(task.path().join("stat")) else {
+            return false;
+        };
+        match stat.rfind(')') {
+            Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
+            None => true,
+        }
+    })
 }
 
 /// Polls `cond` until it holds or `limit` passes; returns whether it held.
