@@ -50,6 +50,11 @@ pub(crate) fn check_batch(
                     return Err(missing_chunk(&p.id));
                 }
             }
+            Change::Encoded(e) => {
+                if let Some(id) = e.chunks().iter().find(|id| !holds(id)) {
+                    return Err(missing_chunk(id));
+                }
+            }
             Change::SetMeta { key, .. } | Change::DeleteMetaIf { key, .. } => check_meta_key(key)?,
             Change::DropChunks(_) | Change::MoveChunks(_) => {
                 return Err(invalid(

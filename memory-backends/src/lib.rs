@@ -14,6 +14,7 @@
 
 pub mod audit;
 mod checks;
+mod encoding;
 mod error;
 mod ram;
 pub mod search;
@@ -22,6 +23,7 @@ mod sync;
 mod types;
 
 pub use audit::{AuditRecord, ChainHead};
+pub use encoding::Encoded;
 pub use error::StoreError;
 pub use ram::RamStore;
 pub use sqlite::{

@@ -278,6 +278,8 @@ impl Tables {
             }
             // Refused by `check_batch`: only the durable store's collector writes it.
             Change::DropChunks(_) | Change::MoveChunks(_) => {}
+            // Decoded by `commit` before anything is applied.
+            Change::Encoded(_) => {}
             Change::Audit(entry) => {
                 let prev_hash = self.chain.hash;
                 let (seq, hash) = self.chain.advance(&canonical_body(&entry));
@@ -344,9 +346,10 @@ impl Store for RamStore {
         // batch that would fail must be refused before anything changes. No chunk can be freed
         // between this check and the apply because only commits free, under `tables`.
         check_batch(&batch, |id| self.holds(id))?;
+        let changes = decoded(batch.changes)?;
         let mut released = Vec::new();
         let mut claimed = Vec::new();
-        for change in batch.changes {
+        for change in changes {
             tables.apply(change, &mut released, &mut claimed);
         }
         for id in &claimed {
@@ -467,4 +470,19 @@ impl Store for RamStore {
             .cloned()
             .collect())
     }
+}
+
+/// `changes` with every run of encoded changes read back into the changes it holds.
+fn decoded(changes: Vec<Change>) -> Result<Vec<Change>, StoreError> {
+    if !changes.iter().any(|c| matches!(c, Change::Encoded(_))) {
+        return Ok(changes);
+    }
+    let mut out = Vec::with_capacity(changes.len());
+    for change in changes {
+        match change {
+            Change::Encoded(e) => out.extend(e.decode()?),
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }

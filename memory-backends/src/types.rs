@@ -10,6 +10,7 @@
 //! `sqlite::journal::tests::batch_encoding_is_stable` pins the bytes of a sample batch and fails
 //! when one of these rules is broken.
 
+use crate::Encoded;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -220,6 +221,10 @@ pub enum Change {
         idx: u64,
         pieces: Vec<Piece>,
     },
+    /// Changes already in their journal encoding (see [`Encoded`]): in memory only. The
+    /// journal holds the changes themselves, so serde never writes or reads this variant.
+    #[serde(skip)]
+    Encoded(Encoded),
 }
 
 /// Most pieces one chunk slot may hold ([`Change::SetPieces`]).
@@ -312,6 +317,18 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
+    }
+
+    /// The run of encoded changes at the end of the batch, started if the last change is not
+    /// one: changes written into it keep their place in the batch's order.
+    pub fn encoded(&mut self) -> &mut Encoded {
+        if !matches!(self.changes.last(), Some(Change::Encoded(_))) {
+            self.changes.push(Change::Encoded(Encoded::default()));
+        }
+        match self.changes.last_mut() {
+            Some(Change::Encoded(e)) => e,
+            _ => unreachable!("an encoded run was just pushed"),
+        }
     }
 }
 

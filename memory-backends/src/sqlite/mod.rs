@@ -12,7 +12,6 @@
 
 mod applier;
 mod auditlog;
-mod encode;
 mod errors;
 mod head;
 mod journal;
@@ -554,6 +553,7 @@ fn first_missing(batch: &Batch, locs: &HashMap<ChunkId, Entry>) -> Option<ChunkI
             .iter()
             .map(|p| p.id)
             .find(|id| !locs.contains_key(id)),
+        Change::Encoded(e) => e.chunks().iter().copied().find(|id| !locs.contains_key(id)),
         _ => None,
     })
 }

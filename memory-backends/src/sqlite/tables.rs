@@ -161,6 +161,11 @@ pub(super) fn apply(
                 .and_then(|mut s| s.execute(params![key, value]))
                 .map_err(sql)?;
         }
+        Change::Encoded(e) => {
+            for change in e.decode()? {
+                apply(conn, &change, holds, db)?;
+            }
+        }
         Change::DropChunks(ids) => {
             for id in ids {
                 conn.prepare_cached("DELETE FROM blobs WHERE hash = ?1")

@@ -60,12 +60,13 @@ impl CopyPlan {
     /// A plan with room for about `nodes` copies, so that a snapshot of a big tree does
     /// not spend its time growing (rehashing, moving) its maps and batch.
     fn with_capacity(nodes: usize) -> Self {
-        Self {
+        let mut plan = Self {
             made: InoMap::with_capacity_and_hasher(nodes, Default::default()),
-            // A file and its entry, plus its chunk map.
-            durable: Batch::with_capacity(3 * nodes),
             ..Self::default()
-        }
+        };
+        // A one-chunk file's inode, entry and chunk map take ~110 journal bytes.
+        plan.durable.encoded().reserve(nodes * 112, nodes);
+        plan
     }
 
     fn batch(&mut self, class: Class) -> &mut Batch {
@@ -74,6 +75,66 @@ impl CopyPlan {
         } else {
             &mut self.durable
         }
+    }
+
+    // The changes that make a copy. The durable store's are written straight into their
+    // journal bytes (`Batch::encoded`): no `Change`, name copy or chunk list per node. The RAM
+    // store would only decode them again, so it gets `Change`s.
+
+    fn put_inode(&mut self, class: Class, rec: &InodeRecord) {
+        if class.is_volatile() {
+            self.volatile.push(Change::PutInode(rec.clone()));
+        } else {
+            self.durable.encoded().put_inode(rec);
+        }
+    }
+
+    fn put_dirent(&mut self, class: Class, parent: Ino, name: &[u8], ino: Ino) {
+        if class.is_volatile() {
+            self.volatile.push(Change::PutDirent {
+                parent,
+                name: name.to_vec(),
+                ino,
+            });
+        } else {
+            self.durable.encoded().put_dirent(parent, name, ino);
+        }
+    }
+
+    fn set_xattrs(&mut self, class: Class, ino: Ino, xattrs: &Xattrs) {
+        for (k, v) in xattrs {
+            if class.is_volatile() {
+                self.volatile.push(Change::SetXattr {
+                    ino,
+                    name: k.clone(),
+                    value: v.clone(),
+                });
+            } else {
+                self.durable.encoded().set_xattr(ino, k, v);
+            }
+        }
+    }
+
+    /// The chunk map of a copy: its slots are stored (`Clean` or `Pieces`, see
+    /// [`Vfs::copy_chunks`]).
+    fn set_slots(&mut self, class: Class, ino: Ino, slots: &Slots) {
+        if slots.is_empty() {
+            return;
+        }
+        let in_pieces = slots.values().any(|s| matches!(s, Slot::Pieces(_)));
+        if class.is_volatile() || in_pieces {
+            let batch = self.batch(class);
+            push_slots(batch, ino, slots.iter().map(|(i, slot)| (*i, Some(slot))));
+            return;
+        }
+        self.durable.encoded().set_chunks(
+            ino,
+            slots.iter().map(|(i, slot)| match slot {
+                Slot::Clean(id) => (*i, Some(*id)),
+                // Not in a copy; a hole, as `push_slots` makes it.
+                Slot::Dirty(_) | Slot::Pieces(_) => (*i, None),
+            }),
+        );
     }
 
     fn add_entry(&mut self, dir: Ino, name: Name, ino: Ino, kind: FileKind) {
@@ -160,11 +221,7 @@ impl Vfs {
                     .made
                     .get(&copy)
                     .map_or(FileKind::File, |n| n.read().attr.kind);
-                plan.batch(dst_class).push(Change::PutDirent {
-                    parent: dst,
-                    name: name.to_vec(),
-                    ino: copy,
-                });
+                plan.put_dirent(dst_class, dst, &name, copy);
                 plan.add_entry(dst, name, copy, kind);
                 continue;
             }
@@ -200,23 +257,10 @@ impl Vfs {
             // Only a file with several names can be reached twice.
             let hard_linked = !c.is_dir() && c.attr.nlink > 1;
             drop(c);
-            let batch = plan.batch(dst_class);
-            batch.push(Change::PutInode(rec.clone()));
-            batch.push(Change::PutDirent {
-                parent: dst,
-                name: name.to_vec(),
-                ino,
-            });
-            if !chunks.is_empty() {
-                push_slots(batch, ino, chunks.iter().map(|(i, slot)| (*i, Some(slot))));
-            }
-            for (k, v) in &copy.xattrs {
-                batch.push(Change::SetXattr {
-                    ino,
-                    name: k.clone(),
-                    value: v.clone(),
-                });
-            }
+            plan.put_inode(dst_class, &rec);
+            plan.put_dirent(dst_class, dst, &name, ino);
+            plan.set_slots(dst_class, ino, &chunks);
+            plan.set_xattrs(dst_class, ino, &copy.xattrs);
             if let Body::File(f) = &mut copy.body {
                 f.slots = chunks;
             }
@@ -405,12 +449,8 @@ impl Vfs {
                 name.to_vec(),
             ),
         );
-        plan.durable.push(Change::PutInode(root_rec.clone()));
-        plan.durable.push(Change::PutDirent {
-            parent: state_dir,
-            name: name.to_vec(),
-            ino: root,
-        });
+        plan.put_inode(Class::Checkpoint, &root_rec);
+        plan.put_dirent(Class::Checkpoint, state_dir, name, root);
         for (class_name, _) in CLASSES {
             let src = self.child_ino(mem, class_name)?;
             let (mut rec, xattrs) = {
@@ -427,19 +467,9 @@ impl Vfs {
                 root,
                 class_name.to_vec(),
             );
-            plan.durable.push(Change::PutInode(rec));
-            plan.durable.push(Change::PutDirent {
-                parent: root,
-                name: class_name.to_vec(),
-                ino,
-            });
-            for (k, v) in &xattrs {
-                plan.durable.push(Change::SetXattr {
-                    ino,
-                    name: k.clone(),
-                    value: v.clone(),
-                });
-            }
+            plan.put_inode(Class::Checkpoint, &rec);
+            plan.put_dirent(Class::Checkpoint, root, class_name, ino);
+            plan.set_xattrs(Class::Checkpoint, ino, &xattrs);
             copy.xattrs = xattrs;
             plan.add_node(ino, copy);
             plan.add_entry(root, class_name.into(), ino, FileKind::Dir);
