@@ -86,7 +86,7 @@ impl Vfs {
                 }
             }
             // A dirty slot's stored prefix is what it seals back to when unchanged.
-            for prefix in file.stored_prefix.values() {
+            for prefix in file.pending().iter().flat_map(|p| p.stored_prefix.values()) {
                 set.extend(prefix.pieces.iter().map(|p| p.id));
             }
         }

@@ -107,7 +107,7 @@ impl Vfs {
             let in_chunk = (pos % CHUNK) as usize;
             let take = ((CHUNK - pos % CHUNK).min(end - pos)) as usize;
             let piece = &data[src..src + take];
-            file.unsynced.insert(idx);
+            file.pending_mut().unsynced.insert(idx);
             pos += take as u64;
             src += take;
             if let Some((_, Some(id))) = stored.iter().find(|(i, _)| *i == idx) {
@@ -141,7 +141,7 @@ impl Vfs {
         }
         let now = now_ns();
         if episodic {
-            file.appends.push(AppendRecord {
+            file.pending_mut().appends.push(AppendRecord {
                 ino,
                 offset,
                 len: data.len() as u64,
@@ -187,15 +187,16 @@ impl Vfs {
             for idx in dropped {
                 remove_slot(file, idx);
             }
-            file.unsynced.retain(|idx| *idx < keep);
-            file.truncated_from = Some(file.truncated_from.map_or(keep, |t| t.min(keep)));
+            let pending = file.pending_mut();
+            pending.unsynced.retain(|idx| *idx < keep);
+            pending.truncated_from = Some(pending.truncated_from.map_or(keep, |t| t.min(keep)));
             let cut = (new_size % CHUNK) as usize;
             if cut != 0 {
                 let idx = new_size / CHUNK;
                 if file.slots.contains_key(&idx) {
                     let buf = dirty_slot(file, idx, store.as_ref(), cut)?;
                     buf.truncate(cut);
-                    file.unsynced.insert(idx);
+                    file.pending_mut().unsynced.insert(idx);
                 }
             }
         }
@@ -244,19 +245,24 @@ impl Vfs {
         let mut batch = Batch::new();
         if let Body::File(file) = &mut n.body {
             seal_all(file, store.as_ref())?;
-            if let Some(from) = file.truncated_from {
-                batch.push(Change::TruncateChunks {
-                    ino,
-                    from_index: from,
-                });
+            if let Some(pending) = file.pending() {
+                if let Some(from) = pending.truncated_from {
+                    batch.push(Change::TruncateChunks {
+                        ino,
+                        from_index: from,
+                    });
+                }
+                if !pending.unsynced.is_empty() {
+                    let slots = pending
+                        .unsynced
+                        .iter()
+                        .map(|idx| (*idx, file.slots.get(idx)));
+                    push_slots(&mut batch, ino, slots);
+                }
+                batch
+                    .changes
+                    .extend(pending.appends.iter().copied().map(Change::Append));
             }
-            if !file.unsynced.is_empty() {
-                let slots = file.unsynced.iter().map(|idx| (*idx, file.slots.get(idx)));
-                push_slots(&mut batch, ino, slots);
-            }
-            batch
-                .changes
-                .extend(file.appends.iter().copied().map(Change::Append));
         }
         batch.push(Change::PutInode(n.attr.clone()));
         Ok(batch)
@@ -300,10 +306,7 @@ impl Vfs {
 /// After a successful commit of [`Vfs::file_batch`].
 pub(crate) fn mark_synced(n: &mut Node) {
     if let Body::File(file) = &mut n.body {
-        file.unsynced.clear();
-        file.truncated_from = None;
-        file.dirty = false;
-        file.appends.clear();
+        file.settle();
     }
 }
 
@@ -383,14 +386,14 @@ impl<'a> WriteHashing<'a> {
 
 /// Puts `slot` at `idx`, keeping the count of dirty slots right.
 fn set_slot(file: &mut FileData, idx: u64, slot: Slot) {
-    file.stored_prefix.remove(&idx);
+    file.take_stored_prefix(idx);
     let now_dirty = matches!(slot, Slot::Dirty(_));
     let was_dirty = matches!(file.slots.insert(idx, slot), Some(Slot::Dirty(_)));
     file.dirty_slots = file.dirty_slots + usize::from(now_dirty) - usize::from(was_dirty);
 }
 
 fn remove_slot(file: &mut FileData, idx: u64) {
-    file.stored_prefix.remove(&idx);
+    file.take_stored_prefix(idx);
     if let Some(Slot::Dirty(_)) = file.slots.remove(&idx) {
         file.dirty_slots -= 1;
     }
@@ -426,15 +429,15 @@ fn dirty_slot<'a>(
     if let Some((buf, prefix)) = loaded {
         set_slot(file, idx, Slot::Dirty(buf));
         if let Some(prefix) = prefix.filter(|p| p.len > 0) {
-            file.stored_prefix.insert(idx, prefix);
+            file.pending_mut().stored_prefix.insert(idx, prefix);
         }
     }
     if file
-        .stored_prefix
-        .get(&idx)
+        .pending()
+        .and_then(|p| p.stored_prefix.get(&idx))
         .is_some_and(|p| changes_from < p.len)
     {
-        file.stored_prefix.remove(&idx);
+        file.take_stored_prefix(idx);
     }
     match file.slots.get_mut(&idx) {
         Some(Slot::Dirty(buf)) => Ok(buf),
@@ -530,12 +533,12 @@ pub(crate) fn pieces_to_keep(stored: &[Piece], added: usize) -> usize {
 /// Stores the dirty slot `idx` and replaces it by its stored form: the slot's pieces when it
 /// only grew since it was loaded, else one chunk.
 fn seal_one(file: &mut FileData, idx: u64, store: &dyn Store) -> Result<()> {
-    let prefix = file.stored_prefix.remove(&idx);
+    let prefix = file.take_stored_prefix(idx);
     let sealed = match file.slots.get(&idx) {
         Some(Slot::Dirty(buf)) if buf.is_empty() => {
             // An empty buffer is a hole.
             remove_slot(file, idx);
-            file.unsynced.insert(idx);
+            file.pending_mut().unsynced.insert(idx);
             return Ok(());
         }
         Some(Slot::Dirty(buf)) => match prefix.filter(|p| p.len <= buf.len()) {

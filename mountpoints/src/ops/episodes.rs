@@ -83,7 +83,7 @@ impl Vfs {
             let node = self.node(log.ino)?;
             let n = node.read();
             let pending = match &n.body {
-                Body::File(f) => f.appends.clone(),
+                Body::File(f) => f.pending().map(|p| p.appends.clone()).unwrap_or_default(),
                 _ => Vec::new(),
             };
             (n.attr.crtime, n.attr.size, pending)
