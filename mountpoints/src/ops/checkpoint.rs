@@ -259,7 +259,7 @@ impl Vfs {
                 // child is then copied under the number its entry already has.
                 let first = self.alloc_inos(d.len() as u64);
                 let (entries, children) = d.copy_renumbered(first);
-                copy.body = Body::Dir(entries);
+                copy.body = Body::Dir(Box::new(entries));
                 queue.extend(
                     children
                         .into_iter()
