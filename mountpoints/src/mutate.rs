@@ -586,7 +586,7 @@ impl Vfs {
         }
         self.names_in_class(ino)
             .into_iter()
-            .filter(|(dir, name, _)| (*dir, name) != (primary.0, &primary.1))
+            .filter(|(dir, name, _)| (*dir, &name[..]) != (primary.0, &primary.1[..]))
             .map(|(_, _, path)| path)
             .collect()
     }
@@ -652,7 +652,7 @@ impl Vfs {
             };
             let (parent, name) = {
                 let n = node.read();
-                (n.parent, n.name.clone())
+                (n.parent, n.name.to_vec())
             };
             parts.push(name);
             cur = parent;

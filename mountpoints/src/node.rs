@@ -350,8 +350,9 @@ pub struct Node {
     pub structural: bool,
     /// Directory holding the entry this node was created or last renamed under.
     pub parent: Ino,
-    /// That entry's name. For hard-linked files, one of the names.
-    pub name: Vec<u8>,
+    /// That entry's name. For hard-linked files, one of the names. Shared with the entry
+    /// (names never change in place), so a checkpoint's copy allocates none.
+    pub name: Arc<[u8]>,
     pub body: Body,
     /// Open file handles; an unlinked node lives until this reaches 0.
     pub open_count: u32,
@@ -364,7 +365,7 @@ impl Node {
         class: Class,
         agent: Option<Arc<str>>,
         parent: Ino,
-        name: Vec<u8>,
+        name: impl Into<Arc<[u8]>>,
     ) -> Self {
         let body = match attr.kind {
             FileKind::Dir => Body::Dir(Box::default()),
@@ -377,7 +378,7 @@ impl Node {
             agent,
             structural: false,
             parent,
-            name,
+            name: name.into(),
             body,
             open_count: 0,
             xattrs: BTreeMap::new(),

@@ -359,7 +359,7 @@ impl Vfs {
                 continue;
             };
             child.parent = parent;
-            child.name = name.clone();
+            child.name = name.as_slice().into();
             let kind = child.attr.kind;
             if let Some(dir) = table.get_mut(&parent).and_then(|p| p.dir_mut()) {
                 dir.insert(name, ino, kind);

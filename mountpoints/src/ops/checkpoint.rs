@@ -247,7 +247,7 @@ impl Vfs {
                 dst_class,
                 Some(agent.clone()),
                 dst,
-                name.to_vec(),
+                name.clone(),
             );
             copy.xattrs = c.xattrs.clone();
             let chunks = match &c.body {
@@ -459,7 +459,7 @@ impl Vfs {
                 Class::Checkpoint,
                 Some(agent_name.clone()),
                 state_dir,
-                name.to_vec(),
+                name,
             ),
         );
         plan.put_inode(Class::Checkpoint, &root_rec);
@@ -478,7 +478,7 @@ impl Vfs {
                 Class::Checkpoint,
                 Some(agent_name.clone()),
                 root,
-                class_name.to_vec(),
+                class_name,
             );
             plan.put_inode(Class::Checkpoint, &rec);
             plan.put_dirent(Class::Checkpoint, root, class_name, ino);

@@ -103,13 +103,7 @@ impl Vfs {
                 name: child_name.to_vec(),
                 ino,
             });
-            let mut node = Node::new(
-                rec,
-                class,
-                Some(agent_name.clone()),
-                parent_ino,
-                child_name.to_vec(),
-            );
+            let mut node = Node::new(rec, class, Some(agent_name.clone()), parent_ino, child_name);
             node.structural = is_structural(class, parent_class);
             made.push((ino, node));
             ino_of.push((child_name, ino, class));
@@ -119,7 +113,7 @@ impl Vfs {
         for k in 0..made.len() {
             let (ino, _) = made[k];
             let parent = made[k].1.parent;
-            let name = made[k].1.name.clone();
+            let name = made[k].1.name.to_vec();
             if let Some(pos) = index.iter().position(|i| *i == parent) {
                 let parent_node = &mut made[pos].1;
                 parent_node.attr.nlink += 1;
@@ -219,17 +213,13 @@ impl Vfs {
         }
         txn.commit(self, class, batch, Durability::Process)?;
 
-        let node = Node::new(
-            rec.clone(),
-            class,
-            dir_w.agent.clone(),
-            parent,
-            name.to_vec(),
-        );
+        let node = Node::new(rec.clone(), class, dir_w.agent.clone(), parent, name);
+        // One copy of the name for the node and its entry.
+        let shared_name = node.name.clone();
         self.nodes.write().insert(ino, Arc::new(RwLock::new(node)));
         dir_w.attr = dir_attr;
         if let Some(d) = dir_w.dir_mut() {
-            d.insert(name.to_vec(), ino, kind);
+            d.insert_shared(shared_name, ino, kind);
         }
         if let (Some(agent), Some(ci)) = (dir_w.agent.as_deref(), class.memory_index()) {
             if let Some(a) = self.agent(agent) {
@@ -348,7 +338,7 @@ impl Vfs {
             d.remove(name);
         }
         c.attr = attr;
-        let renamed = !gone && (c.parent, c.name.as_slice()) == (parent, name);
+        let renamed = !gone && (c.parent, &c.name[..]) == (parent, name);
         drop(c);
         drop(dir_w);
         if gone {
@@ -362,7 +352,7 @@ impl Vfs {
                 if let Ok(node) = self.node(child_ino) {
                     let mut n = node.write();
                     n.parent = dir;
-                    n.name = other;
+                    n.name = other.into();
                 }
             }
         }
@@ -553,7 +543,7 @@ impl Vfs {
         }
         m.attr = moving_attr;
         m.parent = new_parent;
-        m.name = new_name.to_vec();
+        m.name = new_name.into();
         if let (Some(vn), Some(va)) = (v.as_mut(), victim_attr) {
             vn.attr = va;
         }
