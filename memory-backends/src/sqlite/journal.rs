@@ -42,6 +42,7 @@ use crate::audit::ChainHead;
 use crate::encoding as encode;
 use crate::{Batch, ChunkId, StoreError};
 use parking_lot::{Mutex, MutexGuard};
+use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
@@ -170,12 +171,68 @@ fn parse_segment_name(name: &str) -> Option<u32> {
         .ok()
 }
 
+/// A record being put together: the frame header and the encoded batch, in parts that are
+/// written with one `pwritev` (the batch's encoded runs are borrowed, not copied). The first
+/// part starts with the header.
+pub(super) struct NewRecord<'a> {
+    parts: Vec<Cow<'a, [u8]>>,
+}
+
+impl NewRecord<'_> {
+    fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    /// The whole record as one buffer.
+    #[cfg(test)]
+    pub(super) fn concat(&self) -> Vec<u8> {
+        self.parts.concat()
+    }
+}
+
 /// Starts a record: room for the frame header, then the encoded batch. Done before the journal
 /// lock is taken; [`Journal::append`] adds the blob rows under it.
-pub(super) fn start_record(batch: &Batch) -> Result<Vec<u8>, StoreError> {
+pub(super) fn start_record(batch: &Batch) -> Result<NewRecord<'_>, StoreError> {
     let mut buf = Vec::with_capacity(FRAME_HEADER + encode::size_hint(batch));
     buf.resize(FRAME_HEADER, 0);
-    encode::batch(batch, buf).map_err(encode_error)
+    let parts = encode::batch_parts(batch, buf).map_err(encode_error)?;
+    Ok(NewRecord { parts })
+}
+
+/// Writes all of `parts` at `offset`, with `pwritev` (again after a short write).
+fn write_all_parts_at(file: &File, parts: &[Cow<'_, [u8]>], mut offset: u64) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| io::IoSlice::new(p))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let count = rest.len().min(1024) as libc::c_int;
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and `rest` holds `count`
+        // or more of them, each pointing into a live buffer of `parts`.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                rest.as_ptr().cast::<libc::iovec>(),
+                count,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        io::IoSlice::advance_slices(&mut rest, n as usize);
+    }
+    Ok(())
 }
 
 fn encode_error(e: postcard::Error) -> StoreError {
@@ -368,11 +425,14 @@ impl Journal {
     pub(super) fn append(
         &self,
         active: &mut Active,
-        mut frame: Vec<u8>,
+        mut frame: NewRecord<'_>,
         blobs: &[(ChunkId, Loc)],
     ) -> Result<(u64, usize), StoreError> {
-        frame = postcard::to_extend(blobs, frame).map_err(encode_error)?;
-        let payload_len = frame.len() - FRAME_HEADER;
+        if let Some(Cow::Owned(last)) = frame.parts.last_mut() {
+            *last = postcard::to_extend(blobs, std::mem::take(last)).map_err(encode_error)?;
+        }
+        let frame_len = frame.len();
+        let payload_len = frame_len - FRAME_HEADER;
         if payload_len > MAX_RECORD {
             return Err(StoreError::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -386,12 +446,27 @@ impl Journal {
             self.rotate(active)?;
         }
         let seq = active.next_seq;
-        frame[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-        frame[4..12].copy_from_slice(&seq.to_le_bytes());
-        let (head, payload) = frame.split_at_mut(FRAME_HEADER);
-        let sum = checksum(&active.key, &head[..12], payload);
+        let mut len_seq = [0u8; 12];
+        len_seq[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        len_seq[4..].copy_from_slice(&seq.to_le_bytes());
+        let mut h = blake3::Hasher::new_keyed(&active.key);
+        h.update(&len_seq);
+        for (i, part) in frame.parts.iter().enumerate() {
+            h.update(if i == 0 { &part[FRAME_HEADER..] } else { part });
+        }
+        let mut sum = [0u8; 8];
+        sum.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        debug_assert_eq!(
+            sum,
+            checksum(&active.key, &len_seq, &frame.parts.concat()[FRAME_HEADER..]),
+            "the parted checksum is the frame's"
+        );
+        let Some(Cow::Owned(head)) = frame.parts.first_mut() else {
+            unreachable!("a frame starts with its owned header");
+        };
+        head[..12].copy_from_slice(&len_seq);
         head[12..20].copy_from_slice(&sum);
-        if let Err(e) = active.file.write_all_at(&frame, active.end) {
+        if let Err(e) = write_all_parts_at(&active.file, &frame.parts, active.end) {
             let path = self.path(active.no);
             if let Err(t) = active.file.set_len(active.end) {
                 tracing::warn!(
@@ -402,9 +477,9 @@ impl Journal {
             }
             return Err(errors::io(e, &path));
         }
-        active.end += frame.len() as u64;
+        active.end += frame_len as u64;
         active.next_seq += 1;
-        Ok((seq, frame.len()))
+        Ok((seq, frame_len))
     }
 
     /// Closes the current segment and starts the next. The old one is fsynced first, so no
@@ -900,10 +975,10 @@ mod tests {
         ] {
             let mut expected = vec![0u8; FRAME_HEADER];
             expected = postcard::to_extend(&batch, expected).unwrap();
-            assert_eq!(start_record(&batch).unwrap(), expected);
+            assert_eq!(start_record(&batch).unwrap().concat(), expected);
             // The same changes with the hot ones written into encoded runs: the same record.
             let runs = in_encoded_runs(&batch);
-            assert_eq!(start_record(&runs).unwrap(), expected);
+            assert_eq!(start_record(&runs).unwrap().concat(), expected);
         }
     }
 
@@ -949,7 +1024,7 @@ mod tests {
     /// that breaks old journals: add variants and fields only at the end.
     #[test]
     fn batch_encoding_is_stable() {
-        let buf = start_record(&sample()).unwrap();
+        let buf = start_record(&sample()).unwrap().concat();
         let hex: String = buf[FRAME_HEADER..]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -1009,7 +1084,8 @@ mod tests {
         let drop = start_record(&Batch {
             changes: vec![Change::DropChunks(vec![ChunkId([7; 32])])],
         })
-        .unwrap();
+        .unwrap()
+        .concat();
         assert_eq!(drop[FRAME_HEADER..FRAME_HEADER + 3], [1, 12, 1]);
         // SetPieces is variant 14: ino, idx, then each piece's id and length (varint).
         let pieces = start_record(&Batch {
@@ -1022,7 +1098,8 @@ mod tests {
                 }],
             }],
         })
-        .unwrap();
+        .unwrap()
+        .concat();
         let mut expected = vec![1, 14, 5, 2, 1];
         expected.extend([7; 32]);
         expected.extend([0xac, 0x02]);
@@ -1174,7 +1251,7 @@ mod tests {
         let end = rec.journal.lock().end;
         drop(rec);
         // A forger without the salt: an unkeyed checksum.
-        let payload = start_record(&meta(2)).unwrap()[FRAME_HEADER..].to_vec();
+        let payload = start_record(&meta(2)).unwrap().concat()[FRAME_HEADER..].to_vec();
         let mut frame = Vec::new();
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&2u64.to_le_bytes());
