@@ -1,7 +1,7 @@
 //! The write-ahead journal in front of SQLite (`journal/journal-000001.log`, ...).
 //!
 //! Every commit is encoded as one *record* and appended to the current segment with a single
-//! `pwrite`; the background applier (`applier.rs`) copies records into SQLite later. A record is
+//! `pwritev`; the background applier (`applier.rs`) copies records into SQLite later. A record is
 //! acknowledged once its `pwrite` returned (it is then in the kernel's page cache, which outlives
 //! a `kill -9`), and made durable by `fdatasync` of the segment (`Disk` commits and `sync`).
 //!
@@ -419,7 +419,7 @@ impl Journal {
     }
 
     /// Completes the record in `frame` (from [`start_record`]) with `blobs`, and appends it with
-    /// one `pwrite`. Returns its sequence number. On failure nothing is left behind: the file is
+    /// one `pwritev`. Returns its sequence number. On failure nothing is left behind: the file is
     /// cut back to where the record started (and should that fail too, the partial record is
     /// overwritten by the next one and fails its checksum at recovery).
     pub(super) fn append(
