@@ -358,11 +358,12 @@ impl Vfs {
                 );
                 continue;
             };
+            let name: Arc<[u8]> = name.into();
             child.parent = parent;
-            child.name = name.as_slice().into();
+            child.name = name.clone();
             let kind = child.attr.kind;
             if let Some(dir) = table.get_mut(&parent).and_then(|p| p.dir_mut()) {
-                dir.insert(name, ino, kind);
+                dir.insert_shared(name, ino, kind);
             }
         }
         let whole = chunks

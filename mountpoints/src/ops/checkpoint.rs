@@ -452,6 +452,8 @@ impl Vfs {
             symlink_target: Vec::new(),
         };
         let mut plan = CopyPlan::with_capacity(agent.usage(None).files as usize + 8);
+        // One copy of the name for the node and its entry in `state/`.
+        let root_name: Name = name.into();
         plan.add_node(
             root,
             Node::new(
@@ -459,7 +461,7 @@ impl Vfs {
                 Class::Checkpoint,
                 Some(agent_name.clone()),
                 state_dir,
-                name,
+                root_name.clone(),
             ),
         );
         plan.put_inode(Class::Checkpoint, &root_rec);
@@ -473,19 +475,20 @@ impl Vfs {
             };
             let ino = self.alloc_ino();
             rec.ino = ino;
+            let shared_name: Name = class_name.into();
             let mut copy = Node::new(
                 rec.clone(),
                 Class::Checkpoint,
                 Some(agent_name.clone()),
                 root,
-                class_name,
+                shared_name.clone(),
             );
             plan.put_inode(Class::Checkpoint, &rec);
             plan.put_dirent(Class::Checkpoint, root, class_name, ino);
             plan.set_xattrs(Class::Checkpoint, ino, &xattrs);
             copy.xattrs = xattrs;
             plan.add_node(ino, copy);
-            plan.add_entry(root, class_name.into(), ino, FileKind::Dir);
+            plan.add_entry(root, shared_name, ino, FileKind::Dir);
             self.copy_children(&mut plan, src, ino, Class::Checkpoint, &agent_name)?;
         }
         state_attr.nlink += 1;
@@ -519,7 +522,7 @@ impl Vfs {
         let mut s = state.write();
         s.attr = state_attr;
         if let Some(d) = s.dir_mut() {
-            d.insert(name.to_vec(), root, FileKind::Dir);
+            d.insert_shared(root_name, root, FileKind::Dir);
         }
         tracing::info!(
             agent = %agent_name,

@@ -113,12 +113,12 @@ impl Vfs {
         for k in 0..made.len() {
             let (ino, _) = made[k];
             let parent = made[k].1.parent;
-            let name = made[k].1.name.to_vec();
+            let name = made[k].1.name.clone();
             if let Some(pos) = index.iter().position(|i| *i == parent) {
                 let parent_node = &mut made[pos].1;
                 parent_node.attr.nlink += 1;
                 if let Some(d) = parent_node.dir_mut() {
-                    d.insert(name, ino, FileKind::Dir);
+                    d.insert_shared(name, ino, FileKind::Dir);
                 }
             }
         }
@@ -522,17 +522,14 @@ impl Vfs {
         // Insert the new name before removing the old one: a concurrent lookup of either name
         // never finds nothing where something was.
         let kind = m.attr.kind;
-        match second.as_mut() {
-            Some(d) => {
-                if let Some(e) = d.dir_mut() {
-                    e.insert(new_name.to_vec(), moving_ino, kind);
-                }
-            }
-            None => {
-                if let Some(e) = first.dir_mut() {
-                    e.insert(new_name.to_vec(), moving_ino, kind);
-                }
-            }
+        // One copy of the new name for the entry and the node.
+        let shared_name: Arc<[u8]> = new_name.into();
+        let target = match second.as_mut() {
+            Some(d) => d,
+            None => &mut first,
+        };
+        if let Some(e) = target.dir_mut() {
+            e.insert_shared(shared_name.clone(), moving_ino, kind);
         }
         if let Some(e) = first.dir_mut() {
             e.remove(name);
@@ -543,7 +540,7 @@ impl Vfs {
         }
         m.attr = moving_attr;
         m.parent = new_parent;
-        m.name = new_name.into();
+        m.name = shared_name;
         if let (Some(vn), Some(va)) = (v.as_mut(), victim_attr) {
             vn.attr = va;
         }
