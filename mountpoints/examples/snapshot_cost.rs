@@ -11,18 +11,8 @@
 //! (fresh memory the kernel had to clear), so a change to the copy can be judged by both
 //! without the mount's round trips and the noise of a second process.
 
-use agentfs_vfs::{Caller, Vfs, ROOT_INO};
+use agentfs_vfs::{thread_minor_faults, Caller, Vfs, ROOT_INO};
 use std::time::{Duration, Instant};
-
-fn thread_minor_faults() -> i64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    usage.ru_minflt
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);

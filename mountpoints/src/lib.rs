@@ -47,6 +47,7 @@ pub use error::{Refusal, Result, VfsError};
 pub use gc::{start_collector, GcRound, GC_HOLD_FILE};
 pub use mutate::{KillSuidgid, SetAttr, TimeSet};
 pub use names::NAME_MAX;
+pub use ops::checkpoint::thread_minor_faults;
 pub use periodic::Periodic;
 pub use vfs::{now_ns, Attr, DirEntry, FsStats, Invalidator, Opened, Vfs, ROOT_INO};
 

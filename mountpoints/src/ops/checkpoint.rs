@@ -155,8 +155,9 @@ impl CopyPlan {
 type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// Minor page faults of the calling thread so far: the fresh memory a snapshot had the kernel
-/// clear, logged beside its time because on a VM it is a large and varying part of it.
-fn thread_minor_faults() -> i64 {
+/// clear, logged beside its time because on a VM it is a large and varying part of it (and
+/// printed by the `snapshot_cost` example).
+pub fn thread_minor_faults() -> i64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the rusage it is pointed at; on failure the zeroed value stays.
     let usage = unsafe {
