@@ -19,6 +19,7 @@ const PUT_DIRENT: u32 = 2;
 const SET_CHUNKS: u32 = 4;
 const SET_XATTR: u32 = 6;
 const SET_PIECES: u32 = 14;
+const COPY_NODES: u32 = 15;
 
 fn varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -144,6 +145,14 @@ pub(crate) fn batch_parts(batch: &Batch, mut buf: Vec<u8>) -> postcard::Result<V
                 varint(&mut buf, *idx);
                 pieces(&mut buf, p);
             }
+            Change::CopyNodes(pairs) => {
+                varint(&mut buf, COPY_NODES.into());
+                varint(&mut buf, pairs.len() as u64);
+                for (src, dst) in pairs {
+                    varint(&mut buf, *src);
+                    varint(&mut buf, *dst);
+                }
+            }
             Change::Encoded(e) => {
                 parts.push(Cow::Owned(std::mem::take(&mut buf)));
                 parts.push(Cow::Borrowed(&e.bytes[..]));
@@ -164,6 +173,8 @@ pub(crate) fn size_hint(batch: &Batch) -> usize {
         .iter()
         .map(|c| match c {
             Change::Encoded(_) => 0,
+            // Two inode numbers of up to 5 bytes each (below 2^35) per copy.
+            Change::CopyNodes(pairs) => 8 + 10 * pairs.len(),
             _ => 48,
         })
         .sum()

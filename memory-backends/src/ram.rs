@@ -61,6 +61,7 @@ struct Tables {
 }
 
 /// What a committed chunk-map slot names.
+#[derive(Clone)]
 enum RamSlot {
     Whole(ChunkId),
     Pieces(Vec<Piece>),
@@ -180,6 +181,51 @@ impl Tables {
         }
     }
 
+    /// [`Change::CopyNodes`], as the durable store's `INSERT … SELECT`s do it.
+    fn copy_nodes(&mut self, pairs: &[(Ino, Ino)], released: &mut Vec<ChunkId>) {
+        let dst_of: HashMap<Ino, Ino> = pairs.iter().copied().collect();
+        for &(src, dst) in pairs {
+            if let Some(rec) = self.inodes.get(&src) {
+                let rec = InodeRecord {
+                    ino: dst,
+                    ..rec.clone()
+                };
+                self.inodes.insert(dst, rec);
+            }
+            let slots: Vec<(u64, RamSlot)> = self
+                .chunks
+                .range((src, 0)..=(src, u64::MAX))
+                .map(|((_, idx), slot)| (*idx, slot.clone()))
+                .collect();
+            for (idx, slot) in slots {
+                for id in slot.ids() {
+                    self.add_ref(id);
+                }
+                if let Some(old) = self.chunks.insert((dst, idx), slot) {
+                    self.drop_refs(&old, released);
+                }
+            }
+            let xattrs: Vec<(Vec<u8>, Vec<u8>)> = self
+                .xattrs
+                .range((src, Vec::new())..)
+                .take_while(|((ino, _), _)| *ino == src)
+                .map(|((_, name), value)| (name.clone(), value.clone()))
+                .collect();
+            for (name, value) in xattrs {
+                self.xattrs.insert((dst, name), value);
+            }
+            let entries: Vec<(Vec<u8>, Ino)> = self
+                .dirents
+                .range((src, Vec::new())..)
+                .take_while(|((parent, _), _)| *parent == src)
+                .filter_map(|((_, name), child)| Some((name.clone(), *dst_of.get(child)?)))
+                .collect();
+            for (name, child) in entries {
+                self.dirents.insert((dst, name), child);
+            }
+        }
+    }
+
     /// Applies one change that has already been validated; cannot fail.
     fn apply(&mut self, change: Change, released: &mut Vec<ChunkId>, claimed: &mut Vec<ChunkId>) {
         match change {
@@ -278,6 +324,7 @@ impl Tables {
             }
             // Refused by `check_batch`: only the durable store's collector writes it.
             Change::DropChunks(_) | Change::MoveChunks(_) => {}
+            Change::CopyNodes(pairs) => self.copy_nodes(&pairs, released),
             // Decoded by `commit` before anything is applied.
             Change::Encoded(_) => {}
             Change::Audit(entry) => {

@@ -221,6 +221,14 @@ pub enum Change {
         idx: u64,
         pieces: Vec<Piece>,
     },
+    /// Copies of nodes the store holds, each under a fresh inode number: for every
+    /// `(src, dst)`, `src`'s inode record (as `dst`), chunk map and xattrs, and every directory
+    /// entry `src/name → child` whose `child` is copied too, as `dst/name → child's dst`.
+    /// Nothing else of `src` (not its `appends`). A checkpoint is made of these: the journal
+    /// names each copied node in a few bytes instead of repeating the record, entry and chunk
+    /// map the store already holds (docs/checkpoints.md). Each `src` and each `dst` appears
+    /// once, and no `dst` is in use.
+    CopyNodes(Vec<(Ino, Ino)>),
     /// Changes already in their journal encoding (see [`Encoded`]): in memory only. The
     /// journal holds the changes themselves, so serde never writes or reads this variant.
     #[serde(skip)]

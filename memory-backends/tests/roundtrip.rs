@@ -376,3 +376,181 @@ fn encoded_changes_apply_as_their_changes() {
     }
     assert_same(&open_sqlite(tmp.path()).load().unwrap(), &plain);
 }
+
+/// A small tree for `copied_nodes_are_their_sources_renumbered`: directory 10 under the root
+/// (an xattr), file 11 in it under three names (two in 10, one in subdirectory 13; a whole
+/// chunk, a slot in pieces, an xattr, an append), symlink 12, and file 14, which the copy
+/// leaves out.
+fn source_tree(a: ChunkId, b: ChunkId) -> Batch {
+    let mut batch = Batch::new();
+    let mut dir = inode(10, FileKind::Dir);
+    dir.perm = 0o750;
+    let mut file = inode(11, FileKind::File);
+    file.size = CHUNK_SIZE as u64 + 7;
+    file.nlink = 3;
+    let mut link = inode(12, FileKind::Symlink);
+    link.symlink_target = b"../f\xff".to_vec();
+    for rec in [
+        dir,
+        file,
+        link,
+        inode(13, FileKind::Dir),
+        inode(14, FileKind::File),
+    ] {
+        batch.push(Change::PutInode(rec));
+    }
+    for (parent, name, ino) in [
+        (1, &b"src"[..], 10),
+        (10, b"f", 11),
+        (10, b"g", 11),
+        (10, b"ln", 12),
+        (10, b"sub", 13),
+        (13, b"h", 11),
+        (10, b"left out", 14),
+    ] {
+        batch.push(Change::PutDirent {
+            parent,
+            name: name.to_vec(),
+            ino,
+        });
+    }
+    batch.push(Change::SetChunks {
+        ino: 11,
+        chunks: vec![(0, Some(a))],
+    });
+    batch.push(Change::SetPieces {
+        ino: 11,
+        idx: 1,
+        pieces: vec![Piece { id: a, len: 3 }, Piece { id: b, len: 4 }],
+    });
+    batch.push(Change::SetChunks {
+        ino: 14,
+        chunks: vec![(0, Some(b))],
+    });
+    for (ino, name) in [(10, &b"user.d"[..]), (11, b"user.k")] {
+        batch.push(Change::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: b"v".to_vec(),
+        });
+    }
+    batch.push(Change::Append(AppendRecord {
+        ino: 11,
+        offset: CHUNK_SIZE as u64,
+        len: 7,
+        time: 5,
+    }));
+    batch
+}
+
+/// The copy of 10 (and 11–13) as 100–103 under the root, change by change.
+fn copy_written_out(a: ChunkId, b: ChunkId) -> Batch {
+    let mut batch = Batch::new();
+    for change in source_tree(a, b).changes {
+        let renumbered = |ino: Ino| (10..=13).contains(&ino).then_some(ino + 90);
+        let copy = match change {
+            Change::PutInode(mut r) => renumbered(r.ino).map(|ino| {
+                r.ino = ino;
+                Change::PutInode(r)
+            }),
+            Change::PutDirent { parent, name, ino } => renumbered(parent)
+                .zip(renumbered(ino))
+                .map(|(parent, ino)| Change::PutDirent { parent, name, ino }),
+            Change::SetChunks { ino, chunks } => {
+                renumbered(ino).map(|ino| Change::SetChunks { ino, chunks })
+            }
+            Change::SetPieces { ino, idx, pieces } => {
+                renumbered(ino).map(|ino| Change::SetPieces { ino, idx, pieces })
+            }
+            Change::SetXattr { ino, name, value } => {
+                renumbered(ino).map(|ino| Change::SetXattr { ino, name, value })
+            }
+            _ => None,
+        };
+        batch.changes.extend(copy);
+    }
+    batch.push(Change::PutDirent {
+        parent: 1,
+        name: b"copy".to_vec(),
+        ino: 100,
+    });
+    batch
+}
+
+fn copy_by_reference() -> Batch {
+    let mut batch = Batch::new();
+    batch.push(Change::CopyNodes(vec![
+        (10, 100),
+        (11, 101),
+        (12, 102),
+        (13, 103),
+    ]));
+    batch.push(Change::PutDirent {
+        parent: 1,
+        name: b"copy".to_vec(),
+        ino: 100,
+    });
+    batch
+}
+
+/// `CopyNodes` (what a checkpoint is made of) leaves the state the copies written out change
+/// by change leave: records, chunk maps (pieces too), xattrs and the entries among copied
+/// nodes (a hard link stays one inode), not the entry of a node left out nor the appends. In
+/// both stores, and in the durable one after a reopen replays it from the journal. The
+/// copies hold their chunks: deleting the sources frees nothing they name.
+#[test]
+fn copied_nodes_are_their_sources_renumbered() {
+    let written_out = {
+        let store = RamStore::new();
+        let a = store.put_chunk(b"first").unwrap();
+        let b = store.put_chunk(b"second").unwrap();
+        store
+            .commit(source_tree(a, b), Durability::Process)
+            .unwrap();
+        store
+            .commit(copy_written_out(a, b), Durability::Process)
+            .unwrap();
+        store.load().unwrap()
+    };
+    assert!(written_out.dirents.len() > 7, "the copy has entries");
+    for_both(|store| {
+        let a = store.put_chunk(b"first").unwrap();
+        let b = store.put_chunk(b"second").unwrap();
+        store
+            .commit(source_tree(a, b), Durability::Process)
+            .unwrap();
+        store
+            .commit(copy_by_reference(), Durability::Process)
+            .unwrap();
+        assert_same(&store.load().unwrap(), &written_out);
+        assert_eq!(store.appends(11).unwrap().len(), 1);
+        assert!(store.appends(101).unwrap().is_empty());
+
+        let mut drop_sources = Batch::new();
+        drop_sources.push(Change::DeleteDirent {
+            parent: 1,
+            name: b"src".to_vec(),
+        });
+        for ino in 10..=14 {
+            drop_sources.push(Change::DeleteInode(ino));
+        }
+        store.commit(drop_sources, Durability::Process).unwrap();
+        for _ in 0..3 {
+            store.collect_garbage(&Default::default()).unwrap();
+        }
+        assert_eq!(read_all(store, &a), b"first");
+        assert_eq!(read_all(store, &b), b"second");
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = open_sqlite(tmp.path());
+        let a = store.put_chunk(b"first").unwrap();
+        let b = store.put_chunk(b"second").unwrap();
+        store.set_applier_paused(true);
+        store
+            .commit(source_tree(a, b), Durability::Process)
+            .unwrap();
+        store.commit(copy_by_reference(), Durability::Disk).unwrap();
+    }
+    assert_same(&open_sqlite(tmp.path()).load().unwrap(), &written_out);
+}

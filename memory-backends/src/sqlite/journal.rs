@@ -969,6 +969,10 @@ mod tests {
                     .collect(),
             });
         }
+        changes.push(Change::CopyNodes(
+            ints.iter().map(|&n| (n, n.wrapping_mul(3))).collect(),
+        ));
+        changes.push(Change::CopyNodes(Vec::new()));
         changes.extend(sample().changes);
         for batch in [
             Batch::default(),

@@ -161,6 +161,7 @@ pub(super) fn apply(
                 .and_then(|mut s| s.execute(params![key, value]))
                 .map_err(sql)?;
         }
+        Change::CopyNodes(pairs) => copy_nodes(conn, pairs).map_err(sql)?,
         Change::Encoded(e) => {
             for change in e.decode()? {
                 apply(conn, &change, holds, db)?;
@@ -190,6 +191,41 @@ pub(super) fn apply(
                 "an audit entry reached the row code without its chain link",
             )));
         }
+    }
+    Ok(())
+}
+
+/// [`Change::CopyNodes`]: the pairs go into a temporary table, then one `INSERT … SELECT`
+/// per table copies the rows of every source at once (a snapshot of 10,000 files is four
+/// statements, not 30,000).
+fn copy_nodes(conn: &Connection, pairs: &[(Ino, Ino)]) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS copy_map(src INTEGER PRIMARY KEY, dst INTEGER NOT NULL);
+         DELETE FROM temp.copy_map;",
+    )?;
+    {
+        let mut insert =
+            conn.prepare_cached("INSERT INTO temp.copy_map(src, dst) VALUES (?1, ?2)")?;
+        for (src, dst) in pairs {
+            insert.execute(params![*src as i64, *dst as i64])?;
+        }
+    }
+    for stmt in [
+        "INSERT OR REPLACE INTO inodes(ino, kind, perm, uid, gid, nlink, size, atime, mtime, \
+         ctime, crtime, rdev, symlink_target) \
+         SELECT m.dst, i.kind, i.perm, i.uid, i.gid, i.nlink, i.size, i.atime, i.mtime, \
+         i.ctime, i.crtime, i.rdev, i.symlink_target \
+         FROM temp.copy_map m JOIN inodes i ON i.ino = m.src",
+        "INSERT OR REPLACE INTO chunks(ino, idx, hash) \
+         SELECT m.dst, c.idx, c.hash FROM temp.copy_map m JOIN chunks c ON c.ino = m.src",
+        "INSERT OR REPLACE INTO xattrs(ino, name, value) \
+         SELECT m.dst, x.name, x.value FROM temp.copy_map m JOIN xattrs x ON x.ino = m.src",
+        "INSERT OR REPLACE INTO dirents(parent, name, ino) \
+         SELECT p.dst, d.name, c.dst FROM temp.copy_map p \
+         JOIN dirents d ON d.parent = p.src JOIN temp.copy_map c ON c.src = d.ino",
+        "DELETE FROM temp.copy_map",
+    ] {
+        conn.prepare_cached(stmt)?.execute([])?;
     }
     Ok(())
 }
