@@ -45,11 +45,16 @@ pub(crate) fn check_checkpoint_name(name: &[u8]) -> Result<()> {
 /// A copy of subtrees being prepared: new nodes and the store changes that create them.
 #[derive(Default)]
 struct CopyPlan {
-    /// New nodes by their (new) inode number, made as the table holds them (no one else
-    /// can see them until [`Vfs::insert_nodes`]), so inserting them moves pointers only.
-    made: InoMap<NodeRef>,
-    /// Source inode → copy, so a hard-linked file stays one inode with several names.
-    map: InoMap<Ino>,
+    /// New nodes with their (new) inode numbers, made as the table holds them (no one else
+    /// can see them until [`Vfs::insert_nodes`]), so inserting them moves pointers only. A
+    /// list, not a map: a snapshot of 10,000 files spent ~10 % of its instructions and 256 KiB
+    /// of fresh memory on a map only its directories are looked up in.
+    made: Vec<(Ino, NodeRef)>,
+    /// The directories of `made`, which entries are added to while the copy goes on.
+    made_dirs: InoMap<NodeRef>,
+    /// Source inode → copy and its kind, so a hard-linked file stays one inode with several
+    /// names.
+    map: InoMap<(Ino, FileKind)>,
     /// Entries made in directories that already exist (rollback into the live class dirs).
     top: HashMap<Ino, Vec<(Name, Ino, FileKind)>>,
     /// Durable nodes copied as the store holds them: named by `(source, copy)` in one
@@ -69,7 +74,7 @@ impl CopyPlan {
     /// ~110, and the request thread encodes no inode record, entry or chunk map for it.
     fn by_reference(nodes: usize) -> Self {
         Self {
-            made: InoMap::with_capacity_and_hasher(nodes, Default::default()),
+            made: Vec::with_capacity(nodes),
             pairs: Vec::with_capacity(nodes),
             by_reference: true,
             ..Self::default()
@@ -158,7 +163,7 @@ impl CopyPlan {
     }
 
     fn add_entry(&mut self, dir: Ino, name: Name, ino: Ino, kind: FileKind) {
-        if let Some(d) = self.made.get(&dir) {
+        if let Some(d) = self.made_dirs.get(&dir) {
             if let Some(d) = d.write().dir_mut() {
                 d.insert_shared(name, ino, kind);
                 return;
@@ -168,7 +173,12 @@ impl CopyPlan {
     }
 
     fn add_node(&mut self, ino: Ino, node: Node) {
-        self.made.insert(ino, Arc::new(RwLock::new(node)));
+        let is_dir = node.is_dir();
+        let node = Arc::new(RwLock::new(node));
+        if is_dir {
+            self.made_dirs.insert(ino, node.clone());
+        }
+        self.made.push((ino, node));
     }
 }
 
@@ -251,14 +261,10 @@ impl Vfs {
             .map(|(name, child, dst)| (name, child, dst, None, paired))
             .collect();
         while let Some((name, child, dst, numbered, in_paired_dir)) = queue.pop() {
-            if let Some(&copy) = plan.map.get(&child) {
+            if let Some(&(copy, kind)) = plan.map.get(&child) {
                 // Another name of a hard-linked file already copied. Its directory's copy
                 // may already name a number of its own for it: replaced (the cookie stays),
                 // that number is never used.
-                let kind = plan
-                    .made
-                    .get(&copy)
-                    .map_or(FileKind::File, |n| n.read().attr.kind);
                 // (A paired file in a paired directory: the store copies this entry too,
                 // and writing it again changes nothing.)
                 plan.put_dirent(dst_class, dst, &name, copy);
@@ -315,7 +321,7 @@ impl Vfs {
                 plan.add_entry(dst, name, ino, rec.kind);
             }
             if hard_linked {
-                plan.map.insert(child, ino);
+                plan.map.insert(child, (ino, rec.kind));
             }
             plan.add_node(ino, copy);
         }
@@ -433,7 +439,7 @@ impl Vfs {
         }
     }
 
-    fn insert_nodes(&self, made: InoMap<NodeRef>) {
+    fn insert_nodes(&self, made: Vec<(Ino, NodeRef)>) {
         let mut nodes = self.nodes.write();
         nodes.reserve(made.len());
         nodes.extend(made);
@@ -866,7 +872,7 @@ impl Vfs {
 
             let committed = started.elapsed();
             // Counters: the new nodes count now; the removed ones leave through forget_node.
-            for n in rb.copy.made.values() {
+            for (_, n) in &rb.copy.made {
                 let n = n.read();
                 if let Some(ci) = n.class.memory_index() {
                     agent.add_files(ci, 1);
