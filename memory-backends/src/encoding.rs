@@ -1,13 +1,13 @@
 //! A hand-written postcard encoder for the changes a snapshot is made of, and [`Encoded`]:
 //! such changes written straight into their journal bytes.
 //!
-//! A snapshot of 10,000 files is a batch of ~30,000 changes; through serde, postcard pushes
+//! A snapshot of 10,000 files was a batch of ~30,000 changes; through serde, postcard pushes
 //! each byte of every chunk id separately and spent ~1,500 instructions per file. The hot
-//! variants (`PutInode`, `PutDirent`, `SetChunks`, `SetXattr`, `SetPieces`) are written here
-//! with the same bytes (postcard 1.0: varints, zigzag for signed integers, a length before
-//! each sequence, the variant index before an enum's fields; see `batch_encoding_is_stable`
-//! and `hand_encoding_is_postcard` in sqlite/journal.rs); every other change goes through
-//! postcard.
+//! variants (`PutInode`, `PutDirent`, `SetChunks`, `SetXattr`, `SetPieces`, `CopyNodes`)
+//! are written here with the same bytes (postcard 1.0: varints, zigzag for signed
+//! integers, a length before each sequence, the variant index before an enum's fields; see
+//! `batch_encoding_is_stable` and `hand_encoding_is_postcard` in sqlite/journal.rs); every
+//! other change goes through postcard.
 
 use crate::{Batch, Change, ChunkId, InodeRecord, Piece, StoreError};
 use std::borrow::Cow;
