@@ -148,6 +148,10 @@ pub(super) fn configure(conn: &Connection, db: &Path) -> Result<(), StoreError> 
         .map_err(err)?;
     conn.pragma_update(None, "foreign_keys", "OFF")
         .map_err(err)?;
+    // Temporary tables (a snapshot's copy map, `tables::copy_nodes`) in RAM: never a temp
+    // file outside the data dir.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
