@@ -85,6 +85,18 @@ fn change() -> impl Strategy<Value = Change> {
         "[a-z]{1,6}".prop_map(|op| Change::Audit(Box::new(audit(&op)))),
         // The collector's own change: refused from a caller by both stores.
         (0usize..POOL.len()).prop_map(|i| Change::DropChunks(vec![chunk_id(i)])),
+        // Copies of some of the inodes under numbers no other change uses, each source and
+        // copy once (what a snapshot writes); a later copy may land on an earlier one's.
+        (
+            prop::sample::subsequence(vec![1u64, 2, 3, 4, u64::MAX], 0..=5),
+            0u64..3
+        )
+            .prop_map(|(sources, shift)| Change::CopyNodes(
+                (100 + shift..)
+                    .zip(sources)
+                    .map(|(copy, source)| (source, copy))
+                    .collect()
+            )),
     ]
 }
 
