@@ -515,6 +515,8 @@ enum ModelOp {
     Unlink(u8),
     Rename(u8, u8),
     Restart,
+    /// `mkdir state/sN`: a checkpoint, which must keep the files as they were.
+    Snapshot,
 }
 
 fn model_op() -> impl Strategy<Value = ModelOp> {
@@ -541,6 +543,7 @@ fn model_op() -> impl Strategy<Value = ModelOp> {
         name.clone().prop_map(ModelOp::Unlink),
         (name.clone(), name).prop_map(|(a, b)| ModelOp::Rename(a, b)),
         Just(ModelOp::Restart),
+        Just(ModelOp::Snapshot),
     ]
 }
 
@@ -548,12 +551,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Random create/write/truncate/unlink/rename/restart sequences on semantic memory behave
-    /// like a map of byte vectors, and survive restarts.
+    /// like a map of byte vectors, and survive restarts. Checkpoints taken among them keep
+    /// the map as it was, and come back from a restart with every attribute as it was.
     #[test]
     fn semantic_memory_behaves_like_a_map(ops in proptest::collection::vec(model_op(), 1..40)) {
         let mut f = Fixture::new();
         f.agent("m");
         let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut checkpoints: Vec<(String, BTreeMap<String, Vec<u8>>)> = Vec::new();
         let dir = || "m/mem/semantic";
         for op_ in ops {
             let sem = f.ino(dir()).unwrap();
@@ -614,7 +619,29 @@ proptest! {
                         None => prop_assert_eq!(r.err().map(|e| e.errno()), Some(libc::ENOENT)),
                     }
                 }
-                ModelOp::Restart => f.restart(),
+                ModelOp::Restart => {
+                    let before: Vec<_> = checkpoints
+                        .iter()
+                        .map(|(name, _)| f.full_tree(&format!("m/state/{name}")))
+                        .collect();
+                    f.restart();
+                    for ((name, _), before) in checkpoints.iter().zip(before) {
+                        prop_assert_eq!(f.full_tree(&format!("m/state/{name}")), before);
+                    }
+                }
+                ModelOp::Snapshot => {
+                    let name = format!("s{}", checkpoints.len());
+                    f.snapshot("m", &name).unwrap();
+                    checkpoints.push((name, model.clone()));
+                }
+            }
+            for (name, kept) in &checkpoints {
+                let files: Vec<String> = f.tree(&format!("m/state/{name}/semantic")).into_keys().collect();
+                prop_assert_eq!(files, kept.keys().cloned().collect::<Vec<_>>());
+                for (file, content) in kept {
+                    let ino = f.ino(&format!("m/state/{name}/semantic/{file}")).unwrap();
+                    prop_assert_eq!(&f.read_all(ino), content, "{}/{}", name, file);
+                }
             }
             // The tree holds exactly the model's files with the model's bytes.
             let mut names = Vec::new();
