@@ -162,6 +162,27 @@ impl CopyPlan {
         );
     }
 
+    /// The store changes that make `rec` (a copy of node `source`) with its chunk map and
+    /// xattrs: a pair when `paired` (see [`CopyPlan::pairs_with`]), else written out. Its
+    /// directory entry is the caller's.
+    fn put_copy(
+        &mut self,
+        paired: bool,
+        source: Ino,
+        class: Class,
+        rec: &InodeRecord,
+        chunks: &Slots,
+        xattrs: &Xattrs,
+    ) {
+        if paired {
+            self.pairs.push((source, rec.ino));
+        } else {
+            self.put_inode(class, rec);
+            self.set_slots(class, rec.ino, chunks);
+            self.set_xattrs(class, rec.ino, xattrs);
+        }
+    }
+
     fn add_entry(&mut self, dir: Ino, name: Name, ino: Ino, kind: FileKind) {
         if let Some(d) = self.made_dirs.get(&dir) {
             if let Some(d) = d.write().dir_mut() {
@@ -304,13 +325,7 @@ impl Vfs {
             // Only a file with several names can be reached twice.
             let hard_linked = !c.is_dir() && c.attr.nlink > 1;
             drop(c);
-            if paired {
-                plan.pairs.push((child, ino));
-            } else {
-                plan.put_inode(dst_class, &rec);
-                plan.set_slots(dst_class, ino, &chunks);
-                plan.set_xattrs(dst_class, ino, &copy.xattrs);
-            }
+            plan.put_copy(paired, child, dst_class, &rec, &chunks, &copy.xattrs);
             if !(paired && in_paired_dir) {
                 plan.put_dirent(dst_class, dst, &name, ino);
             }
@@ -509,10 +524,11 @@ impl Vfs {
         plan.put_dirent(Class::Checkpoint, state_dir, name, root);
         for (class_name, _) in CLASSES {
             let src = self.child_ino(mem, class_name)?;
-            let (mut rec, xattrs) = {
+            let (mut rec, xattrs, paired) = {
                 let node = self.node(src)?;
                 let n = node.read();
-                (n.attr.clone(), n.xattrs.clone())
+                let paired = plan.pairs_with(&n, Class::Checkpoint);
+                (n.attr.clone(), n.xattrs.clone(), paired)
             };
             let ino = self.alloc_ino();
             rec.ino = ino;
@@ -524,13 +540,8 @@ impl Vfs {
                 root,
                 shared_name.clone(),
             );
-            let paired = plan.pairs_with(&self.node(src)?.read(), Class::Checkpoint);
-            if paired {
-                plan.pairs.push((src, ino));
-            } else {
-                plan.put_inode(Class::Checkpoint, &rec);
-                plan.set_xattrs(Class::Checkpoint, ino, &xattrs);
-            }
+            let no_chunks = Slots::default();
+            plan.put_copy(paired, src, Class::Checkpoint, &rec, &no_chunks, &xattrs);
             plan.put_dirent(Class::Checkpoint, root, class_name, ino);
             copy.xattrs = xattrs;
             plan.add_node(ino, copy);
