@@ -337,18 +337,9 @@ fn copy_batch(a: ChunkId, b: ChunkId, encoded: bool) -> Batch {
 /// not hold is refused whole.
 #[test]
 fn encoded_changes_apply_as_their_changes() {
-    let plain = {
-        let store = RamStore::new();
-        let a = store.put_chunk(b"first").unwrap();
-        let b = store.put_chunk(b"second").unwrap();
-        store
-            .commit(copy_batch(a, b, false), Durability::Process)
-            .unwrap();
-        store.load().unwrap()
-    };
+    let plain = in_ram(|a, b| vec![copy_batch(a, b, false)]);
     for_both(|store| {
-        let a = store.put_chunk(b"first").unwrap();
-        let b = store.put_chunk(b"second").unwrap();
+        let (a, b) = first_and_second(store);
         store
             .commit(copy_batch(a, b, true), Durability::Process)
             .unwrap();
@@ -362,19 +353,50 @@ fn encoded_changes_apply_as_their_changes() {
         assert!(matches!(err, StoreError::MissingChunk(_)), "{err}");
         assert_same(&store.load().unwrap(), &plain);
     });
+    // The record as it was written, its runs' bytes among the others.
+    assert_same(&replayed(|a, b| vec![copy_batch(a, b, true)]), &plain);
+}
+
+/// Puts the two chunks the copy tests name, `(a, b)`.
+fn first_and_second(store: &dyn Store) -> (ChunkId, ChunkId) {
+    (
+        store.put_chunk(b"first").unwrap(),
+        store.put_chunk(b"second").unwrap(),
+    )
+}
+
+/// What a RamStore holds after committing `batches` (given the two chunks).
+fn in_ram(batches: impl Fn(ChunkId, ChunkId) -> Vec<Batch>) -> LoadedState {
+    let store = RamStore::new();
+    let (a, b) = first_and_second(&store);
+    for batch in batches(a, b) {
+        store.commit(batch, Durability::Process).unwrap();
+    }
+    store.load().unwrap()
+}
+
+/// What a SqliteStore loads after `batches` went only to its journal (the applier paused, as
+/// after a crash; the last one committed `Disk`) and a reopen replayed them.
+fn replayed(batches: impl Fn(ChunkId, ChunkId) -> Vec<Batch>) -> LoadedState {
     let tmp = tempfile::tempdir().unwrap();
     {
         let store = open_sqlite(tmp.path());
-        let a = store.put_chunk(b"first").unwrap();
-        let b = store.put_chunk(b"second").unwrap();
-        // Only the journal gets it (as after a crash): the reopen replays the record as it
-        // was written, its runs' bytes among the others.
+        let (a, b) = first_and_second(&store);
         store.set_applier_paused(true);
-        store
-            .commit(copy_batch(a, b, true), Durability::Disk)
-            .unwrap();
+        let batches = batches(a, b);
+        let last = batches.len().saturating_sub(1);
+        for (i, batch) in batches.into_iter().enumerate() {
+            let durability = if i == last {
+                Durability::Disk
+            } else {
+                Durability::Process
+            };
+            store.commit(batch, durability).unwrap();
+        }
     }
-    assert_same(&open_sqlite(tmp.path()).load().unwrap(), &plain);
+    // Bound first: the store closes before its directory is removed.
+    let state = open_sqlite(tmp.path()).load().unwrap();
+    state
 }
 
 /// A small tree for `copied_nodes_are_their_sources_renumbered`: directory 10 under the root
@@ -500,22 +522,10 @@ fn copy_by_reference() -> Batch {
 /// copies hold their chunks: deleting the sources frees nothing they name.
 #[test]
 fn copied_nodes_are_their_sources_renumbered() {
-    let written_out = {
-        let store = RamStore::new();
-        let a = store.put_chunk(b"first").unwrap();
-        let b = store.put_chunk(b"second").unwrap();
-        store
-            .commit(source_tree(a, b), Durability::Process)
-            .unwrap();
-        store
-            .commit(copy_written_out(a, b), Durability::Process)
-            .unwrap();
-        store.load().unwrap()
-    };
+    let written_out = in_ram(|a, b| vec![source_tree(a, b), copy_written_out(a, b)]);
     assert!(written_out.dirents.len() > 7, "the copy has entries");
     for_both(|store| {
-        let a = store.put_chunk(b"first").unwrap();
-        let b = store.put_chunk(b"second").unwrap();
+        let (a, b) = first_and_second(store);
         store
             .commit(source_tree(a, b), Durability::Process)
             .unwrap();
@@ -541,16 +551,6 @@ fn copied_nodes_are_their_sources_renumbered() {
         assert_eq!(read_all(store, &a), b"first");
         assert_eq!(read_all(store, &b), b"second");
     });
-    let tmp = tempfile::tempdir().unwrap();
-    {
-        let store = open_sqlite(tmp.path());
-        let a = store.put_chunk(b"first").unwrap();
-        let b = store.put_chunk(b"second").unwrap();
-        store.set_applier_paused(true);
-        store
-            .commit(source_tree(a, b), Durability::Process)
-            .unwrap();
-        store.commit(copy_by_reference(), Durability::Disk).unwrap();
-    }
-    assert_same(&open_sqlite(tmp.path()).load().unwrap(), &written_out);
+    let replayed = replayed(|a, b| vec![source_tree(a, b), copy_by_reference()]);
+    assert_same(&replayed, &written_out);
 }
