@@ -63,19 +63,14 @@ fn ms(t: Instant) -> f64 {
 /// (`agentfs_index_pending` in `sys/metrics`); false if it never got there.
 fn wait_for_index(m: &Mount, agent: &str) -> bool {
     let gauge = format!("agentfs_index_pending{{agent=\"{agent}\"}} ");
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
-    while Instant::now() < deadline {
+    wait_until(std::time::Duration::from_secs(120), || {
         let metrics = fs::read_to_string(m.mnt.join("sys/metrics")).unwrap_or_default();
         let pending = metrics
             .lines()
             .find_map(|l| l.strip_prefix(&gauge))
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if pending == Some(0) {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    false
+        pending == Some(0)
+    })
 }
 
 fn main() {
