@@ -27,6 +27,7 @@ use std::fmt;
 
 mod builtin;
 mod call;
+mod caseless;
 mod compile;
 mod decide;
 mod diag;

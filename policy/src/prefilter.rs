@@ -1,6 +1,7 @@
 //! A literal prefilter for content rules: most secrets begin (`AKIA`, `ghp_`, `-----BEGIN`)
 //! or end (`.corp.example.com`) with one of a few literals, so a scan first looks for those
-//! literals with one Aho-Corasick automaton and runs the regexes only around what it finds.
+//! literals (with [`Caseless`], a SIMD search, or an Aho-Corasick automaton) and runs the
+//! regexes only around what it finds.
 //!
 //! # Why nothing is missed
 //!
@@ -9,7 +10,9 @@
 //! ASCII-case-folded form, and search the ASCII-case-folded haystack. Folding maps A–Z to
 //! a–z and leaves every other byte (and every position) as it is, so a match `[ms, me)`
 //! of the rule in the haystack is, folded, a match of the folded rule, which starts (ends)
-//! with a folded literal: the automaton finds that literal at `ms` (ending at `me`). The
+//! with a folded literal: the automaton finds that literal at `ms` (ending at `me`).
+//! [`Caseless`] compares the haystack's bytes with the literals' ignoring ASCII case,
+//! which is the same test without the folded copy. The
 //! scan enumerates every position where some literal starts and searches the regexes over
 //! `[p - L, p + L)`, `L` being the longest match of any prefiltered rule, clipped to the
 //! scanned range: a match with a prefix literal at `p` lies in `[p, p + L)`, one with a
@@ -29,7 +32,9 @@ use regex_syntax::hir::{Class, ClassBytes, ClassBytesRange, ClassUnicode, ClassU
 use regex_syntax::hir::{Hir, HirKind};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
+
+use crate::caseless::Caseless;
 
 /// Literals shorter than this would be found everywhere (`ap`, `ke`): such a rule is not
 /// prefiltered.
@@ -255,8 +260,8 @@ const SHORT_RANGE: usize = 48;
 
 /// The automata over the anchor literals of every prefiltered rule.
 pub(crate) struct Prefilter {
-    /// Teddy over the literals in [`teddy_order`].
-    teddy: Finder,
+    /// The search of ranges of at least [`SHORT_RANGE`] bytes.
+    long: LongSearch,
     /// The same literals for ranges shorter than [`SHORT_RANGE`] (names, symlink targets),
     /// where Teddy would fall back to Rabin-Karp.
     whole: Finder,
@@ -264,6 +269,14 @@ pub(crate) struct Prefilter {
     max_len: usize,
     #[cfg(test)]
     literals: usize,
+}
+
+/// How ranges of at least [`SHORT_RANGE`] bytes are searched.
+enum LongSearch {
+    /// On the haystack itself, ASCII case ignored (AVX2).
+    Caseless(Caseless),
+    /// Teddy over the literals in [`teddy_order`], on a folded copy of the range.
+    Folded(Finder),
 }
 
 /// Teddy when the CPU has it and the literals are at most 64, else a general automaton.
@@ -344,9 +357,12 @@ impl Prefilter {
         #[cfg(test)]
         let count = kept.len();
         let whole = Finder::general(&kept)?;
-        let teddy = Finder::new(&teddy_order(kept))?;
+        let long = match Caseless::new(&kept) {
+            Some(c) => LongSearch::Caseless(c),
+            None => LongSearch::Folded(Finder::new(&teddy_order(kept))?),
+        };
         Ok(Prefilter {
-            teddy,
+            long,
             whole,
             max_len,
             #[cfg(test)]
@@ -361,50 +377,69 @@ impl Prefilter {
     }
 
     /// The sub-ranges of `range` (of `haystack`) the prefiltered rules' regexes must
-    /// search, in order and disjoint; `None` when they would cover more than half of it
-    /// (text full of near misses), where one search of the whole range costs less.
+    /// search, in order (each may overlap the one before by a few bytes); `None` when they
+    /// would cover more than half of it (text full of near misses), where one search of
+    /// the whole range costs less.
     pub(crate) fn regions(
         &self,
         haystack: &[u8],
         range: Range<usize>,
     ) -> Option<Vec<Range<usize>>> {
         let budget = range.len() / 2;
-        FOLDED.with(|buf| {
-            let mut folded = buf.borrow_mut();
-            folded.clear();
-            fold_into(&mut folded, &haystack[range.clone()]);
-            let finder = match folded.len() < SHORT_RANGE {
-                true => &self.whole,
-                false => &self.teddy,
-            };
-            let mut out: Vec<Range<usize>> = Vec::new();
-            // Bytes in `out`; the region still growing is `open`.
-            let mut covered = 0;
-            let mut open: Option<Range<usize>> = None;
-            let mut from = 0;
-            while let Some(start) = finder.find_from(&folded, from) {
-                let p = range.start + start;
-                let here = p.saturating_sub(self.max_len).max(range.start)
-                    ..(p + self.max_len).min(range.end);
-                let grown = match open.take() {
-                    Some(r) if here.start <= r.end => r.start..here.end.max(r.end),
-                    Some(r) => {
-                        covered += r.len();
-                        out.push(r);
-                        here
-                    }
-                    None => here,
-                };
-                if covered + grown.len() > budget {
-                    return None;
+        let mut out: Vec<Range<usize>> = Vec::new();
+        // Bytes in `out`; the region still growing is `open`.
+        let mut covered = 0;
+        let mut open: Option<Range<usize>> = None;
+        let mut over_budget = false;
+        // Every position where some literal starts, not only non-overlapping ones.
+        let mut on_start = |start: usize| {
+            let p = range.start + start;
+            let here =
+                p.saturating_sub(self.max_len).max(range.start)..(p + self.max_len).min(range.end);
+            let grown = match open.take() {
+                // `Caseless` may report a start up to its longest anchor offset before
+                // the last one: grow the region back too.
+                Some(r) if here.start <= r.end => r.start.min(here.start)..here.end.max(r.end),
+                Some(r) => {
+                    covered += r.len();
+                    out.push(r);
+                    here
                 }
-                open = Some(grown);
-                // Every position where some literal starts, not only non-overlapping ones.
-                from = start + 1;
+                None => here,
+            };
+            if covered + grown.len() > budget {
+                over_budget = true;
+                return ControlFlow::Break(());
             }
-            out.extend(open);
-            Some(out)
-        })
+            open = Some(grown);
+            ControlFlow::Continue(())
+        };
+        match &self.long {
+            LongSearch::Caseless(c) if range.len() >= SHORT_RANGE => {
+                c.for_each_start(&haystack[range.clone()], &mut on_start);
+            }
+            long => FOLDED.with(|buf| {
+                let mut folded = buf.borrow_mut();
+                folded.clear();
+                fold_into(&mut folded, &haystack[range.clone()]);
+                let finder = match long {
+                    LongSearch::Folded(teddy) if folded.len() >= SHORT_RANGE => teddy,
+                    _ => &self.whole,
+                };
+                let mut from = 0;
+                while let Some(start) = finder.find_from(&folded, from) {
+                    if on_start(start).is_break() {
+                        break;
+                    }
+                    from = start + 1;
+                }
+            }),
+        }
+        if over_budget {
+            return None;
+        }
+        out.extend(open);
+        Some(out)
     }
 }
 
