@@ -86,6 +86,36 @@ impl Around<'_> {
     }
 }
 
+/// The pieces [`Vfs::decide_in_pieces`] decides `around`'s change in: [`SCAN_PIECE`] bytes
+/// each, except a piece one window long at each end that has file bytes beside it. Only
+/// those short pieces' windows cross into `before` or `after` and are copied together
+/// (a few hundred bytes); every other window lies inside the request's buffer and is
+/// borrowed, where a full piece at the seam would copy 128 KiB per write.
+fn pieces_of(around: &Around<'_>, window: u64) -> Vec<Range<u64>> {
+    let (start, end) = (around.offset, around.end());
+    let mut cuts = vec![start];
+    let mut at = start;
+    if !around.before.is_empty() && window > 0 {
+        at = (start + window).min(end);
+        cuts.push(at);
+    }
+    let tail = match around.after.is_empty() || window == 0 {
+        true => end,
+        false => end.saturating_sub(window).max(at),
+    };
+    while at < tail {
+        at = (at + SCAN_PIECE).min(tail);
+        cuts.push(at);
+    }
+    if tail < end {
+        cuts.push(end);
+    }
+    cuts.windows(2)
+        .filter(|c| c[0] < c[1])
+        .map(|c| c[0]..c[1])
+        .collect()
+}
+
 /// Who asks, under which rules: everything a call's decisions share.
 pub(crate) struct Asker {
     pub rules: Arc<Ruleset>,
@@ -412,11 +442,9 @@ impl Vfs {
     ) -> Result<WriteHashes> {
         let w = asker.rules.window() as u64;
         let changed = around.offset..around.end();
-        let windows: Vec<(u64, Cow<'_, [u8]>, Range<u64>)> = changed
-            .clone()
-            .step_by(SCAN_PIECE as usize)
-            .map(|start| {
-                let piece = start..(start + SCAN_PIECE).min(changed.end);
+        let windows: Vec<(u64, Cow<'_, [u8]>, Range<u64>)> = pieces_of(around, w)
+            .into_iter()
+            .map(|piece| {
                 let lo = piece.start.saturating_sub(w).max(around.start());
                 let hi = (piece.end + w).min(around.stop());
                 (lo, around.bytes(lo..hi), piece)
@@ -565,4 +593,42 @@ fn record_verdict(entry: &mut AuditEntry, v: &Verdict) {
     }
     rules.extend(v.audited.iter().map(|f| &*f.rule));
     entry.rule = rules.join(",");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pieces tile the change, and only those at a seam have a window that needs bytes
+    /// from outside the request's buffer.
+    #[test]
+    fn pieces_tile_the_change_and_only_seams_copy() {
+        let data = vec![b'x'; 1 << 20];
+        let side = vec![b'y'; 235];
+        for (before, after) in [(0, 0), (235, 0), (0, 235), (235, 235), (100, 7)] {
+            for len in [1, 235, 236, 470, 300 << 10, 1 << 20] {
+                let around = Around {
+                    before: &side[..before],
+                    data: &data[..len],
+                    offset: 4096,
+                    after: &side[..after],
+                };
+                let w = 235;
+                let pieces = pieces_of(&around, w);
+                assert_eq!(pieces.first().map(|p| p.start), Some(4096));
+                assert_eq!(pieces.last().map(|p| p.end), Some(4096 + len as u64));
+                assert!(pieces.windows(2).all(|p| p[0].end == p[1].start));
+                for p in &pieces {
+                    assert!(p.end - p.start <= SCAN_PIECE, "{p:?}");
+                    let lo = p.start.saturating_sub(w).max(around.start());
+                    let hi = (p.end + w).min(around.stop());
+                    let copied = matches!(around.bytes(lo..hi), Cow::Owned(_));
+                    assert!(
+                        !copied || p.end - p.start <= w,
+                        "piece {p:?} of {len} bytes (before {before}, after {after}) is copied"
+                    );
+                }
+            }
+        }
+    }
 }
