@@ -193,30 +193,18 @@ struct Batch {
 fn create_batch(dir: &std::path::Path, n: usize, daemon: i32) -> Batch {
     fs::create_dir_all(dir).unwrap();
     let data = vec![7u8; 4096];
-    let cpu0 = cpu_ns(daemon);
+    let cpu0 = daemon_cpu_ns(daemon);
     let t0 = Instant::now();
     for i in 0..n {
         let mut f = fs::File::create(dir.join(format!("f{i}"))).unwrap();
         f.write_all(&data).unwrap();
     }
     let wall = t0.elapsed();
-    let cpu = cpu_ns(daemon).saturating_sub(cpu0);
+    let cpu = daemon_cpu_ns(daemon).saturating_sub(cpu0);
     Batch {
         wall_us_per_file: wall.as_secs_f64() * 1e6 / n as f64,
         daemon_cpu_us_per_file: cpu as f64 / 1e3 / n as f64,
     }
-}
-
-/// CPU time (ns) of every live thread of `pid` (`/proc/PID/task/*/schedstat`).
-fn cpu_ns(pid: i32) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 fn report(name: &str, samples: &mut [Duration], target_ms: f64) {

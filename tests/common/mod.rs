@@ -804,3 +804,15 @@ pub fn close_checked(f: fs::File) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// CPU time (ns) of every live thread of `pid` (`/proc/PID/task/*/schedstat`).
+pub fn daemon_cpu_ns(pid: i32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
