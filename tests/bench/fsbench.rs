@@ -165,10 +165,18 @@ fn main() {
     report(&sizes, &t, &d, &td);
     report_floor(&sizes, &fl, &td, Some((&t, &d)));
     let pair = |with: f64, without: f64| [Burst::of_rate(with), Burst::of_rate(without)];
-    report_policy_overhead(
-        &[pair(td.seq_write_mibs, np.seq_write_mibs)],
-        &[pair(td.create_fps, np.create_fps)],
-    );
+    report_policy_overhead(&[
+        (
+            "seq write MiB/s",
+            "MiB",
+            &[pair(td.seq_write_mibs, np.seq_write_mibs)],
+        ),
+        (
+            "create+4KiB+close files/s",
+            "file",
+            &[pair(td.create_fps, np.create_fps)],
+        ),
+    ]);
     report_audit_reads_cost();
     println!(
         "fsbench: load average at the end {} (figures from a busy machine are low)",
@@ -310,16 +318,25 @@ fn report_policy_cost() {
         on_tmpfs_data("bench-policy-empty", mount(empty_args), |e| {
             let dirs = [d.mem("bench", "semantic"), e.mem("bench", "semantic")];
             let pids = [d, e].map(|m| m.daemon_pid().expect("the daemon's pid"));
-            let block = vec![b'x'; 1 << 20];
-            let mut files = dirs.clone().map(|d| File::create(d.join("seq")).unwrap());
-            let seq = alternate(SEQ_MIB / BURST_MIB, |side, _| {
-                Burst::time(pids[side], BURST_MIB, || {
-                    for _ in 0..BURST_MIB {
-                        files[side].write_all(&block).unwrap();
+            // Every MiB unique, as an agent's writes are: a block written twice would be
+            // stored once (chunks are content-addressed) on both sides.
+            let seq_of = |name: &str, data: fn(u64, usize) -> Vec<u8>| {
+                let mut files = dirs.clone().map(|d| File::create(d.join(name)).unwrap());
+                let mut made: Option<(usize, Vec<u8>)> = None;
+                alternate(SEQ_MIB / BURST_MIB, |side, round| {
+                    let fresh = !matches!(&made, Some((r, _)) if *r == round);
+                    if fresh {
+                        made = Some((round, data(round as u64, BURST_MIB << 20)));
                     }
+                    let bytes = made.as_ref().map_or(&[][..], |(_, b)| &b[..]);
+                    Burst::time(pids[side], BURST_MIB, || {
+                        for block in bytes.chunks(1 << 20) {
+                            files[side].write_all(block).unwrap();
+                        }
+                    })
                 })
-            });
-            drop(files);
+            };
+            let seq = [seq_of("text", agent_text), seq_of("random", pattern)];
             let create = alternate(FILES / BURST_FILES, |side, round| {
                 let burst = dirs[side].join(format!("burst{round:03}"));
                 fs::create_dir(&burst).unwrap();
@@ -333,12 +350,39 @@ fn report_policy_cost() {
     let _ = fs::remove_dir_all(&dir);
     println!(
         "\n=== policy overhead in alternating bursts: default policy and allow-all mounted at \
-         once ({} bursts of {BURST_MIB} MiB and {} of {BURST_FILES} files each), load {}",
-        seq.len(),
+         once ({} bursts of {BURST_MIB} MiB of each data and {} of {BURST_FILES} files each), \
+         load {}",
+        seq[0].len(),
         create.len(),
         loadavg()
     );
-    report_policy_overhead(&seq, &create);
+    report_policy_overhead(&[
+        ("seq write, agent text MiB/s", "MiB", &seq[0]),
+        ("seq write, random MiB/s", "MiB", &seq[1]),
+        ("create+4KiB+close files/s", "file", &create),
+    ]);
+}
+
+/// `len` bytes of what agents write (log lines, notes, JSON, code), numbered from
+/// `seed * 10^9` so that no two calls give the same chunk; no secrets.
+fn agent_text(seed: u64, len: usize) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(len + 256);
+    let mut i = seed * 1_000_000_000;
+    while out.len() < len {
+        let (a, b) = (i % 997, i % 89);
+        let _ = match i % 5 {
+            0 => writeln!(out, "2026-11-28T12:{:02}:{:02}Z step={i} tool=search status=ok duration_ms={a} tokens={b}", b % 60, a % 60),
+            1 => writeln!(out, "- [ ] follow up on item {i}: summarise the thread and file the action items for the team"),
+            2 => writeln!(out, "{{\"id\": {i}, \"name\": \"widget-{a}\", \"tags\": [\"blue\", \"small\"], \"price\": {b}.{a}}}"),
+            3 => writeln!(out, "The agent compared run {i} with run {a}; latency moved from {b} ms to {a} ms, so it kept the cache."),
+            _ => writeln!(out, "fn step_{i}(input: &Input) -> Result<Output, Error> {{ let parsed = parse(input)?; check(parsed, {a}) }}"),
+        };
+        i += 1;
+    }
+    let mut bytes = out.into_bytes();
+    bytes.truncate(len);
+    bytes
 }
 
 /// One burst of work on one mount: units (MiB, files) per second of wall clock, and the
@@ -706,7 +750,8 @@ enum Goal {
 /// The default policy (built-in rules, 16 secret patterns scanned around every write) against
 /// an empty one, both with the data dir on a tmpfs: `(default, empty)` rates per run, in
 /// pairs. Target: at most 10% slower, judged on the median of the pairs' overheads.
-fn report_policy_overhead(seq: &[[Burst; 2]], create: &[[Burst; 2]]) {
+/// One line per measure (name, unit of the CPU figure, pairs [default, allow-all]).
+fn report_policy_overhead(measures: &[(&str, &str, &[[Burst; 2]])]) {
     println!("\n=== policy overhead (data dir on tmpfs; default policy vs empty policy)");
     // The median and middle half of the pairs' overheads, in %.
     let spread = |mut overheads: Vec<f64>| {
@@ -750,8 +795,9 @@ fn report_policy_overhead(seq: &[[Burst; 2]], create: &[[Burst; 2]]) {
             median_cpu(1),
         );
     };
-    line("seq write MiB/s", "MiB", seq);
-    line("create+4KiB+close files/s", "file", create);
+    for (name, unit, pairs) in measures {
+        line(name, unit, pairs);
+    }
 }
 
 fn report(s: &Sizes, t: &Figures, d: &Figures, td: &Figures) {
