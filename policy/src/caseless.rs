@@ -305,10 +305,16 @@ impl Caseless {
     ) -> ControlFlow<()> {
         // The bytes at `at`, folded: a literal's anchor must be there exactly, which most
         // candidates (bytes that only mix the nibbles of a bucket's literals) are not.
-        let mut word = [0u8; 4];
-        let have = haystack.len().saturating_sub(at).min(4);
-        word[..have].copy_from_slice(&haystack[at..at + have]);
-        let word = fold_u32(u32::from_le_bytes(word));
+        let word = match haystack.get(at..).and_then(|rest| rest.first_chunk::<4>()) {
+            Some(four) => u32::from_le_bytes(*four),
+            None => {
+                let mut word = [0u8; 4];
+                let have = haystack.len().saturating_sub(at).min(4);
+                word[..have].copy_from_slice(&haystack[at..at + have]);
+                u32::from_le_bytes(word)
+            }
+        };
+        let word = fold_u32(word);
         while bits != 0 {
             let b = bits.trailing_zeros() as usize;
             bits &= bits - 1;
