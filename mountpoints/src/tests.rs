@@ -801,6 +801,33 @@ fn large_writes_are_scanned_in_pieces_exactly() {
     assert_eq!(err.errno(), libc::EACCES);
     assert!(err.to_string().contains("aws-access-key-id"), "{err}");
     assert_eq!(f.read_all(ino), old);
+    // Between file bytes on both sides the pieces are cut a window from each end (the seam
+    // pieces) and every 128 KiB after that: a secret across any of those cuts is caught.
+    let w = agentfs_policy::Ruleset::builtin().window();
+    let (offset, before_and_after) = (1000usize, 1000usize);
+    for at in [
+        w - 7,
+        w + (128 << 10) - 9,
+        len - w - 11,
+        len - w - (128 << 10) - 3,
+    ] {
+        let f = Fixture::new();
+        f.agent("a");
+        let old = vec![b'.'; offset + len + before_and_after];
+        let ino = f.write_file("a/mem/semantic", "big", &old);
+        let mut data = vec![b'-'; len];
+        data[at..at + KEY.len()].copy_from_slice(KEY);
+        let err = f
+            .vfs
+            .write(&op(), ino, offset as u64, &data, false)
+            .expect_err("secret across a cut");
+        assert_eq!(err.errno(), libc::EACCES, "secret at {at}");
+        assert!(
+            err.to_string().contains("aws-access-key-id"),
+            "at {at}: {err}"
+        );
+        assert_eq!(f.read_all(ino), old, "at {at}: applied");
+    }
     // A large write just past the end of an episodic log (a short hole) is still an append
     // to the policy: the core's own rule refuses it (EPERM), not the append-only rule.
     let f = Fixture::new();
