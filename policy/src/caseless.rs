@@ -5,16 +5,17 @@
 //!
 //! # How it works
 //!
-//! The literals are put in at most eight buckets. For each of the first [`MASKS`] bytes of
-//! a literal, two 16-entry tables map a byte's low and high nibble to the set of buckets
-//! (one bit each) with a literal that may hold that nibble there. A block of 32 haystack
-//! positions is looked up in all tables at once (`vpshufb`); a position whose `AND` over
-//! the masks is not empty is a candidate, and the literals of the buckets left in it are
-//! compared there. A letter sets its bucket in the high-nibble rows of both cases; both
-//! cases share their low nibble, so a byte passes one mask exactly when it is one of the
-//! bytes (or their other case) of that bucket's literals at that offset, up to mixing
-//! nibbles of different literals in a bucket. Candidates never miss a literal; the
-//! comparison removes the false ones.
+//! The literals are put in at most eight buckets, each with an anchor: [`MASKS`] of its
+//! bytes, its first ones or further in (see [`Literal`]). For each byte of an anchor, two
+//! 16-entry tables map a byte's low and high nibble to the set of buckets (one bit each)
+//! with an anchor that may hold that nibble there. A block of 32 haystack positions is
+//! looked up in all tables at once (`vpshufb`); a position whose `AND` over the masks is
+//! not empty is a candidate, and the literals of the buckets left in it whose anchor is
+//! there are compared where they would start. A letter sets its bucket in the high-nibble
+//! rows of both cases; both cases share their low nibble, so a byte passes one mask
+//! exactly when it is one of the bytes (or their other case) of that bucket's anchors at
+//! that offset, up to mixing nibbles of different anchors in a bucket. Candidates never
+//! miss a literal; the comparison removes the false ones.
 //!
 //! # Why not `aho_corasick::packed`
 //!
