@@ -75,6 +75,11 @@ struct Literal {
     /// the word count.
     anchor_word: u32,
     anchor_mask: u32,
+    /// Its first eight bytes (zeros past its end) as a little-endian word, and which bytes
+    /// of the word count: most candidates whose anchor matches differ from the literal
+    /// within them (`github.com` against `github_pat_`).
+    head_word: u64,
+    head_mask: u64,
 }
 
 impl Literal {
@@ -83,9 +88,14 @@ impl Literal {
         let mut word = [0u8; 4];
         word[..anchor_bytes.len()].copy_from_slice(anchor_bytes);
         let anchor_mask = mask_of(anchor_bytes.len());
+        let mut head = [0u8; 8];
+        let n = bytes.len().min(8);
+        head[..n].copy_from_slice(&bytes[..n]);
         Literal {
             anchor_word: u32::from_le_bytes(word),
             anchor_mask,
+            head_word: u64::from_le_bytes(head),
+            head_mask: u64::MAX >> (64 - 8 * n.max(1)),
             bytes,
             anchor,
         }
@@ -94,9 +104,16 @@ impl Literal {
     /// Whether the literal is at `start` of `haystack`, ASCII case ignored.
     #[inline]
     fn is_at(&self, haystack: &[u8], start: usize) -> bool {
-        haystack
-            .get(start..start + self.bytes.len())
-            .is_some_and(|h| h.eq_ignore_ascii_case(&self.bytes))
+        let Some(here) = haystack.get(start..start + self.bytes.len()) else {
+            return false;
+        };
+        match haystack[start..].first_chunk::<8>() {
+            Some(eight) => {
+                (fold_u64(u64::from_le_bytes(*eight)) ^ self.head_word) & self.head_mask == 0
+                    && (self.bytes.len() <= 8 || here[8..].eq_ignore_ascii_case(&self.bytes[8..]))
+            }
+            None => here.eq_ignore_ascii_case(&self.bytes),
+        }
     }
 
     /// How much more often than [`Nibbles::chance`] says its anchor occurs: text has runs
@@ -181,6 +198,17 @@ fn mask_of(n: usize) -> u32 {
         4.. => u32::MAX,
         n => (1 << (8 * n)) - 1,
     }
+}
+
+/// `x`'s eight bytes with A–Z mapped to a–z, as [`fold_u32`] does four.
+#[inline]
+fn fold_u64(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let low7 = x & (0x7f * ONES);
+    let from_a = low7 + (0x80 - u64::from(b'A')) * ONES;
+    let past_z = low7 + (0x80 - u64::from(b'Z') - 1) * ONES;
+    let upper = from_a & !past_z & !x & (0x80 * ONES);
+    x | (upper >> 2)
 }
 
 /// `x`'s four bytes with A–Z mapped to a–z (SWAR: no byte carries into the next).
@@ -675,6 +703,16 @@ mod tests {
                 let want = u32::from_le_bytes(word.map(|c| c.to_ascii_lowercase()));
                 assert_eq!(
                     fold_u32(u32::from_le_bytes(word)),
+                    want,
+                    "{b:#x} in lane {lane}"
+                );
+            }
+            for lane in 0..8 {
+                let mut word = [b'Q', 0xff, b'z', b'@', b'[', b'A', 0x80, b'Z'];
+                word[lane] = b;
+                let want = u64::from_le_bytes(word.map(|c| c.to_ascii_lowercase()));
+                assert_eq!(
+                    fold_u64(u64::from_le_bytes(word)),
                     want,
                     "{b:#x} in lane {lane}"
                 );
