@@ -292,17 +292,17 @@ fn report_recorder_cost() {
 }
 
 /// What the default policy costs through the mount, without the rest of the bench: sequential
-/// write (1 GiB in 1 MiB blocks) and create + 4 KiB + close (10,000 files). Two daemons run
+/// write (1 GiB in 1 MiB blocks) and create + 4 KiB + close (20,000 files). Two daemons run
 /// at once, each with its data dir on a tmpfs: one with the default policy, one with the
-/// allow-all one. The workload alternates between them in short bursts (32 MiB, 1,000 files;
+/// allow-all one. The workload alternates between them in short bursts (32 MiB, 500 files;
 /// in the order AB, BA, AB, …), so load that drifts within seconds falls on both alike. The
 /// verdict is on the median of the bursts' overheads. Each burst also reads its daemon's CPU
 /// time, which this VM's scheduling blurs much less than the wall clock.
 fn report_policy_cost() {
     const SEQ_MIB: usize = 1024;
     const BURST_MIB: usize = 32;
-    const FILES: usize = 10_000;
-    const BURST_FILES: usize = 1_000;
+    const FILES: usize = 20_000;
+    const BURST_FILES: usize = 500;
     let dir = fresh_dir("bench-policy-file");
     let allow_all = dir.join("allow-all.toml");
     fs::write(&allow_all, ALLOW_ALL_POLICY).unwrap();
