@@ -376,6 +376,12 @@ impl Prefilter {
         self.literals
     }
 
+    /// Whether long ranges are searched by [`Caseless`] (else by Teddy on a folded copy).
+    #[cfg(test)]
+    pub(crate) fn is_caseless(&self) -> bool {
+        matches!(self.long, LongSearch::Caseless(_))
+    }
+
     /// The sub-ranges of `range` (of `haystack`) the prefiltered rules' regexes must
     /// search, in order (each may overlap the one before by a few bytes); `None` when they
     /// would cover more than half of it (text full of near misses), where one search of

@@ -435,6 +435,9 @@ mod differential {
     ];
 
     const FRAGMENTS: &[&str] = &[
+        "qbcz_1234",
+        "QGAZ_0000x",
+        "qgaz_12",
         "AKIAABCDEFGHIJKLMNOP",
         "akiaABCDEFGHIJKLMNOP",
         "xAKIAABCDEFGHIJKLMNOP",
@@ -505,6 +508,17 @@ mod differential {
         out
     }
 
+    /// The patterns above, and 56 rules with unrelated literals (`qaaz_`, `qabz_`…): more
+    /// than `Caseless` takes, so long ranges are searched by Teddy on a folded copy.
+    fn wide_patterns() -> Vec<String> {
+        let mut out: Vec<String> = PATTERNS.iter().map(|p| p.to_string()).collect();
+        for i in 0..56u8 {
+            let (a, b) = (char::from(b'a' + i / 8), char::from(b'a' + i % 8));
+            out.push(format!(r"(?i-u)q{a}{b}z_[0-9]{{4}}"));
+        }
+        out
+    }
+
     type Built = (ContentRules, Vec<Regex>);
 
     fn rules() -> &'static Built {
@@ -524,6 +538,11 @@ mod differential {
                     .collect(),
             )
         })
+    }
+
+    fn wide_rules() -> &'static Built {
+        static RULES: std::sync::OnceLock<Built> = std::sync::OnceLock::new();
+        RULES.get_or_init(|| build(wide_patterns()))
     }
 
     fn many_rules() -> &'static Built {
@@ -572,7 +591,7 @@ mod differential {
 
     #[test]
     fn the_built_rules_use_the_prefilter() {
-        for (r, _) in [rules(), many_rules(), short_rules()] {
+        for (r, _) in [rules(), many_rules(), short_rules(), wide_rules()] {
             assert!(r.prefilter.is_some());
             assert!(!r.anchored.is_empty());
         }
@@ -584,6 +603,18 @@ mod differential {
         let (many, _) = many_rules();
         let n = many.prefilter.as_ref().map_or(0, |p| p.literal_count());
         assert!(n <= 64, "{n} literals");
+        // With AVX2 the proptest below covers both ways of searching long ranges.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let caseless: Vec<bool> = [rules(), many_rules(), short_rules(), wide_rules()]
+                .iter()
+                .filter_map(|(r, _)| r.prefilter.as_ref().map(|p| p.is_caseless()))
+                .collect();
+            assert!(
+                caseless.contains(&true) && caseless.contains(&false),
+                "{caseless:?}"
+            );
+        }
     }
 
     proptest! {
@@ -593,11 +624,12 @@ mod differential {
             hay in haystack(),
             a in 0usize..400,
             b in 0usize..400,
-            set in 0..3u8,
+            set in 0..4u8,
         ) {
             let (r, plain) = match set {
                 0 => rules(),
                 1 => many_rules(),
+                2 => wide_rules(),
                 _ => short_rules(),
             };
             let (lo, hi) = (a.min(b).min(hay.len()), a.max(b).min(hay.len()));
