@@ -31,7 +31,7 @@ use std::ops::ControlFlow;
 /// Bytes of each literal the masks look at; a shorter literal leaves its bucket open at
 /// the offsets it does not reach.
 const MASKS: usize = 3;
-// The anchor of a literal is compared as one `u32`.
+// A candidate's anchor is read as four bytes at most.
 const _: () = assert!(MASKS <= 4);
 
 /// Buckets: bits of a byte.
@@ -71,31 +71,24 @@ const TEXT_BYTE_FREQUENCY: [u16; 256] = [
 struct Literal {
     bytes: Vec<u8>,
     anchor: usize,
-    /// Its anchor bytes as a little-endian word (zeros past its end), and which bytes of
-    /// the word count.
-    anchor_word: u32,
-    anchor_mask: u32,
-    /// Its first eight bytes (zeros past its end) as a little-endian word, and which bytes
-    /// of the word count: most candidates whose anchor matches differ from the literal
-    /// within them (`github.com` against `github_pat_`).
+    /// Its anchor bytes as a word, and which bytes of the word count ([`le_prefix`]).
+    anchor_word: u64,
+    anchor_mask: u64,
+    /// Its first eight bytes as a word, and which count: most candidates whose anchor
+    /// matches differ from the literal within them (`github.com` against `github_pat_`).
     head_word: u64,
     head_mask: u64,
 }
 
 impl Literal {
     fn new(bytes: Vec<u8>, anchor: usize) -> Literal {
-        let anchor_bytes = &bytes[anchor.min(bytes.len())..(anchor + MASKS).min(bytes.len())];
-        let mut word = [0u8; 4];
-        word[..anchor_bytes.len()].copy_from_slice(anchor_bytes);
-        let anchor_mask = mask_of(anchor_bytes.len());
-        let mut head = [0u8; 8];
-        let n = bytes.len().min(8);
-        head[..n].copy_from_slice(&bytes[..n]);
+        let (anchor_word, anchor_mask) = le_prefix(anchor_of(&bytes, anchor));
+        let (head_word, head_mask) = le_prefix(&bytes);
         Literal {
-            anchor_word: u32::from_le_bytes(word),
+            anchor_word,
             anchor_mask,
-            head_word: u64::from_le_bytes(head),
-            head_mask: u64::MAX >> (64 - 8 * n.max(1)),
+            head_word,
+            head_mask,
             bytes,
             anchor,
         }
@@ -120,8 +113,7 @@ impl Literal {
     /// of one byte (`----`, `====`, `0000`) far more often than independent bytes would
     /// give, so each pair of equal neighbours in the anchor counts as one byte.
     fn run_factor(&self) -> f64 {
-        let anchor = &self.bytes[self.anchor..(self.anchor + MASKS).min(self.bytes.len())];
-        anchor
+        anchor_of(&self.bytes, self.anchor)
             .windows(2)
             .filter(|w| w[0].eq_ignore_ascii_case(&w[1]))
             .map(|w| f64::from(TEXT_TOTAL) / f64::from(byte_frequency(w[0])))
@@ -135,19 +127,35 @@ impl Literal {
     }
 }
 
+/// The [`MASKS`] bytes of `bytes` from `anchor` (fewer at its end).
+fn anchor_of(bytes: &[u8], anchor: usize) -> &[u8] {
+    &bytes[anchor.min(bytes.len())..(anchor + MASKS).min(bytes.len())]
+}
+
+/// The first eight bytes of `bytes` (fewer: zeros after them) as a little-endian word, and
+/// the mask of the bytes that count.
+fn le_prefix(bytes: &[u8]) -> (u64, u64) {
+    let n = bytes.len().min(8);
+    let mut word = [0u8; 8];
+    word[..n].copy_from_slice(&bytes[..n]);
+    let mask = match n {
+        0 => 0,
+        n => u64::MAX >> (64 - 8 * n),
+    };
+    (u64::from_le_bytes(word), mask)
+}
+
+/// The last bytes of a haystack (fewer than four) as a word: rare, kept out of line.
+#[cold]
+fn tail_word(rest: &[u8]) -> u64 {
+    le_prefix(rest).0
+}
+
 /// The low and high nibbles (as bit sets) each mask lets through for one bucket.
 #[derive(Clone, Copy, Default, PartialEq, Debug)]
 struct Nibbles([(u16, u16); MASKS]);
 
 impl Nibbles {
-    fn of(literals: &[Literal]) -> Nibbles {
-        let mut n = Nibbles::default();
-        for l in literals {
-            n.add(l);
-        }
-        n
-    }
-
     fn add(&mut self, literal: &Literal) {
         for (k, (lo, hi)) in self.0.iter_mut().enumerate() {
             match literal.at(k) {
@@ -191,33 +199,13 @@ fn byte_frequency(b: u8) -> u32 {
     }
 }
 
-/// The low `n` bytes of a word set.
-fn mask_of(n: usize) -> u32 {
-    match n {
-        0 => 0,
-        4.. => u32::MAX,
-        n => (1 << (8 * n)) - 1,
-    }
-}
-
-/// `x`'s eight bytes with A–Z mapped to a–z, as [`fold_u32`] does four.
+/// `x`'s eight bytes with A–Z mapped to a–z (SWAR: no byte carries into the next).
 #[inline]
 fn fold_u64(x: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     let low7 = x & (0x7f * ONES);
     let from_a = low7 + (0x80 - u64::from(b'A')) * ONES;
     let past_z = low7 + (0x80 - u64::from(b'Z') - 1) * ONES;
-    let upper = from_a & !past_z & !x & (0x80 * ONES);
-    x | (upper >> 2)
-}
-
-/// `x`'s four bytes with A–Z mapped to a–z (SWAR: no byte carries into the next).
-#[inline]
-fn fold_u32(x: u32) -> u32 {
-    const ONES: u32 = 0x0101_0101;
-    let low7 = x & (0x7f * ONES);
-    let from_a = low7 + (0x80 - u32::from(b'A')) * ONES;
-    let past_z = low7 + (0x80 - u32::from(b'Z') - 1) * ONES;
     let upper = from_a & !past_z & !x & (0x80 * ONES);
     x | (upper >> 2)
 }
@@ -269,9 +257,8 @@ impl Caseless {
         }
         let buckets = assign(literals);
         let (mut lo, mut hi) = ([[0u8; 16]; MASKS], [[0u8; 16]; MASKS]);
-        for (b, lits) in buckets.iter().enumerate() {
-            let nibbles = Nibbles::of(lits);
-            for (k, &(l, h)) in nibbles.0.iter().enumerate() {
+        for (b, bucket) in buckets.iter().enumerate() {
+            for (k, &(l, h)) in bucket.nibbles.0.iter().enumerate() {
                 for n in Bits(l) {
                     lo[k][n] |= 1 << b;
                 }
@@ -284,7 +271,7 @@ impl Caseless {
         // up too, so it needs the masked lookup.
         let ascii = literals.iter().all(|l| l.is_ascii() && l.len() >= MASKS);
         Some(Caseless {
-            buckets,
+            buckets: buckets.into_iter().map(|b| b.literals).collect(),
             ascii,
             lo,
             hi,
@@ -334,16 +321,13 @@ impl Caseless {
     ) -> ControlFlow<()> {
         // The bytes at `at`, folded: a literal's anchor must be there exactly, which most
         // candidates (bytes that only mix the nibbles of a bucket's literals) are not.
-        let word = match haystack.get(at..).and_then(|rest| rest.first_chunk::<4>()) {
-            Some(four) => u32::from_le_bytes(*four),
-            None => {
-                let mut word = [0u8; 4];
-                let have = haystack.len().saturating_sub(at).min(4);
-                word[..have].copy_from_slice(&haystack[at..at + have]);
-                u32::from_le_bytes(word)
-            }
+        let rest = haystack.get(at..).unwrap_or_default();
+        let word = match rest.first_chunk::<4>() {
+            // Four bytes at once: a copy of a length known only at run time is a memcpy call.
+            Some(four) => u64::from(u32::from_le_bytes(*four)),
+            None => tail_word(rest),
         };
-        let word = fold_u32(word);
+        let word = fold_u64(word);
         while bits != 0 {
             let b = bits.trailing_zeros() as usize;
             bits &= bits - 1;
@@ -399,7 +383,7 @@ const MAX_LITERALS: usize = 48;
 /// the bucket and anchor that raise the bucket's [`Bucket::cost`] least; then single
 /// literals move (to another bucket or anchor) while a move lowers the sum of the
 /// buckets' costs. Empty buckets are dropped.
-fn assign(literals: &[&[u8]]) -> Vec<Vec<Literal>> {
+fn assign(literals: &[&[u8]]) -> Vec<Bucket> {
     let mut order: Vec<Vec<u8>> = literals.iter().map(|l| l.to_vec()).collect();
     order.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     let mut buckets: Vec<Bucket> = vec![Bucket::default(); BUCKETS];
@@ -435,11 +419,8 @@ fn assign(literals: &[&[u8]]) -> Vec<Vec<Literal>> {
             break;
         }
     }
+    buckets.retain(|b| !b.literals.is_empty());
     buckets
-        .into_iter()
-        .map(|b| b.literals)
-        .filter(|l| !l.is_empty())
-        .collect()
 }
 
 /// Passes of single moves in [`assign`] at most.
@@ -493,15 +474,20 @@ impl Bucket {
 /// The bucket and anchor for `bytes` that raise that bucket's cost least (fewer literals
 /// first on a tie), and by how much.
 fn best_place(buckets: &[Bucket], bytes: &[u8]) -> (usize, usize, f64) {
-    let anchors = bytes.len().saturating_sub(MASKS);
+    let placings: Vec<(Literal, f64)> = (0..=bytes.len().saturating_sub(MASKS))
+        .map(|anchor| {
+            let lit = Literal::new(bytes.to_vec(), anchor);
+            let runs = lit.run_factor();
+            (lit, runs)
+        })
+        .collect();
     let mut best = (f64::INFINITY, usize::MAX, 0, 0);
-    let mut lit = Literal::new(bytes.to_vec(), 0);
     for (b, bucket) in buckets.iter().enumerate() {
-        for anchor in 0..=anchors {
-            lit.anchor = anchor;
+        for (lit, lit_runs) in &placings {
+            let anchor = lit.anchor;
             let mut nibbles = bucket.nibbles;
-            nibbles.add(&lit);
-            let runs = bucket.runs.max(lit.run_factor()).max(1.0);
+            nibbles.add(lit);
+            let runs = bucket.runs.max(*lit_runs).max(1.0);
             let rise = Bucket::cost(&nibbles, runs) - bucket.cost;
             let place = (rise, bucket.literals.len(), b, anchor);
             if place.0 < best.0 || (place.0 == best.0 && place.1 < best.1) {
@@ -697,16 +683,6 @@ mod tests {
     #[test]
     fn folds_every_byte_in_every_lane() {
         for b in 0..=255u8 {
-            for lane in 0..4 {
-                let mut word = [b'Q', 0xff, b'z', b'@'];
-                word[lane] = b;
-                let want = u32::from_le_bytes(word.map(|c| c.to_ascii_lowercase()));
-                assert_eq!(
-                    fold_u32(u32::from_le_bytes(word)),
-                    want,
-                    "{b:#x} in lane {lane}"
-                );
-            }
             for lane in 0..8 {
                 let mut word = [b'Q', 0xff, b'z', b'@', b'[', b'A', 0x80, b'Z'];
                 word[lane] = b;
@@ -744,7 +720,11 @@ mod tests {
         let lits: Vec<&[u8]> = BUILTIN.iter().map(|l| l.as_bytes()).collect();
         let buckets = assign(&lits);
         assert!(buckets.len() <= BUCKETS);
-        let mut all: Vec<&[u8]> = buckets.iter().flatten().map(|l| &l.bytes[..]).collect();
+        let mut all: Vec<&[u8]> = buckets
+            .iter()
+            .flat_map(|b| &b.literals)
+            .map(|l| &l.bytes[..])
+            .collect();
         all.sort_unstable();
         let mut want = lits.clone();
         want.sort_unstable();
