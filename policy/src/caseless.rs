@@ -290,14 +290,14 @@ impl Caseless {
     }
 
     /// Calls `found` with every position of `haystack` where one of the literals starts
-    /// (ASCII case ignored), until it breaks. Positions come in the order their anchors
-    /// are found, so they may go back by up to the longest anchor offset, and one may
-    /// come twice.
+    /// (ASCII case ignored), until it breaks (then `Break`). Positions come in the order
+    /// their anchors are found, so they may go back by up to the longest anchor offset, and
+    /// one may come twice.
     pub(crate) fn for_each_start(
         &self,
         haystack: &[u8],
         found: &mut dyn FnMut(usize) -> ControlFlow<()>,
-    ) {
+    ) -> ControlFlow<()> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `new` returned `self` only on a CPU with AVX2.
         unsafe {
@@ -511,7 +511,7 @@ mod avx2 {
         c: &Caseless,
         haystack: &[u8],
         found: &mut dyn FnMut(usize) -> ControlFlow<()>,
-    ) {
+    ) -> ControlFlow<()> {
         // A step reads `STEP + MASKS - 1` bytes from its first position.
         let last = haystack.len().saturating_sub(STEP + MASKS - 1);
         let mut at = 0;
@@ -529,13 +529,11 @@ mod avx2 {
             while set != 0 {
                 let j = set.trailing_zeros() as usize;
                 set &= set - 1;
-                if c.confirm(haystack, block + j, hits[j], found).is_break() {
-                    return;
-                }
+                c.confirm(haystack, block + j, hits[j], found)?;
             }
             at = block + STEP;
         }
-        let _ = c.scalar_from(haystack, at, found);
+        c.scalar_from(haystack, at, found)
     }
 
     /// The first block at or after `at` (in steps of [`STEP`], up to `last`) with a
@@ -613,7 +611,7 @@ mod tests {
 
     fn starts(c: &Caseless, hay: &[u8]) -> Vec<usize> {
         let mut out = Vec::new();
-        c.for_each_start(hay, &mut |at| {
+        let _ = c.for_each_start(hay, &mut |at| {
             out.push(at);
             ControlFlow::Continue(())
         });
@@ -704,7 +702,7 @@ mod tests {
         };
         let hay = b"abc abc abc abc".repeat(10);
         let mut seen = 0;
-        c.for_each_start(&hay, &mut |_| {
+        let _ = c.for_each_start(&hay, &mut |_| {
             seen += 1;
             if seen == 3 {
                 ControlFlow::Break(())

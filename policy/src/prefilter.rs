@@ -396,7 +396,6 @@ impl Prefilter {
         // Bytes in `out`; the region still growing is `open`.
         let mut covered = 0;
         let mut open: Option<Range<usize>> = None;
-        let mut over_budget = false;
         // Every position where some literal starts, not only non-overlapping ones.
         let mut on_start = |start: usize| {
             let p = range.start + start;
@@ -414,15 +413,15 @@ impl Prefilter {
                 None => here,
             };
             if covered + grown.len() > budget {
-                over_budget = true;
                 return ControlFlow::Break(());
             }
             open = Some(grown);
             ControlFlow::Continue(())
         };
-        match &self.long {
+        // `Break`: over the budget.
+        let searched = match &self.long {
             LongSearch::Caseless(c) if range.len() >= SHORT_RANGE => {
-                c.for_each_start(&haystack[range.clone()], &mut on_start);
+                c.for_each_start(&haystack[range.clone()], &mut on_start)
             }
             long => FOLDED.with(|buf| {
                 let mut folded = buf.borrow_mut();
@@ -434,14 +433,13 @@ impl Prefilter {
                 };
                 let mut from = 0;
                 while let Some(start) = finder.find_from(&folded, from) {
-                    if on_start(start).is_break() {
-                        break;
-                    }
+                    on_start(start)?;
                     from = start + 1;
                 }
+                ControlFlow::Continue(())
             }),
-        }
-        if over_budget {
+        };
+        if searched.is_break() {
             return None;
         }
         out.extend(open);
