@@ -322,15 +322,14 @@ fn report_policy_cost() {
             // stored once (chunks are content-addressed) on both sides.
             let seq_of = |name: &str, data: fn(u64, usize) -> Vec<u8>| {
                 let mut files = dirs.clone().map(|d| File::create(d.join(name)).unwrap());
-                let mut made: Option<(usize, Vec<u8>)> = None;
+                // The round the bytes were made for: both sides of a round write them.
+                let mut made = (usize::MAX, Vec::new());
                 alternate(SEQ_MIB / BURST_MIB, |side, round| {
-                    let fresh = !matches!(&made, Some((r, _)) if *r == round);
-                    if fresh {
-                        made = Some((round, data(round as u64, BURST_MIB << 20)));
+                    if made.0 != round {
+                        made = (round, data(round as u64, BURST_MIB << 20));
                     }
-                    let bytes = made.as_ref().map_or(&[][..], |(_, b)| &b[..]);
                     Burst::time(pids[side], BURST_MIB, || {
-                        for block in bytes.chunks(1 << 20) {
+                        for block in made.1.chunks(1 << 20) {
                             files[side].write_all(block).unwrap();
                         }
                     })
